@@ -1,0 +1,235 @@
+#include "analysis/forward.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <limits>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace factlens {
+namespace {
+
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  return bias.defined() ? at::linear(x, weight, bias) : at::linear(x, weight);
+}
+
+// LayerNorm (GPT-2) or RMSNorm computed as HF LlamaRMSNorm does (in float32, then scaled).
+at::Tensor Norm(const ModelConfig& config, const at::Tensor& x, const at::Tensor& weight,
+                const at::Tensor& bias) {
+  if (config.family == ModelFamily::kGpt2) {
+    return at::layer_norm(x, {config.d_model}, weight, bias, config.norm_eps);
+  }
+  const at::Tensor x32 = x.to(at::kFloat);
+  const at::Tensor normed = x32 * at::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + config.norm_eps);
+  return weight * normed.to(x.scalar_type());
+}
+
+at::Tensor Activate(Activation activation, const at::Tensor& x) {
+  switch (activation) {
+    case Activation::kGeluTanh:
+      return at::gelu(x, "tanh");
+    case Activation::kGeluExact:
+      return at::gelu(x);
+    case Activation::kQuickGelu:
+      return x * at::sigmoid(1.702 * x);
+    case Activation::kRelu:
+      return at::relu(x);
+    case Activation::kSilu:
+      return at::silu(x);
+  }
+  return x;
+}
+
+// q·cos + rotate_half(q)·sin, x: [T, heads, Dh]; cos/sin: [T, Dh].
+at::Tensor ApplyRotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  const at::Tensor rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+  return x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1);
+}
+
+// Everything about one pass that the layers share.
+struct PassContext {
+  const Model& model;
+  const CaptureOptions& capture;
+  at::Tensor keep_index;  // undefined = keep all rows
+  at::Tensor causal_mask;  // [T, T], true where a query may not attend
+  at::Tensor rope_cos, rope_sin;  // [T, Dh], Llama only
+
+  at::Tensor Keep(const at::Tensor& x) const {
+    const at::Tensor rows = keep_index.defined() ? x.index_select(0, keep_index) : x;
+    return rows.to(at::kFloat);
+  }
+};
+
+// Self-attention of one layer on normed input h [T, d]; fills the trace's attention captures and
+// returns the output after the output projection.
+at::Tensor Attention(const PassContext& pass, int64_t layer_index, const at::Tensor& h,
+                     LayerTrace& trace) {
+  const ModelConfig& config = pass.model.config();
+  const LayerWeights& w = pass.model.weights().layers[layer_index];
+  const int64_t t = h.size(0), heads = config.n_heads, kv_heads = config.n_kv_heads,
+                dh = config.head_dim;
+  at::Tensor q = Linear(h, w.q_weight, w.q_bias).view({t, heads, dh});
+  at::Tensor k = Linear(h, w.k_weight, w.k_bias).view({t, kv_heads, dh});
+  const at::Tensor v = Linear(h, w.v_weight, w.v_bias).view({t, kv_heads, dh});
+  if (pass.capture.values) trace.values = v.to(at::kFloat);
+
+  double scale = 1.0;
+  if (config.family == ModelFamily::kLlama) {
+    q = ApplyRotary(q, pass.rope_cos, pass.rope_sin);
+    k = ApplyRotary(k, pass.rope_cos, pass.rope_sin);
+    scale = 1.0 / std::sqrt(static_cast<double>(dh));
+  } else {
+    if (config.scale_attn_weights) scale /= std::sqrt(static_cast<double>(dh));
+    if (config.scale_attn_by_inverse_layer_idx) scale /= static_cast<double>(layer_index + 1);
+  }
+  // Grouped-query attention: query head i reads key/value head i / (H / KV).
+  const int64_t group = heads / kv_heads;
+  const at::Tensor k_heads = k.repeat_interleave(group, /*dim=*/1).permute({1, 2, 0});  // [H,Dh,T]
+  const at::Tensor v_heads = v.repeat_interleave(group, /*dim=*/1).transpose(0, 1);     // [H,T,Dh]
+  at::Tensor scores = at::matmul(q.transpose(0, 1), k_heads).to(at::kFloat) * scale;    // [H,T,T]
+  scores = scores.masked_fill(pass.causal_mask, -std::numeric_limits<float>::infinity());
+  const at::Tensor probs = at::softmax(scores, -1);
+  if (pass.capture.attention_probs) {
+    trace.attention_probs =
+        pass.keep_index.defined() ? probs.index_select(1, pass.keep_index) : probs;
+  }
+  const at::Tensor head_outputs = at::matmul(probs.to(v.scalar_type()), v_heads).transpose(0, 1);
+  if (pass.capture.head_outputs) trace.head_outputs = pass.Keep(head_outputs);
+  return Linear(head_outputs.reshape({t, heads * dh}), w.o_weight, w.o_bias);
+}
+
+at::Tensor FeedForward(const PassContext& pass, int64_t layer_index, const at::Tensor& h,
+                       LayerTrace& trace) {
+  const ModelConfig& config = pass.model.config();
+  const LayerWeights& w = pass.model.weights().layers[layer_index];
+  at::Tensor coefficients;
+  if (config.family == ModelFamily::kLlama) {
+    coefficients = Activate(config.activation, Linear(h, w.gate_weight, w.gate_bias)) *
+                   Linear(h, w.in_weight, w.in_bias);
+  } else {
+    coefficients = Activate(config.activation, Linear(h, w.in_weight, w.in_bias));
+  }
+  if (pass.capture.ffn_coefficients) trace.ffn_coefficients = pass.Keep(coefficients);
+  return Linear(coefficients, w.out_weight, w.out_bias);
+}
+
+absl::StatusOr<std::vector<int64_t>> ResolvePositions(const std::vector<int64_t>& requested,
+                                                      int64_t num_tokens) {
+  std::vector<int64_t> positions;
+  if (requested.empty()) {
+    for (int64_t p = 0; p < num_tokens; ++p) positions.push_back(p);
+    return positions;
+  }
+  for (int64_t p : requested) {
+    const int64_t resolved = p < 0 ? p + num_tokens : p;
+    if (resolved < 0 || resolved >= num_tokens) {
+      return absl::InvalidArgumentError(absl::StrCat("position ", p, " is out of range for ",
+                                                     num_tokens, " tokens"));
+    }
+    positions.push_back(resolved);
+  }
+  return positions;
+}
+
+}  // namespace
+
+at::Tensor RotaryInverseFrequencies(const ModelConfig& config) {
+  const RopeConfig& rope = config.rope;
+  const int64_t dim = config.head_dim;
+  at::Tensor inv_freq =
+      1.0 / at::pow(rope.theta, at::arange(0, dim, 2, at::kLong).to(at::kFloat) / dim);
+  if (rope.type == RopeType::kLinear) return inv_freq / rope.factor;
+  if (rope.type != RopeType::kLlama3) return inv_freq;
+  const double old_context = static_cast<double>(rope.original_max_position_embeddings);
+  const double low_freq_wavelen = old_context / rope.low_freq_factor;
+  const double high_freq_wavelen = old_context / rope.high_freq_factor;
+  const at::Tensor wavelen = 2 * M_PI / inv_freq;
+  at::Tensor scaled = at::where(wavelen > low_freq_wavelen, inv_freq / rope.factor, inv_freq);
+  const at::Tensor smooth = (old_context / wavelen - rope.low_freq_factor) /
+                            (rope.high_freq_factor - rope.low_freq_factor);
+  const at::Tensor smoothed = (1 - smooth) * scaled / rope.factor + smooth * scaled;
+  const at::Tensor medium = (wavelen >= high_freq_wavelen).logical_and(wavelen <= low_freq_wavelen);
+  return at::where(medium, smoothed, scaled);
+}
+
+absl::StatusOr<ForwardTrace> Forward(const Model& model, absl::Span<const int64_t> token_ids,
+                                     const CaptureOptions& capture) {
+  const ModelConfig& config = model.config();
+  const int64_t t = static_cast<int64_t>(token_ids.size());
+  if (t == 0) return absl::InvalidArgumentError("token_ids: the sequence is empty");
+  if (t > config.max_positions) {
+    return absl::InvalidArgumentError(absl::StrCat("token_ids: ", t, " tokens exceed the model's ",
+                                                   config.max_positions, " positions"));
+  }
+  for (int64_t i = 0; i < t; ++i) {
+    if (token_ids[i] < 0 || token_ids[i] >= config.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("token_ids[", i, "] = ", token_ids[i],
+                                                     " is outside the vocabulary [0, ",
+                                                     config.vocab_size, ")"));
+    }
+  }
+  ForwardTrace trace;
+  trace.num_tokens = t;
+  absl::StatusOr<std::vector<int64_t>> positions = ResolvePositions(capture.positions, t);
+  if (!positions.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("positions: ", positions.status().message()));
+  }
+  trace.positions = *std::move(positions);
+
+  try {
+    const at::TensorOptions long_options = at::TensorOptions().dtype(at::kLong).device(model.device());
+    const at::Tensor ids = at::tensor(std::vector<int64_t>(token_ids.begin(), token_ids.end()),
+                                      at::kLong).to(model.device());
+    PassContext pass{model, capture};
+    if (!capture.positions.empty()) {
+      pass.keep_index = at::tensor(trace.positions, at::kLong).to(model.device());
+    }
+    pass.causal_mask = at::ones({t, t}, long_options.dtype(at::kBool)).triu(1);
+    const ModelWeights& w = model.weights();
+    at::Tensor x = w.token_embedding.index_select(0, ids);
+    if (config.family == ModelFamily::kGpt2) {
+      x = x + w.position_embedding.narrow(0, 0, t);
+    } else {
+      const at::Tensor freqs = at::outer(at::arange(t, long_options).to(at::kFloat),
+                                         RotaryInverseFrequencies(config).to(model.device()));
+      const at::Tensor angles = at::cat({freqs, freqs}, -1);
+      pass.rope_cos = angles.cos().to(model.dtype());
+      pass.rope_sin = angles.sin().to(model.dtype());
+    }
+    if (capture.residuals) trace.embedding = pass.Keep(x);
+
+    trace.layers.resize(config.n_layers);
+    for (int64_t l = 0; l < config.n_layers; ++l) {
+      const LayerWeights& lw = w.layers[l];
+      LayerTrace& layer = trace.layers[l];
+      const at::Tensor attn =
+          Attention(pass, l, Norm(config, x, lw.attn_norm_weight, lw.attn_norm_bias), layer);
+      const at::Tensor mid = x + attn;
+      const at::Tensor ffn =
+          FeedForward(pass, l, Norm(config, mid, lw.ffn_norm_weight, lw.ffn_norm_bias), layer);
+      if (capture.residuals) {
+        layer.residual_in = pass.Keep(x);
+        layer.attn_out = pass.Keep(attn);
+        layer.residual_mid = pass.Keep(mid);
+        layer.ffn_out = pass.Keep(ffn);
+      }
+      x = mid + ffn;
+    }
+    const at::Tensor kept_final =
+        pass.keep_index.defined() ? x.index_select(0, pass.keep_index) : x;
+    if (capture.residuals) trace.final_residual = kept_final.to(at::kFloat);
+    if (capture.logits) {
+      const at::Tensor normed = Norm(config, kept_final, w.final_norm_weight, w.final_norm_bias);
+      trace.logits = at::linear(normed, w.unembedding).to(at::kFloat);
+    }
+  } catch (const std::exception& e) {
+    // libtorch reports failures (e.g. device out of memory) as exceptions.
+    return absl::ResourceExhaustedError(absl::StrCat("forward pass failed: ", e.what()));
+  }
+  return trace;
+}
+
+}  // namespace factlens

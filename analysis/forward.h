@@ -1,0 +1,64 @@
+// Forward passes of GPT-2 and Llama that capture the residual stream and its components.
+#ifndef FACTLENS_ANALYSIS_FORWARD_H_
+#define FACTLENS_ANALYSIS_FORWARD_H_
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "analysis/weights.h"
+
+namespace factlens {
+
+// What a forward pass keeps. Capturing everything for a 7B model and a long prompt costs gigabytes,
+// so an analysis asks only for the kinds and positions it needs.
+struct CaptureOptions {
+  bool residuals = true;           // residual_in/attn_out/residual_mid/ffn_out per layer, final
+  bool ffn_coefficients = false;   // input of the FFN output projection
+  bool head_outputs = false;       // per-head attention outputs before the output projection
+  bool attention_probs = false;    // softmax attention weights
+  bool values = false;             // value vectors (one per key/value head)
+  bool logits = true;
+  // Query positions whose rows are kept (in this order); empty keeps all. Values always keep every
+  // source position. Negative entries count from the end (-1 = last token).
+  std::vector<int64_t> positions;
+};
+
+// Per-layer captures; tensors not asked for are undefined. P = kept positions, T = all positions.
+// All captured tensors are float32 on the model's device.
+struct LayerTrace {
+  at::Tensor residual_in;       // [P, d]
+  at::Tensor attn_out;          // [P, d], includes the output-projection bias
+  at::Tensor residual_mid;      // [P, d]
+  at::Tensor ffn_out;           // [P, d], includes the output-projection bias
+  at::Tensor ffn_coefficients;  // [P, N]: act(x·W_in) (GPT-2), silu(gate)·up (Llama)
+  at::Tensor head_outputs;      // [P, H, Dh]
+  at::Tensor attention_probs;   // [H, P, T]
+  at::Tensor values;            // [T, KV, Dh], including the value bias if any
+};
+
+struct ForwardTrace {
+  std::vector<int64_t> positions;  // the kept query positions, resolved to [0, T)
+  int64_t num_tokens = 0;          // T
+  std::vector<LayerTrace> layers;
+  at::Tensor embedding;            // [P, d] token (+ position) embedding = layers[0].residual_in
+  at::Tensor final_residual;       // [P, d] residual before the final norm
+  at::Tensor logits;               // [P, V]
+};
+
+// Runs the model on `token_ids` (no batching). InvalidArgument, naming `field`, for an empty
+// sequence, a sequence longer than the model's positions, ids outside the vocabulary, or a capture
+// position out of range. Thread-safe: any number of forward passes may run on one Model at once.
+absl::StatusOr<ForwardTrace> Forward(const Model& model, absl::Span<const int64_t> token_ids,
+                                     const CaptureOptions& capture = {});
+
+// The RoPE inverse frequencies [head_dim / 2] (float32), as HF computes them for the model's
+// rope config. Llama only.
+at::Tensor RotaryInverseFrequencies(const ModelConfig& config);
+
+}  // namespace factlens
+
+#endif  // FACTLENS_ANALYSIS_FORWARD_H_

@@ -1,0 +1,31 @@
+// Reading and writing whole safetensors files as libtorch tensors.
+#ifndef FACTLENS_ANALYSIS_TENSOR_IO_H_
+#define FACTLENS_ANALYSIS_TENSOR_IO_H_
+
+#include <ATen/core/Tensor.h>
+
+#include <map>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "analysis/model_files.h"
+
+namespace factlens {
+
+// A CPU tensor holding the located bytes in their stored dtype. Aligned data is a zero-copy view
+// that keeps the mapping alive (read-only pages: never write to it); misaligned data is copied.
+// DataLoss for dtypes libtorch cannot hold. Thread-safe.
+absl::StatusOr<at::Tensor> TensorFromLocation(const TensorLocation& location);
+
+// Every tensor of one safetensors file, as CPU tensors in their stored dtypes.
+absl::StatusOr<std::map<std::string, at::Tensor>> ReadSafetensorsFile(const std::string& path);
+
+// Writes CPU tensors (F32/F16/BF16/F64/I64/I32/I16/I8/U8/BOOL) as one safetensors file, with the
+// header padded to a multiple of 8 bytes as the reference writer does.
+absl::Status WriteSafetensorsFile(const std::string& path,
+                                  const std::map<std::string, at::Tensor>& tensors);
+
+}  // namespace factlens
+
+#endif  // FACTLENS_ANALYSIS_TENSOR_IO_H_

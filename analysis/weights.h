@@ -1,0 +1,81 @@
+// A loaded model: its config and its weights as tensors on one device, in one compute dtype.
+#ifndef FACTLENS_ANALYSIS_WEIGHTS_H_
+#define FACTLENS_ANALYSIS_WEIGHTS_H_
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "analysis/model_config.h"
+
+namespace factlens {
+
+// One transformer block. Projection weights use the nn.Linear layout [out, in] for both families
+// (GPT-2's Conv1D [in, out] tensors are held as transposed views). Tensors a family or config
+// lacks are undefined (e.g. GPT-2 has no gate; Llama has no norm biases unless configured).
+struct LayerWeights {
+  at::Tensor attn_norm_weight, attn_norm_bias;  // ln_1 / input_layernorm
+  at::Tensor q_weight, k_weight, v_weight;      // [H·Dh, d], [KV·Dh, d], [KV·Dh, d]
+  at::Tensor q_bias, k_bias, v_bias;
+  at::Tensor o_weight, o_bias;                  // [d, H·Dh]
+  at::Tensor ffn_norm_weight, ffn_norm_bias;    // ln_2 / post_attention_layernorm
+  at::Tensor in_weight, in_bias;                // [N, d]: GPT-2 c_fc, Llama up_proj
+  at::Tensor gate_weight, gate_bias;            // [N, d]: Llama gate_proj
+  at::Tensor out_weight, out_bias;              // [d, N]: GPT-2 mlp.c_proj, Llama down_proj
+};
+
+struct ModelWeights {
+  at::Tensor token_embedding;     // [V, d]
+  at::Tensor position_embedding;  // [P, d], GPT-2 only
+  std::vector<LayerWeights> layers;
+  at::Tensor final_norm_weight, final_norm_bias;  // bias: GPT-2 only
+  at::Tensor unembedding;                         // [V, d]; the token embedding when tied
+};
+
+struct LoadOptions {
+  // "cpu", "cuda", "cuda:1", ...
+  std::string device = "cpu";
+  // Compute dtype. Default: float32 on CPU; on CUDA the checkpoint's floating dtype.
+  // float16 on CPU is refused (libtorch's CPU matmuls do not support it).
+  std::optional<c10::ScalarType> dtype;
+};
+
+// An immutable loaded model. Weights of a float32 checkpoint loaded to CPU in float32 stay in the
+// memory-mapped file (zero copy, read-only pages: nothing may write to them); otherwise they are
+// converted copies. Safe to share across threads; forward passes never modify it.
+class Model {
+ public:
+  // Loads `reference` (a directory or an HF-cache repo id, see ResolveModelDirectory).
+  // Errors: NotFound (no such model / file), DataLoss (corrupt or inconsistent checkpoint: missing
+  // tensor, shape or dtype that disagrees with the config), InvalidArgument / Unimplemented (bad or
+  // unsupported config.json, bad options).
+  static absl::StatusOr<std::shared_ptr<const Model>> Load(const std::string& reference,
+                                                           const LoadOptions& options = {});
+
+  const ModelConfig& config() const { return config_; }
+  const ModelWeights& weights() const { return weights_; }
+  c10::Device device() const { return device_; }
+  c10::ScalarType dtype() const { return dtype_; }
+  const std::string& directory() const { return directory_; }
+  // Bytes of all weight tensors (shared tensors counted once).
+  uint64_t resident_bytes() const { return resident_bytes_; }
+
+ private:
+  Model(ModelConfig config, c10::Device device) : config_(std::move(config)), device_(device) {}
+  ModelConfig config_;
+  ModelWeights weights_;
+  c10::Device device_;
+  c10::ScalarType dtype_ = c10::ScalarType::Float;
+  std::string directory_;
+  uint64_t resident_bytes_ = 0;
+};
+
+}  // namespace factlens
+
+#endif  // FACTLENS_ANALYSIS_WEIGHTS_H_
