@@ -30,7 +30,9 @@ class WeightReader {
 
   // The tensor `name`, which must exist and have `shape`.
   absl::StatusOr<at::Tensor> Required(const std::string& name, std::vector<int64_t> shape) {
-    FACTLENS_ASSIGN_OR_RETURN(const TensorLocation location, checkpoint_.Find(name));
+    absl::StatusOr<TensorLocation> found = checkpoint_.Find(name);
+    if (!found.ok()) return absl::DataLossError(found.status().message());
+    const TensorLocation& location = *found;
     if (location.info.shape != shape) {
       return absl::DataLossError(absl::StrCat("tensor '", name, "' in ", checkpoint_.directory(),
                                               " has shape ", ShapeString(location.info.shape),
@@ -195,10 +197,15 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Load(const std::string& refe
     return absl::InvalidArgumentError("float16 compute is not supported on CPU; use float32");
   }
   WeightReader reader(checkpoint, device, model->dtype_);
-  if (model->config_.family == ModelFamily::kGpt2) {
-    FACTLENS_RETURN_IF_ERROR(LoadGpt2(model->config_, checkpoint, reader, model->weights_));
-  } else {
-    FACTLENS_RETURN_IF_ERROR(LoadLlama(model->config_, reader, model->weights_));
+  try {
+    if (model->config_.family == ModelFamily::kGpt2) {
+      FACTLENS_RETURN_IF_ERROR(LoadGpt2(model->config_, checkpoint, reader, model->weights_));
+    } else {
+      FACTLENS_RETURN_IF_ERROR(LoadLlama(model->config_, reader, model->weights_));
+    }
+  } catch (const std::exception& e) {
+    // libtorch reports failures such as device out-of-memory as exceptions.
+    return absl::ResourceExhaustedError(absl::StrCat("loading ", directory, " failed: ", e.what()));
   }
   model->resident_bytes_ = reader.resident_bytes();
   return std::shared_ptr<const Model>(std::move(model));

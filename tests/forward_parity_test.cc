@@ -2,7 +2,7 @@
 // in float32 on an H200). Every forward.* tensor of every case is compared.
 //
 // Tolerance: max |ours − HF| ≤ 2e-5 × max(1, max |HF|) per tensor. Both sides compute in float32;
-// the references come from CUDA kernels (TF32 disabled) and ours from CPU BLAS, whose different
+// the references come from CUDA kernels and ours from CPU BLAS, whose different
 // summation orders leave differences of a few float32 ulps of the tensor's magnitude
 // (2^-23 ≈ 1.2e-7 relative, amplified by ≤ 3 layers of LayerNorm/RMSNorm and softmax). The largest
 // errors actually measured are printed by each test: at most 4e-6 relative (3e-5 absolute

@@ -1,0 +1,256 @@
+// Loading paths the public references do not cover (unprefixed GPT-2 names with mask buffers,
+// sharded checkpoints, the HF cache layout, fp16 files), and clear errors for broken checkpoints.
+// Variants are rewritten from the reference models, so they must reproduce HF's logits.
+#include <ATen/ATen.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+
+#include "analysis/forward.h"
+#include "analysis/tensor_io.h"
+#include "analysis/weights.h"
+#include "tests/testing.h"
+
+namespace factlens {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+using TensorMap = std::map<std::string, at::Tensor>;
+
+const std::vector<int64_t> kGpt2Ids = {303, 211, 294, 53, 204, 372, 152};  // gpt2-tiny case 0
+const std::vector<int64_t> kLlamaIds = {442, 120, 368, 476, 325, 336, 457};  // llama-tiny case 0
+
+std::string Reference(const std::string& model) {
+  return testing::SourcePath("tests/data/hf-reference/" + model);
+}
+
+at::Tensor ReferenceLogits(const std::string& model) {
+  absl::StatusOr<TensorMap> ref = ReadSafetensorsFile(Reference(model) + "/reference_case0.safetensors");
+  EXPECT_TRUE(ref.ok()) << ref.status();
+  return ref.ok() ? ref->at("forward.logits") : at::Tensor();
+}
+
+// Copies a reference model to `dst`, with its tensors rewritten by `transform` into `shards`
+// files (an index when > 1) and its config edited by `edit_config`.
+void WriteVariant(const std::string& model, const fs::path& dst,
+                  const std::function<void(TensorMap&)>& transform, int shards = 1,
+                  const std::function<void(std::string&)>& edit_config = nullptr) {
+  fs::create_directories(dst);
+  absl::StatusOr<TensorMap> tensors = ReadSafetensorsFile(Reference(model) + "/model.safetensors");
+  ASSERT_TRUE(tensors.ok()) << tensors.status();
+  transform(*tensors);
+  std::ifstream config_in(Reference(model) + "/config.json");
+  std::string config((std::istreambuf_iterator<char>(config_in)), std::istreambuf_iterator<char>());
+  if (edit_config) edit_config(config);
+  std::ofstream(dst / "config.json") << config;
+  if (shards == 1) {
+    ASSERT_TRUE(WriteSafetensorsFile((dst / "model.safetensors").string(), *tensors).ok());
+    return;
+  }
+  std::vector<TensorMap> parts(shards);
+  std::string weight_map;
+  int i = 0;
+  for (const auto& [name, tensor] : *tensors) {
+    const int shard = i++ % shards;
+    parts[shard][name] = tensor;
+    const std::string file = "model-0000" + std::to_string(shard + 1) + "-of-0000" +
+                             std::to_string(shards) + ".safetensors";
+    weight_map += (weight_map.empty() ? "" : ",") + ("\"" + name + "\":\"" + file + "\"");
+  }
+  for (int s = 0; s < shards; ++s) {
+    const std::string file = "model-0000" + std::to_string(s + 1) + "-of-0000" +
+                             std::to_string(shards) + ".safetensors";
+    ASSERT_TRUE(WriteSafetensorsFile((dst / file).string(), parts[s]).ok());
+  }
+  std::ofstream(dst / "model.safetensors.index.json")
+      << "{\"metadata\":{},\"weight_map\":{" << weight_map << "}}";
+}
+
+void ExpectReferenceLogits(const std::string& reference, const std::string& model_model,
+                           const std::vector<int64_t>& ids, double tolerance = 1e-4) {
+  absl::StatusOr<std::shared_ptr<const Model>> model = Model::Load(reference);
+  ASSERT_TRUE(model.ok()) << model.status();
+  absl::StatusOr<ForwardTrace> trace = Forward(**model, ids);
+  ASSERT_TRUE(trace.ok()) << trace.status();
+  const double error = (trace->logits - ReferenceLogits(model_model)).abs().max().item<double>();
+  EXPECT_LE(error, tolerance) << reference;
+}
+
+TEST(ModelLoadingTest, Gpt2WithoutTransformerPrefixAndWithMaskBuffers) {
+  const fs::path dir = fs::path(testing::MakeTempDir()) / "gpt2-unprefixed";
+  WriteVariant("gpt2-tiny", dir, [](TensorMap& tensors) {
+    TensorMap renamed;
+    for (auto& [name, tensor] : tensors) renamed[name.substr(std::string("transformer.").size())] = tensor;
+    for (int l = 0; l < 3; ++l) {  // the causal-mask buffers old hub checkpoints carry
+      renamed["h." + std::to_string(l) + ".attn.bias"] = at::ones({1, 1, 64, 64}).tril();
+    }
+    tensors = renamed;
+  });
+  ExpectReferenceLogits(dir.string(), "gpt2-tiny", kGpt2Ids);
+}
+
+TEST(ModelLoadingTest, ShardedCheckpointWithIndex) {
+  const fs::path dir = fs::path(testing::MakeTempDir()) / "llama-sharded";
+  WriteVariant("llama-tiny", dir, [](TensorMap&) {}, /*shards=*/3);
+  ASSERT_TRUE(fs::exists(dir / "model-00003-of-00003.safetensors"));
+  ASSERT_FALSE(fs::exists(dir / "model.safetensors"));
+  ExpectReferenceLogits(dir.string(), "llama-tiny", kLlamaIds);
+}
+
+TEST(ModelLoadingTest, RepoIdInHuggingFaceCache) {
+  const fs::path cache = testing::MakeTempDir();
+  const fs::path repo = cache / "models--factlens--gpt2-tiny";
+  WriteVariant("gpt2-tiny", repo / "snapshots" / "c0ffee", [](TensorMap&) {});
+  fs::create_directories(repo / "refs");
+  std::ofstream(repo / "refs" / "main") << "c0ffee";
+  setenv("HF_HUB_CACHE", cache.c_str(), 1);
+  ExpectReferenceLogits("factlens/gpt2-tiny", "gpt2-tiny", kGpt2Ids);
+  unsetenv("HF_HUB_CACHE");
+}
+
+TEST(ModelLoadingTest, Float16CheckpointIsUpcastToFloat32OnCpu) {
+  const fs::path dir = fs::path(testing::MakeTempDir()) / "gpt2-fp16";
+  WriteVariant("gpt2-tiny", dir, [](TensorMap& tensors) {
+    for (auto& [name, tensor] : tensors) tensor = tensor.to(at::kHalf);
+  });
+  absl::StatusOr<std::shared_ptr<const Model>> model = Model::Load(dir.string());
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ((*model)->dtype(), at::kFloat);
+  EXPECT_EQ((*model)->weights().token_embedding.scalar_type(), at::kFloat);
+  // fp16 rounding of the weights (2^-11 relative) moves logits of scale ~4 by ~1e-2 at most.
+  ExpectReferenceLogits(dir.string(), "gpt2-tiny", kGpt2Ids, /*tolerance=*/5e-2);
+}
+
+TEST(ModelLoadingTest, ResidentBytesCountTiedEmbeddingOnce) {
+  absl::StatusOr<std::shared_ptr<const Model>> model = Model::Load(Reference("gpt2-tiny"));
+  ASSERT_TRUE(model.ok()) << model.status();
+  // GPT-2 parameter count from its shapes (V=512, P=64, d=48, N=192, L=3), float32, tied unembedding.
+  const int64_t v = 512, p = 64, d = 48, n = 192, layers = 3;
+  const int64_t per_layer = 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + 2 * d + (d * n + n) + (n * d + d);
+  EXPECT_EQ((*model)->resident_bytes(), 4u * static_cast<uint64_t>(v * d + p * d + layers * per_layer + 2 * d));
+}
+
+// A broken copy of a reference model must fail to load with `code` and a message naming `what`.
+void ExpectLoadError(const fs::path& dir, absl::StatusCode code, const std::string& what) {
+  const absl::Status status = Model::Load(dir.string()).status();
+  EXPECT_EQ(status.code(), code) << status;
+  EXPECT_THAT(std::string(status.message()), HasSubstr(what));
+}
+
+TEST(ModelLoadingTest, BrokenCheckpointsAreClearErrors) {
+  const fs::path root = testing::MakeTempDir();
+  WriteVariant("gpt2-tiny", root / "missing", [](TensorMap& t) { t.erase("transformer.h.1.ln_2.bias"); });
+  ExpectLoadError(root / "missing", absl::StatusCode::kDataLoss, "transformer.h.1.ln_2.bias");
+
+  WriteVariant("gpt2-tiny", root / "shape", [](TensorMap& t) {
+    t["transformer.h.0.mlp.c_fc.weight"] = at::zeros({48, 100});
+  });
+  ExpectLoadError(root / "shape", absl::StatusCode::kDataLoss, "shape [48, 100]");
+
+  WriteVariant("gpt2-tiny", root / "dtype", [](TensorMap& t) {
+    t["transformer.ln_f.weight"] = t["transformer.ln_f.weight"].to(at::kLong);
+  });
+  ExpectLoadError(root / "dtype", absl::StatusCode::kDataLoss, "I64");
+
+  WriteVariant("gpt2-tiny", root / "untied", [](TensorMap&) {}, 1, [](std::string& config) {
+    config.replace(config.find("\"tie_word_embeddings\": true"), 27, "\"tie_word_embeddings\": false");
+  });
+  ExpectLoadError(root / "untied", absl::StatusCode::kDataLoss, "lm_head.weight");
+
+  WriteVariant("gpt2-tiny", root / "bert", [](TensorMap&) {}, 1, [](std::string& config) {
+    config.replace(config.find("\"gpt2\""), 6, "\"bert\"");
+  });
+  ExpectLoadError(root / "bert", absl::StatusCode::kUnimplemented, "bert");
+
+  WriteVariant("gpt2-tiny", root / "config", [](TensorMap&) {}, 1, [](std::string& config) {
+    config.replace(config.find("\"n_layer\": 3"), 12, "\"n_layer\": \"3\"");
+  });
+  ExpectLoadError(root / "config", absl::StatusCode::kInvalidArgument, "n_layer");
+
+  // Truncated weights: cut the file in the middle of the data section.
+  WriteVariant("gpt2-tiny", root / "truncated", [](TensorMap&) {});
+  fs::resize_file(root / "truncated" / "model.safetensors", 200000);
+  ExpectLoadError(root / "truncated", absl::StatusCode::kDataLoss, "past the end");
+
+  fs::create_directories(root / "empty");
+  ExpectLoadError(root / "empty", absl::StatusCode::kNotFound, "config.json");
+  ExpectLoadError(root / "no-such-model", absl::StatusCode::kNotFound, "no-such-model");
+}
+
+TEST(ModelLoadingTest, BadDeviceAndDtypeOptions) {
+  LoadOptions cuda;
+  cuda.device = "cuda";
+  if (!at::hasCUDA()) {
+    EXPECT_EQ(Model::Load(Reference("gpt2-tiny"), cuda).status().code(),
+              absl::StatusCode::kFailedPrecondition);
+  }
+  LoadOptions nonsense;
+  nonsense.device = "quantum:7";
+  EXPECT_EQ(Model::Load(Reference("gpt2-tiny"), nonsense).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  LoadOptions half;
+  half.dtype = at::kHalf;
+  EXPECT_EQ(Model::Load(Reference("gpt2-tiny"), half).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  LoadOptions bf16;
+  bf16.dtype = at::kBFloat16;
+  absl::StatusOr<std::shared_ptr<const Model>> model = Model::Load(Reference("gpt2-tiny"), bf16);
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ((*model)->weights().layers[0].q_weight.scalar_type(), at::kBFloat16);
+  absl::StatusOr<ForwardTrace> trace = Forward(**model, kGpt2Ids);
+  ASSERT_TRUE(trace.ok()) << trace.status();
+  EXPECT_EQ(trace->logits.scalar_type(), at::kFloat);  // captures are float32 whatever the compute
+}
+
+TEST(ForwardTest, BadInputsAreInvalidArgumentNamingTheField) {
+  absl::StatusOr<std::shared_ptr<const Model>> model = Model::Load(Reference("llama-tiny"));
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_THAT(std::string(Forward(**model, {}).status().message()), HasSubstr("token_ids"));
+  const absl::Status out_of_vocab = Forward(**model, {1, 512}).status();
+  EXPECT_EQ(out_of_vocab.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(out_of_vocab.message()), HasSubstr("token_ids[1] = 512"));
+  EXPECT_EQ(Forward(**model, {-1}).status().code(), absl::StatusCode::kInvalidArgument);
+  CaptureOptions capture;
+  capture.positions = {7};
+  const absl::Status bad_position = Forward(**model, kLlamaIds, capture).status();
+  EXPECT_EQ(bad_position.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad_position.message()), HasSubstr("positions"));
+}
+
+TEST(ForwardTest, CapturingSomePositionsKeepsExactlyThoseRows) {
+  absl::StatusOr<std::shared_ptr<const Model>> model = Model::Load(Reference("llama-gqa-tiny-bf16"));
+  ASSERT_TRUE(model.ok()) << model.status();
+  CaptureOptions all;
+  all.ffn_coefficients = all.head_outputs = all.attention_probs = all.values = true;
+  CaptureOptions some = all;
+  some.positions = {-1, 2};
+  absl::StatusOr<ForwardTrace> full = Forward(**model, kLlamaIds, all);
+  absl::StatusOr<ForwardTrace> part = Forward(**model, kLlamaIds, some);
+  ASSERT_TRUE(full.ok() && part.ok());
+  EXPECT_EQ(part->positions, (std::vector<int64_t>{6, 2}));
+  const at::Tensor rows = at::tensor(std::vector<int64_t>{6, 2});
+  for (size_t l = 0; l < full->layers.size(); ++l) {
+    const LayerTrace& f = full->layers[l];
+    const LayerTrace& p = part->layers[l];
+    EXPECT_TRUE(at::allclose(p.residual_in, f.residual_in.index_select(0, rows)));
+    EXPECT_TRUE(at::allclose(p.ffn_coefficients, f.ffn_coefficients.index_select(0, rows)));
+    EXPECT_TRUE(at::allclose(p.head_outputs, f.head_outputs.index_select(0, rows)));
+    EXPECT_TRUE(at::allclose(p.attention_probs, f.attention_probs.index_select(1, rows)));
+    EXPECT_EQ(p.values.size(0), 7);  // values keep every source position
+  }
+  EXPECT_TRUE(at::allclose(part->logits, full->logits.index_select(0, rows)));
+  CaptureOptions nothing;
+  nothing.residuals = nothing.logits = false;
+  absl::StatusOr<ForwardTrace> empty = Forward(**model, kLlamaIds, nothing);
+  ASSERT_TRUE(empty.ok());
+  EXPECT_FALSE(empty->logits.defined());
+  EXPECT_FALSE(empty->layers[0].residual_in.defined());
+}
+
+}  // namespace
+}  // namespace factlens
