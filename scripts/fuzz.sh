@@ -16,9 +16,10 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+mkdir -p "$build"
 cmake -S "$root" -B "$build" -DFACTLENS_FUZZ=ON -DCMAKE_CXX_COMPILER=clang++-14 \
-  -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$build.configure.log" 2>&1 || { cat "$build.configure.log"; exit 1; }
-cmake --build "$build" -j"$(nproc)" >"$build.build.log" 2>&1 || { tail -50 "$build.build.log"; exit 1; }
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$build/configure.log" 2>&1 || { cat "$build/configure.log"; exit 1; }
+cmake --build "$build" -j"$(nproc)" >"$build/build.log" 2>&1 || { tail -50 "$build/build.log"; exit 1; }
 
 if [ ${#targets[@]} -eq 0 ]; then
   while IFS= read -r exe; do targets+=("$(basename "$exe")"); done \
