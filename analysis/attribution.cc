@@ -1,0 +1,408 @@
+#include "analysis/attribution.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <numeric>
+#include <tuple>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace factlens {
+
+// The output distribution of one residual base x under bs logits, and the tangent direction u with
+// d/dt log softmax(bs(x + t·v))[w] at t = 0 equal to u·v.
+struct Attribution::Base {
+  at::Tensor probs;     // [V] float32
+  double log_prob = 0;  // log p(w | x)
+  at::Tensor tangent;   // [d] float32
+};
+
+// One layer's neurons: K shared vectors (FFN: rows of W_out; attention: columns of W_O) and R
+// coefficient rows (FFN: 1; attention: one per source position). Flat index = r·K + k.
+struct Attribution::NeuronSet {
+  int64_t layer = 0;
+  const Base* base = nullptr;
+  at::Tensor vectors;       // [K, d] float32
+  at::Tensor coefficients;  // [R, K] float32
+};
+
+namespace {
+
+// Absolute slack on bound comparisons, covering float32 rounding of exact values and bounds.
+constexpr double kBoundSlack = 1e-5;
+// Elements of one [rows, chunk, V] block of exhaustive evaluation.
+constexpr int64_t kExhaustiveBlockElements = int64_t{1} << 24;
+
+}  // namespace
+
+std::string_view MetricName(Metric metric) {
+  switch (metric) {
+    case Metric::kLogProbIncrease:
+      return "logprob_increase";
+    case Metric::kProbIncrease:
+      return "prob_increase";
+    case Metric::kLogitIncrease:
+      return "logit_increase";
+  }
+  return "?";
+}
+
+std::string_view RankModeName(RankMode mode) {
+  switch (mode) {
+    case RankMode::kExact:
+      return "exact";
+    case RankMode::kExhaustive:
+      return "exhaustive";
+    case RankMode::kApproximate:
+      return "approximate";
+  }
+  return "?";
+}
+
+CaptureOptions FullCapture() {
+  CaptureOptions capture;
+  capture.residuals = capture.ffn_coefficients = capture.head_outputs = true;
+  capture.attention_probs = capture.values = capture.logits = true;
+  return capture;
+}
+
+absl::StatusOr<std::unique_ptr<Attribution>> Attribution::Create(const Model& model,
+                                                                 const ForwardTrace& trace,
+                                                                 const AttributionTarget& target) {
+  const ModelConfig& config = model.config();
+  if (target.token_id < 0 || target.token_id >= config.vocab_size) {
+    return absl::InvalidArgumentError(absl::StrCat("target: token id ", target.token_id,
+                                                   " is outside the vocabulary [0, ",
+                                                   config.vocab_size, ")"));
+  }
+  const int64_t t = trace.num_tokens;
+  const int64_t position = target.position < 0 ? target.position + t : target.position;
+  if (position < 0 || position >= t) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("position: ", target.position, " is out of range for ", t, " tokens"));
+  }
+  if (static_cast<int64_t>(trace.positions.size()) != t || trace.layers.empty() ||
+      !trace.layers[0].values.defined() || !trace.layers[0].ffn_coefficients.defined() ||
+      !trace.layers[0].attention_probs.defined() || !trace.final_residual.defined()) {
+    return absl::FailedPreconditionError("attribution needs a trace made with FullCapture()");
+  }
+  std::unique_ptr<Attribution> a(new Attribution(model, trace, target));
+  a->position_ = position;
+  const ModelWeights& w = model.weights();
+  a->norm_weight_ = w.final_norm_weight.to(at::kFloat);
+  a->unembedding_ = w.unembedding.to(at::kFloat);
+  const at::Tensor final_residual = trace.final_residual[position].to(at::kDouble);
+  // σ of the final norm at this position, frozen for every projection.
+  const double mean_square = config.family == ModelFamily::kGpt2
+                                 ? final_residual.var(/*unbiased=*/false).item<double>()
+                                 : final_residual.pow(2).mean().item<double>();
+  a->sigma_ = std::sqrt(mean_square + config.norm_eps);
+  if (target.include_final_norm_bias && w.final_norm_bias.defined()) {
+    a->bias_logits_ = at::mv(a->unembedding_, w.final_norm_bias.to(at::kFloat));
+  }
+  a->max_unembedding_norm_sq_ = a->unembedding_.pow(2).sum(1).max().item<double>();
+
+  auto make_base = [&](const at::Tensor& residual) {
+    auto base = std::make_shared<Base>();
+    at::Tensor logits = a->Project(residual.unsqueeze(0))[0];
+    if (a->bias_logits_.defined()) logits = logits + a->bias_logits_;
+    const at::Tensor log_probs = at::log_softmax(logits.to(at::kDouble), 0);
+    base->probs = log_probs.exp().to(at::kFloat);
+    base->log_prob = log_probs[target.token_id].item<double>();
+    // f'(0) = (E_w − Σ p_u E_u)·(g ⊙ c(v))/σ = c(g ⊙ (E_w − pᵀE))·v/σ (c is self-adjoint).
+    at::Tensor direction = (a->unembedding_[target.token_id] - at::mv(a->unembedding_.t(), base->probs)) *
+                           a->norm_weight_;
+    if (config.family == ModelFamily::kGpt2) direction = direction - direction.mean();
+    base->tangent = direction / a->sigma_;
+    return base;
+  };
+  for (const LayerTrace& layer : trace.layers) {
+    a->attn_bases_.push_back(make_base(layer.residual_in[position]));
+    a->ffn_bases_.push_back(make_base(layer.residual_mid[position]));
+  }
+  a->final_base_ = make_base(trace.final_residual[position]);
+  return a;
+}
+
+double Attribution::target_log_prob() const { return final_base_->log_prob; }
+
+at::Tensor Attribution::Project(const at::Tensor& vectors) const {
+  at::Tensor v = vectors.to(at::kFloat);
+  if (model_.config().family == ModelFamily::kGpt2) v = v - v.mean(-1, /*keepdim=*/true);
+  return at::matmul(v * (norm_weight_ / sigma_), unembedding_.t());
+}
+
+at::Tensor Attribution::FromLogProbIncrease(const Base& base, const at::Tensor& delta) const {
+  if (target_.metric == Metric::kProbIncrease) {
+    return std::exp(base.log_prob) * at::expm1(delta.to(at::kDouble));
+  }
+  return delta.to(at::kDouble);
+}
+
+at::Tensor Attribution::ExactFromProjections(const Base& base, const at::Tensor& projections,
+                                             const at::Tensor& coefficients) const {
+  // projections [..., V] of unit vectors, coefficients [...]: values of coefficient·vector.
+  const at::Tensor scaled = projections * coefficients.unsqueeze(-1);
+  const at::Tensor target_logit = scaled.select(-1, target_.token_id);
+  if (target_.metric == Metric::kLogitIncrease) return target_logit.to(at::kDouble);
+  // log p(w|x+v) − log p(w|x) = b_w − log Σ_u p_u exp(b_u), shifted by max_u b_u for stability.
+  const at::Tensor shift = std::get<0>(scaled.max(-1, /*keepdim=*/true));
+  const at::Tensor mixture = at::matmul((scaled - shift).exp(), base.probs);
+  const at::Tensor delta = target_logit.to(at::kDouble) - mixture.to(at::kDouble).log() -
+                           shift.squeeze(-1).to(at::kDouble);
+  return FromLogProbIncrease(base, delta);
+}
+
+at::Tensor Attribution::Increase(const Base& base, const at::Tensor& vectors) const {
+  const at::Tensor projections = Project(vectors);
+  return ExactFromProjections(base, projections, at::ones(projections.sizes().slice(0, projections.dim() - 1),
+                                                          projections.options()));
+}
+
+at::Tensor Attribution::AttentionLayerIncrease() const {
+  std::vector<at::Tensor> values;
+  for (size_t l = 0; l < trace_.layers.size(); ++l) {
+    values.push_back(Increase(*attn_bases_[l], trace_.layers[l].attn_out[position_].unsqueeze(0))[0]);
+  }
+  return at::stack(values);
+}
+
+at::Tensor Attribution::FfnLayerIncrease() const {
+  std::vector<at::Tensor> values;
+  for (size_t l = 0; l < trace_.layers.size(); ++l) {
+    values.push_back(Increase(*ffn_bases_[l], trace_.layers[l].ffn_out[position_].unsqueeze(0))[0]);
+  }
+  return at::stack(values);
+}
+
+namespace {
+
+// W_O as [H, Dh, d] float32: head h's block of the output projection, one row per head dim.
+at::Tensor OutputProjectionByHead(const Model& model, int64_t layer) {
+  const ModelConfig& c = model.config();
+  return model.weights().layers[layer].o_weight.to(at::kFloat).t().reshape({c.n_heads, c.head_dim, c.d_model});
+}
+
+// Per-head value vectors [T, H, Dh] (key/value heads repeated for grouped-query attention).
+at::Tensor ValuesByHead(const Model& model, const LayerTrace& layer) {
+  const ModelConfig& c = model.config();
+  return layer.values.repeat_interleave(c.n_heads / c.n_kv_heads, /*dim=*/1);
+}
+
+}  // namespace
+
+at::Tensor Attribution::HeadIncrease() const {
+  std::vector<at::Tensor> values;
+  for (size_t l = 0; l < trace_.layers.size(); ++l) {
+    const at::Tensor heads = trace_.layers[l].head_outputs[position_];  // [H, Dh]
+    const at::Tensor vectors = at::einsum("hj,hjd->hd", {heads, OutputProjectionByHead(model_, l)});
+    values.push_back(Increase(*attn_bases_[l], vectors));
+  }
+  return at::stack(values);
+}
+
+at::Tensor Attribution::HeadPositionIncrease() const {
+  std::vector<at::Tensor> values;
+  for (size_t l = 0; l < trace_.layers.size(); ++l) {
+    const LayerTrace& layer = trace_.layers[l];
+    const at::Tensor probs = layer.attention_probs.select(1, position_);  // [H, T]
+    const at::Tensor vectors = at::einsum(
+        "hs,shj,hjd->hsd", {probs, ValuesByHead(model_, layer), OutputProjectionByHead(model_, l)});
+    values.push_back(Increase(*attn_bases_[l], vectors));
+  }
+  return at::stack(values);
+}
+
+Attribution::NeuronSet Attribution::FfnNeurons(int64_t layer) const {
+  NeuronSet set;
+  set.layer = layer;
+  set.base = ffn_bases_[layer].get();
+  set.vectors = model_.weights().layers[layer].out_weight.to(at::kFloat).t();
+  set.coefficients = trace_.layers[layer].ffn_coefficients[position_].unsqueeze(0);
+  return set;
+}
+
+Attribution::NeuronSet Attribution::AttentionNeurons(int64_t layer) const {
+  const ModelConfig& c = model_.config();
+  const LayerTrace& trace = trace_.layers[layer];
+  NeuronSet set;
+  set.layer = layer;
+  set.base = attn_bases_[layer].get();
+  set.vectors = model_.weights().layers[layer].o_weight.to(at::kFloat).t();  // [H·Dh, d]
+  const at::Tensor probs = trace.attention_probs.select(1, position_).t();  // [T, H]
+  set.coefficients = (ValuesByHead(model_, trace) * probs.unsqueeze(-1)).reshape({trace_.num_tokens, c.n_heads * c.head_dim});
+  return set;
+}
+
+at::Tensor Attribution::AllExact(const std::vector<NeuronSet>& sets) const {
+  std::vector<at::Tensor> layers;
+  const int64_t vocab = unembedding_.size(0);
+  for (const NeuronSet& set : sets) {
+    const int64_t rows = set.coefficients.size(0), k = set.vectors.size(0);
+    const int64_t chunk = std::max<int64_t>(1, kExhaustiveBlockElements / (rows * vocab));
+    std::vector<at::Tensor> parts;
+    for (int64_t start = 0; start < k; start += chunk) {
+      const int64_t n = std::min(chunk, k - start);
+      const at::Tensor projections = Project(set.vectors.narrow(0, start, n));  // [n, V]
+      parts.push_back(ExactFromProjections(*set.base, projections.unsqueeze(0),
+                                           set.coefficients.narrow(1, start, n)));  // [R, n]
+    }
+    layers.push_back(at::cat(parts, 1).reshape({-1}));
+  }
+  return at::stack(layers);
+}
+
+at::Tensor Attribution::FfnNeuronIncrease() const {
+  std::vector<NeuronSet> sets;
+  for (size_t l = 0; l < trace_.layers.size(); ++l) sets.push_back(FfnNeurons(l));
+  return AllExact(sets);
+}
+
+at::Tensor Attribution::AttentionNeuronIncrease() const {
+  const ModelConfig& c = model_.config();
+  std::vector<NeuronSet> sets;
+  for (size_t l = 0; l < trace_.layers.size(); ++l) sets.push_back(AttentionNeurons(l));
+  return AllExact(sets).reshape({c.n_layers, trace_.num_tokens, c.n_heads, c.head_dim});
+}
+
+NeuronRanking Attribution::RankFfnNeurons(int64_t k, RankOrder order, RankMode mode) const {
+  std::vector<NeuronSet> sets;
+  for (size_t l = 0; l < trace_.layers.size(); ++l) sets.push_back(FfnNeurons(l));
+  return Rank(sets, k, order, mode);
+}
+
+NeuronRanking Attribution::RankAttentionNeurons(int64_t k, RankOrder order, RankMode mode) const {
+  std::vector<NeuronSet> sets;
+  for (size_t l = 0; l < trace_.layers.size(); ++l) sets.push_back(AttentionNeurons(l));
+  return Rank(sets, k, order, mode);
+}
+
+at::Tensor Attribution::FfnNeuronSubvalue(int64_t layer, int64_t neuron) const {
+  const NeuronSet set = FfnNeurons(layer);
+  return set.vectors[neuron] * set.coefficients[0][neuron];
+}
+
+at::Tensor Attribution::AttentionNeuronSubvalue(int64_t layer, int64_t index) const {
+  const NeuronSet set = AttentionNeurons(layer);
+  const int64_t k = set.vectors.size(0);
+  return set.vectors[index % k] * set.coefficients[index / k][index % k];
+}
+
+NeuronRanking Attribution::Rank(const std::vector<NeuronSet>& sets, int64_t k, RankOrder order,
+                                RankMode mode) const {
+  NeuronRanking ranking;
+  ranking.mode = mode;
+  const bool top = order == RankOrder::kTop;
+  for (const NeuronSet& set : sets) ranking.total += set.coefficients.numel();
+  k = std::clamp<int64_t>(k, 0, ranking.total);
+
+  // Per layer: the first-order value m·f'(0) of every neuron (the tangent, an upper bound on the
+  // log-prob increase by concavity) and, for bottom-k, Hoeffding's lower bound
+  // m·f'(0) − m²·max‖E_u‖²·‖g ⊙ c(v)‖²/(2σ²).
+  std::vector<at::Tensor> bounds, exact_values;
+  for (const NeuronSet& set : sets) {
+    const at::Tensor first_order = set.coefficients * at::mv(set.vectors, set.base->tangent);
+    at::Tensor bound = first_order;
+    if (!top && mode == RankMode::kExact) {
+      at::Tensor directions = set.vectors;
+      if (model_.config().family == ModelFamily::kGpt2) directions = directions - directions.mean(1, true);
+      const at::Tensor norms_sq = (directions * norm_weight_).pow(2).sum(1) / (sigma_ * sigma_);
+      bound = first_order - set.coefficients.pow(2) * norms_sq * (max_unembedding_norm_sq_ / 2);
+    }
+    bound = bound.reshape({-1});
+    if (target_.metric == Metric::kProbIncrease) bound = FromLogProbIncrease(*set.base, bound);
+    if (target_.metric == Metric::kLogitIncrease) {
+      // Linear in the vector: the exact value costs one matrix-vector product per layer.
+      at::Tensor direction = unembedding_[target_.token_id] * norm_weight_;
+      if (model_.config().family == ModelFamily::kGpt2) direction = direction - direction.mean();
+      bound = (set.coefficients * at::mv(set.vectors, direction / sigma_)).reshape({-1});
+    }
+    bounds.push_back(bound.to(at::kDouble));
+  }
+  if (target_.metric == Metric::kLogitIncrease && mode != RankMode::kApproximate) {
+    ranking.mode = RankMode::kExhaustive;
+  }
+
+  struct Candidate {
+    double value;
+    int64_t layer;
+    int64_t index;
+  };
+  auto better = [top](const Candidate& a, const Candidate& b) {
+    if (a.value != b.value) return top ? a.value > b.value : a.value < b.value;
+    return std::tie(a.layer, a.index) < std::tie(b.layer, b.index);
+  };
+  std::vector<Candidate> results;
+
+  if (mode == RankMode::kExhaustive && target_.metric != Metric::kLogitIncrease) {
+    const at::Tensor all = AllExact(sets);
+    ranking.evaluated = ranking.total;
+    for (size_t s = 0; s < sets.size(); ++s) {
+      const at::Tensor values = all[s].contiguous();
+      const double* data = values.data_ptr<double>();
+      for (int64_t i = 0; i < values.numel(); ++i) results.push_back({data[i], sets[s].layer, i});
+    }
+  } else if (mode == RankMode::kApproximate || target_.metric == Metric::kLogitIncrease) {
+    for (size_t s = 0; s < sets.size(); ++s) {
+      const at::Tensor values = bounds[s].contiguous();
+      const double* data = values.data_ptr<double>();
+      for (int64_t i = 0; i < values.numel(); ++i) results.push_back({data[i], sets[s].layer, i});
+    }
+    ranking.evaluated = target_.metric == Metric::kLogitIncrease ? ranking.total : 0;
+  } else {
+    // Candidates in bound order; evaluate in batches until the k-th exact value beats every
+    // remaining bound.
+    std::vector<Candidate> candidates;
+    for (size_t s = 0; s < sets.size(); ++s) {
+      const at::Tensor values = bounds[s].contiguous();
+      const double* data = values.data_ptr<double>();
+      for (int64_t i = 0; i < values.numel(); ++i) candidates.push_back({data[i], static_cast<int64_t>(s), i});
+    }
+    std::sort(candidates.begin(), candidates.end(), better);
+    const int64_t first_batch = std::clamp<int64_t>(k, 64, 512);
+    size_t next = 0;
+    while (next < candidates.size()) {
+      const size_t batch_end = std::min(candidates.size(), next + (next == 0 ? first_batch : 128));
+      // Group the batch by layer so each group is one projection GEMM.
+      std::map<int64_t, std::vector<int64_t>> by_set;
+      for (size_t c = next; c < batch_end; ++c) by_set[candidates[c].layer].push_back(candidates[c].index);
+      for (const auto& [s, indices] : by_set) {
+        const NeuronSet& set = sets[s];
+        const int64_t kk = set.vectors.size(0);
+        const at::Tensor flat = at::tensor(indices, at::kLong);
+        const at::Tensor vector_rows = flat.remainder(kk);
+        const at::Tensor coefficient = set.coefficients.reshape({-1}).index_select(0, flat);
+        const at::Tensor values =
+            ExactFromProjections(*set.base, Project(set.vectors.index_select(0, vector_rows)), coefficient)
+                .contiguous();
+        const double* data = values.data_ptr<double>();
+        for (size_t i = 0; i < indices.size(); ++i) results.push_back({data[i], set.layer, indices[i]});
+      }
+      ranking.evaluated += static_cast<int64_t>(batch_end - next);
+      next = batch_end;
+      if (static_cast<int64_t>(results.size()) >= k && k > 0 && next < candidates.size()) {
+        std::nth_element(results.begin(), results.begin() + (k - 1), results.end(), better);
+        const double kth = results[k - 1].value;
+        const double bound = candidates[next].value;
+        if (top ? kth >= bound + kBoundSlack : kth <= bound - kBoundSlack) break;
+      }
+    }
+  }
+  const int64_t keep = std::min<int64_t>(k, results.size());
+  std::partial_sort(results.begin(), results.begin() + keep, results.end(), better);
+  for (int64_t i = 0; i < keep; ++i) {
+    const Candidate& c = results[i];
+    const NeuronSet& set = sets[c.layer];  // sets are indexed by layer
+    const int64_t kk = set.vectors.size(0);
+    ranking.neurons.push_back({c.layer, c.index, c.value,
+                               set.coefficients[c.index / kk][c.index % kk].item<double>()});
+  }
+  return ranking;
+}
+
+}  // namespace factlens

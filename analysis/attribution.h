@@ -1,0 +1,141 @@
+// The paper's attribution method on top of a forward trace: vocabulary projection of any vector
+// with the frozen final-norm scale, and the increase a component brings to a target token
+// (log-probability, probability or logit) at every level, with exact top-k ranking of neurons by
+// pruning with tangent (upper) and Hoeffding (lower) bounds. Definitions: docs/method-reference.md.
+#ifndef FACTLENS_ANALYSIS_ATTRIBUTION_H_
+#define FACTLENS_ANALYSIS_ATTRIBUTION_H_
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <memory>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "analysis/forward.h"
+#include "analysis/weights.h"
+
+namespace factlens {
+
+enum class Metric {
+  kLogProbIncrease,  // log p(w | x+v) − log p(w | x)   (the paper's, default)
+  kProbIncrease,     // p(w | x+v) − p(w | x)
+  kLogitIncrease,    // bs(x+v)[w] − bs(x)[w] = bs(v)[w]
+};
+std::string_view MetricName(Metric metric);
+
+enum class RankMode {
+  kExact,        // exact values, candidates pruned by provable bounds
+  kExhaustive,   // exact values of every component
+  kApproximate,  // first-order (tangent) values, no exact evaluation
+};
+std::string_view RankModeName(RankMode mode);
+
+enum class RankOrder { kTop, kBottom };  // largest / most negative first
+
+// What one attribution is about: a target token at one position.
+struct AttributionTarget {
+  int64_t token_id = 0;
+  int64_t position = -1;  // query position, negative counts from the end
+  Metric metric = Metric::kLogProbIncrease;
+  // Add the final norm's bias to before-softmax values (the paper excludes it).
+  bool include_final_norm_bias = false;
+};
+
+// A neuron addressed by layer and flat index within the layer:
+//  FFN neurons: index = n (N per layer);
+//  attention neurons: index = (source_position · H + head) · Dh + dim (T·H·Dh per layer).
+struct RankedNeuron {
+  int64_t layer = 0;
+  int64_t index = 0;
+  double score = 0;        // the metric's exact value (or first-order value in kApproximate)
+  double coefficient = 0;  // m: FFN coefficient, or α[h,pos,s]·value[s,h,j] for attention neurons
+};
+
+struct NeuronRanking {
+  std::vector<RankedNeuron> neurons;  // best first
+  RankMode mode = RankMode::kExact;
+  int64_t evaluated = 0;  // candidates evaluated exactly
+  int64_t total = 0;      // neurons considered
+};
+
+// Trace requirements of Attribution: everything, at every position.
+CaptureOptions FullCapture();
+
+// Attribution for one (prompt trace, target, position). Create() does the per-request work once:
+// the frozen final-norm scale σ and, per layer, the output distribution of the two residual bases
+// (before the attention and before the FFN). Immutable afterwards; const methods are thread-safe.
+// The model and trace must outlive it.
+class Attribution {
+ public:
+  // `trace` must come from Forward(model, ids, FullCapture()). InvalidArgument (naming the field)
+  // for a target outside the vocabulary or a position out of range.
+  static absl::StatusOr<std::unique_ptr<Attribution>> Create(const Model& model,
+                                                             const ForwardTrace& trace,
+                                                             const AttributionTarget& target);
+
+  const Model& model() const { return model_; }
+  const ForwardTrace& trace() const { return trace_; }
+  const AttributionTarget& target() const { return target_; }
+  int64_t position() const { return position_; }
+  double final_scale() const { return sigma_; }
+  // Log-probability of the target at the position under the bs logits (frozen σ, bias per option).
+  double target_log_prob() const;
+
+  // Before-softmax values bs(v) = E·(g ⊙ c(v)/σ) of vectors [B, d] -> [B, V] float32 (no bias).
+  at::Tensor Project(const at::Tensor& vectors) const;
+
+  // Increases of whole layers' outputs: [L] (attention: base residual_in; FFN: base residual_mid).
+  at::Tensor AttentionLayerIncrease() const;
+  at::Tensor FfnLayerIncrease() const;
+  // [L, H]: each head's output through W_O (no bias), base residual_in.
+  at::Tensor HeadIncrease() const;
+  // [L, H, T]: one head and one source position.
+  at::Tensor HeadPositionIncrease() const;
+  // Every neuron's exact value: [L, N] and [L, T, H, Dh].
+  at::Tensor FfnNeuronIncrease() const;
+  at::Tensor AttentionNeuronIncrease() const;
+
+  // The k best FFN / attention neurons over all layers. k is clamped to the neuron count.
+  NeuronRanking RankFfnNeurons(int64_t k, RankOrder order, RankMode mode) const;
+  NeuronRanking RankAttentionNeurons(int64_t k, RankOrder order, RankMode mode) const;
+
+  // The d-vector an attention neuron adds at the position (coefficient × W_O column).
+  at::Tensor AttentionNeuronSubvalue(int64_t layer, int64_t index) const;
+  at::Tensor FfnNeuronSubvalue(int64_t layer, int64_t neuron) const;
+
+ private:
+  struct Base;       // one residual base's distribution
+  struct NeuronSet;  // one layer's neurons: shared vectors and their coefficients
+  Attribution(const Model& model, const ForwardTrace& trace, AttributionTarget target)
+      : model_(model), trace_(trace), target_(target) {}
+
+  // Metric values of vectors [B, d] added to base `base`.
+  at::Tensor Increase(const Base& base, const at::Tensor& vectors) const;
+  at::Tensor ExactFromProjections(const Base& base, const at::Tensor& projections,
+                                  const at::Tensor& coefficients) const;
+  NeuronSet FfnNeurons(int64_t layer) const;
+  NeuronSet AttentionNeurons(int64_t layer) const;
+  at::Tensor AllExact(const std::vector<NeuronSet>& sets) const;
+  NeuronRanking Rank(const std::vector<NeuronSet>& sets, int64_t k, RankOrder order,
+                     RankMode mode) const;
+  // The metric's value for a log-prob increase Δ over `base`.
+  at::Tensor FromLogProbIncrease(const Base& base, const at::Tensor& delta) const;
+
+  const Model& model_;
+  const ForwardTrace& trace_;
+  AttributionTarget target_;
+  int64_t position_ = 0;
+  double sigma_ = 1;
+  at::Tensor norm_weight_;   // g, float32
+  at::Tensor unembedding_;   // E [V, d], float32
+  at::Tensor bias_logits_;   // E·β or undefined
+  double max_unembedding_norm_sq_ = 0;  // max_u ‖E_u‖²
+  std::vector<std::shared_ptr<const Base>> attn_bases_, ffn_bases_;
+  std::shared_ptr<const Base> final_base_;
+};
+
+}  // namespace factlens
+
+#endif  // FACTLENS_ANALYSIS_ATTRIBUTION_H_
