@@ -11,10 +11,12 @@
 
 #include <cstdio>
 #include <fstream>
+#include <set>
 
 #include "analysis/attribution.h"
 #include "analysis/forward.h"
 #include "analysis/tensor_io.h"
+#include "analysis/tracing.h"
 #include "analysis/weights.h"
 #include "nlohmann/json.hpp"
 #include "tests/testing.h"
@@ -114,6 +116,38 @@ TEST_P(MethodParityTest, PrunedTopTenEqualsReferenceTopTen) {
   std::printf("  pruning evaluated %lld of %lld FFN, %lld of %lld attention neurons\n",
               static_cast<long long>(ffn.evaluated), static_cast<long long>(ffn.total),
               static_cast<long long>(attn.evaluated), static_cast<long long>(attn.total));
+}
+
+TEST_P(MethodParityTest, QueryLayerAndQueryNeuronScores) {
+  const NeuronRanking ffn = attribution_->RankFfnNeurons(10, RankOrder::kTop, RankMode::kExact);
+  for (const auto& [name, scores] : QueryLayerScoresFfn(*attribution_, ffn.neurons)) {
+    ExpectClose(scores, "method.query_layer_scores_ffn_K" + name);
+  }
+  const NeuronRanking attn = attribution_->RankAttentionNeurons(10, RankOrder::kTop, RankMode::kExact);
+  ExpectClose(QueryLayerScoresAttention(*attribution_, attn.neurons), "method.query_layer_scores_attn");
+  const std::vector<RankedNeuron> top5(attn.neurons.begin(), attn.neurons.begin() + 5);
+  ExpectClose(QueryFfnNeuronScores(*attribution_, top5), "method.query_ffn_neuron_scores");
+}
+
+TEST_P(MethodParityTest, EveryMethodTensorIsCovered) {
+  // The method.* tensors the tests above compare; a new reference tensor must get a test.
+  const std::set<std::string> covered = {
+      "method.final_scale", "method.layer_attn_logprob_increase", "method.layer_ffn_logprob_increase",
+      "method.layer_attn_prob_increase", "method.layer_ffn_prob_increase",
+      "method.head_logprob_increase", "method.head_position_logprob_increase",
+      "method.ffn_neuron_logprob_increase", "method.attn_neuron_logprob_increase",
+      "method.top_ffn_neurons", "method.top_attn_neurons", "method.query_layer_scores_ffn_Kin",
+      "method.query_layer_scores_ffn_Kgate", "method.query_layer_scores_ffn_Kup",
+      "method.query_layer_scores_attn", "method.query_ffn_neuron_scores",
+      "method.decomposition_max_abs_err"};
+  for (const auto& [key, value] : expected_) {
+    if (key.rfind("method.", 0) == 0) EXPECT_EQ(covered.count(key), 1u) << key;
+  }
+  // The reference's own decomposition check, reproduced by forward_parity_test; here: ours is as tight.
+  at::Tensor sum = trace_.embedding[-1].to(at::kDouble);
+  for (const LayerTrace& layer : trace_.layers) sum += layer.attn_out[-1] + layer.ffn_out[-1];
+  EXPECT_LE((sum - trace_.final_residual[-1]).abs().max().item<double>(),
+            Expected("method.decomposition_max_abs_err").item<double>() * 10 + 1e-6);
 }
 
 INSTANTIATE_TEST_SUITE_P(HfReference, MethodParityTest,

@@ -1,0 +1,166 @@
+#include "analysis/tracing.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace factlens {
+namespace {
+
+absl::Status CheckRange(const char* field, int64_t value, int64_t limit) {
+  if (value < 0 || value >= limit) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": ", value, " is out of range [0, ", limit, ")"));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<NeuronKey> FfnKeys(const Model& model, int64_t layer, int64_t neuron) {
+  const LayerWeights& w = model.weights().layers[layer];
+  const at::Tensor g = w.ffn_norm_weight.to(at::kFloat);
+  if (model.config().family == ModelFamily::kGpt2) {
+    return {{"in", w.in_weight[neuron].to(at::kFloat) * g}};
+  }
+  return {{"gate", w.gate_weight[neuron].to(at::kFloat) * g}, {"up", w.in_weight[neuron].to(at::kFloat) * g}};
+}
+
+NeuronKey AttentionKey(const Model& model, int64_t layer, int64_t head, int64_t dim) {
+  const ModelConfig& c = model.config();
+  const LayerWeights& w = model.weights().layers[layer];
+  const int64_t kv_head = head / (c.n_heads / c.n_kv_heads);
+  return {"value", w.v_weight[kv_head * c.head_dim + dim].to(at::kFloat) * w.attn_norm_weight.to(at::kFloat)};
+}
+
+// Scores of `key` against the components at `position` that the residual entering layer
+// `layer` holds, plus attention layer `layer` itself when `include_attention`.
+KeyTrace TraceKey(const Model& model, const ForwardTrace& trace, NeuronKey key, int64_t layer,
+                  int64_t position, bool include_attention, int64_t top_k) {
+  const ModelConfig& c = model.config();
+  KeyTrace result;
+  result.layer_scores = at::zeros({1 + 2 * c.n_layers}, at::kDouble);
+  result.head_scores = at::zeros({c.n_layers, c.n_heads}, at::kDouble);
+  auto dot = [&](const at::Tensor& v) { return at::dot(v.to(at::kFloat), key.key).item<double>(); };
+  result.layer_scores[0] = dot(trace.embedding[position]);
+  const int64_t last_attention = include_attention ? layer : layer - 1;
+  std::vector<at::Tensor> subvalue_scores;
+  for (int64_t m = 0; m <= last_attention; ++m) {
+    const LayerTrace& lt = trace.layers[m];
+    result.layer_scores[2 * m + 1] = dot(lt.attn_out[position]);
+    // Head h's output through its block of W_O: [H, d], then · key.
+    const at::Tensor o = model.weights().layers[m].o_weight.to(at::kFloat).t().reshape({c.n_heads, c.head_dim, c.d_model});
+    result.head_scores[m] = at::einsum("hj,hjd,d->h", {lt.head_outputs[position], o, key.key}).to(at::kDouble);
+    if (m < layer) {
+      result.layer_scores[2 * m + 2] = dot(lt.ffn_out[position]);
+      const at::Tensor w_out = model.weights().layers[m].out_weight.to(at::kFloat);  // [d, N]
+      subvalue_scores.push_back(lt.ffn_coefficients[position] * at::mv(w_out.t(), key.key));
+    }
+  }
+  result.total = result.layer_scores.sum().item<double>();
+  if (!subvalue_scores.empty() && top_k > 0) {
+    const at::Tensor all = at::stack(subvalue_scores);  // [layer, N]
+    const auto [values, indices] = at::topk(all.reshape({-1}), std::min<int64_t>(top_k, all.numel()));
+    for (int64_t i = 0; i < values.size(0); ++i) {
+      const int64_t flat = indices[i].item<int64_t>();
+      result.top_subvalues.push_back({flat / c.d_ffn, flat % c.d_ffn, values[i].item<double>()});
+    }
+  }
+  result.key = std::move(key);
+  return result;
+}
+
+}  // namespace
+
+AttentionNeuronIndex SplitAttentionNeuronIndex(const ModelConfig& config, int64_t index) {
+  const int64_t per_position = config.n_heads * config.head_dim;
+  return {index / per_position, (index % per_position) / config.head_dim, index % config.head_dim};
+}
+
+absl::StatusOr<NeuronTrace> TraceFfnNeuron(const Model& model, const ForwardTrace& trace,
+                                           int64_t layer, int64_t neuron, int64_t position,
+                                           int64_t top_k) {
+  const ModelConfig& c = model.config();
+  if (position < 0) position += trace.num_tokens;
+  absl::Status status = CheckRange("layer", layer, c.n_layers);
+  if (status.ok()) status = CheckRange("neuron", neuron, c.d_ffn);
+  if (status.ok()) status = CheckRange("position", position, trace.num_tokens);
+  if (status.ok()) status = CheckRange("top_k", top_k, c.n_layers * c.d_ffn + 1);
+  if (!status.ok()) return status;
+  NeuronTrace result{layer, position, {}};
+  for (NeuronKey& key : FfnKeys(model, layer, neuron)) {
+    result.keys.push_back(TraceKey(model, trace, std::move(key), layer, position, true, top_k));
+  }
+  return result;
+}
+
+absl::StatusOr<NeuronTrace> TraceAttentionNeuron(const Model& model, const ForwardTrace& trace,
+                                                 int64_t layer, int64_t source_position,
+                                                 int64_t head, int64_t dim, int64_t top_k) {
+  const ModelConfig& c = model.config();
+  if (source_position < 0) source_position += trace.num_tokens;
+  absl::Status status = CheckRange("layer", layer, c.n_layers);
+  if (status.ok()) status = CheckRange("source_position", source_position, trace.num_tokens);
+  if (status.ok()) status = CheckRange("head", head, c.n_heads);
+  if (status.ok()) status = CheckRange("dim", dim, c.head_dim);
+  if (status.ok()) status = CheckRange("top_k", top_k, c.n_layers * c.d_ffn + 1);
+  if (!status.ok()) return status;
+  NeuronTrace result{layer, source_position, {}};
+  result.keys.push_back(TraceKey(model, trace, AttentionKey(model, layer, head, dim), layer,
+                                 source_position, false, top_k));
+  return result;
+}
+
+std::vector<std::pair<std::string, at::Tensor>> QueryLayerScoresFfn(
+    const Attribution& attribution, const std::vector<RankedNeuron>& neurons) {
+  const Model& model = attribution.model();
+  std::vector<std::pair<std::string, at::Tensor>> sums;
+  for (const NeuronKey& key : FfnKeys(model, 0, 0)) {
+    sums.emplace_back(key.name, at::zeros({1 + 2 * model.config().n_layers}, at::kDouble));
+  }
+  for (const RankedNeuron& n : neurons) {
+    const std::vector<NeuronKey> keys = FfnKeys(model, n.layer, n.index);
+    for (size_t k = 0; k < keys.size(); ++k) {
+      const KeyTrace t = TraceKey(model, attribution.trace(), keys[k], n.layer, attribution.position(), true, 0);
+      sums[k].second += t.layer_scores / t.total * n.score;
+    }
+  }
+  return sums;
+}
+
+at::Tensor QueryLayerScoresAttention(const Attribution& attribution,
+                                     const std::vector<RankedNeuron>& neurons) {
+  const Model& model = attribution.model();
+  at::Tensor sum = at::zeros({1 + 2 * model.config().n_layers}, at::kDouble);
+  for (const RankedNeuron& n : neurons) {
+    const AttentionNeuronIndex i = SplitAttentionNeuronIndex(model.config(), n.index);
+    const KeyTrace t = TraceKey(model, attribution.trace(), AttentionKey(model, n.layer, i.head, i.dim),
+                                n.layer, i.source_position, false, 0);
+    sum += t.layer_scores / t.total * n.score;
+  }
+  return sum;
+}
+
+at::Tensor QueryFfnNeuronScores(const Attribution& attribution,
+                                const std::vector<RankedNeuron>& attention_neurons) {
+  const Model& model = attribution.model();
+  const ModelConfig& c = model.config();
+  const ForwardTrace& trace = attribution.trace();
+  at::Tensor sum = at::zeros({c.n_layers, c.d_ffn}, at::kDouble);
+  for (const RankedNeuron& n : attention_neurons) {
+    const AttentionNeuronIndex i = SplitAttentionNeuronIndex(c, n.index);
+    const NeuronKey key = AttentionKey(model, n.layer, i.head, i.dim);
+    const double denominator =
+        at::dot(trace.layers[n.layer].residual_in[i.source_position], key.key).item<double>();
+    for (int64_t m = 0; m < n.layer; ++m) {
+      const at::Tensor w_out = model.weights().layers[m].out_weight.to(at::kFloat);
+      const at::Tensor scores =
+          trace.layers[m].ffn_coefficients[i.source_position] * at::mv(w_out.t(), key.key);
+      sum[m] += scores.to(at::kDouble) / denominator * n.score;
+    }
+  }
+  return sum;
+}
+
+}  // namespace factlens
