@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <functional>
 #include <limits>
 
 #include "absl/status/status.h"
@@ -56,12 +57,30 @@ struct PassContext {
   at::Tensor keep_index;  // undefined = keep all rows
   at::Tensor causal_mask;  // [T, T], true where a query may not attend
   at::Tensor rope_cos, rope_sin;  // [T, Dh], Llama only
+  std::vector<std::vector<Ablation>> ablations;  // per layer
 
   at::Tensor Keep(const at::Tensor& x) const {
     const at::Tensor rows = keep_index.defined() ? x.index_select(0, keep_index) : x;
     return rows.to(at::kFloat);
   }
 };
+
+// Scales rows `position` (all when nullopt) of `x` along `dim` in place; `x` must be owned.
+void ScaleRows(at::Tensor& x, int64_t dim, const std::optional<int64_t>& position, double scale) {
+  (position ? x.select(dim, *position) : x).mul_(scale);
+}
+
+// Applies the ablations of `kind` in `ablations` to `x` (rows = query positions along `dim`),
+// cloning it first so the forward pass never writes to tensors it did not create.
+void ApplyAblations(const std::vector<Ablation>& ablations, AblationTarget kind, at::Tensor& x,
+                    const std::function<void(const Ablation&, at::Tensor&)>& apply) {
+  bool cloned = false;
+  for (const Ablation& a : ablations) {
+    if (a.target != kind) continue;
+    if (!cloned) x = x.clone(), cloned = true;
+    apply(a, x);
+  }
+}
 
 // Self-attention of one layer on normed input h [T, d]; fills the trace's attention captures and
 // returns the output after the output projection.
@@ -91,14 +110,38 @@ at::Tensor Attention(const PassContext& pass, int64_t layer_index, const at::Ten
   const at::Tensor v_heads = v.repeat_interleave(group, /*dim=*/1).transpose(0, 1);     // [H,T,Dh]
   at::Tensor scores = at::matmul(q.transpose(0, 1), k_heads).to(at::kFloat) * scale;    // [H,T,T]
   scores = scores.masked_fill(pass.causal_mask, -std::numeric_limits<float>::infinity());
-  const at::Tensor probs = at::softmax(scores, -1);
+  at::Tensor probs = at::softmax(scores, -1);
+  const std::vector<Ablation>& ablations = pass.ablations[layer_index];
+  ApplyAblations(ablations, AblationTarget::kHeadPosition, probs, [](const Ablation& a, at::Tensor& p) {
+    at::Tensor column = p.select(0, a.head).select(1, a.source_position);  // [T queries]
+    ScaleRows(column, 0, a.position, a.scale);
+  });
   if (pass.capture.attention_probs) {
     trace.attention_probs =
         pass.keep_index.defined() ? probs.index_select(1, pass.keep_index) : probs;
   }
-  const at::Tensor head_outputs = at::matmul(probs.to(v.scalar_type()), v_heads).transpose(0, 1);
+  at::Tensor head_outputs = at::matmul(probs.to(v.scalar_type()), v_heads).transpose(0, 1);
+  ApplyAblations(ablations, AblationTarget::kAttentionNeuron, head_outputs,
+                 [&](const Ablation& a, at::Tensor& out) {
+                   // Remove (1 − scale) of α[h, q, s]·value[s, h, j] from output dim j of head h.
+                   at::Tensor contribution = probs.select(0, a.head).select(1, a.source_position) *
+                                             v_heads[a.head][a.source_position][a.index];  // [T]
+                   at::Tensor dim = out.select(1, a.head).select(1, a.index);            // [T]
+                   if (a.position) {
+                     dim[*a.position].sub_((1 - a.scale) * contribution[*a.position]);
+                   } else {
+                     dim.sub_((1 - a.scale) * contribution);
+                   }
+                 });
+  ApplyAblations(ablations, AblationTarget::kHead, head_outputs, [](const Ablation& a, at::Tensor& out) {
+    at::Tensor head = out.select(1, a.head);  // [T, Dh]
+    ScaleRows(head, 0, a.position, a.scale);
+  });
   if (pass.capture.head_outputs) trace.head_outputs = pass.Keep(head_outputs);
-  return Linear(head_outputs.reshape({t, heads * dh}), w.o_weight, w.o_bias);
+  at::Tensor out = Linear(head_outputs.reshape({t, heads * dh}), w.o_weight, w.o_bias);
+  ApplyAblations(ablations, AblationTarget::kAttentionLayer, out,
+                 [](const Ablation& a, at::Tensor& x) { ScaleRows(x, 0, a.position, a.scale); });
+  return out;
 }
 
 at::Tensor FeedForward(const PassContext& pass, int64_t layer_index, const at::Tensor& h,
@@ -112,8 +155,16 @@ at::Tensor FeedForward(const PassContext& pass, int64_t layer_index, const at::T
   } else {
     coefficients = Activate(config.activation, Linear(h, w.in_weight, w.in_bias));
   }
+  const std::vector<Ablation>& ablations = pass.ablations[layer_index];
+  ApplyAblations(ablations, AblationTarget::kFfnNeuron, coefficients, [](const Ablation& a, at::Tensor& c) {
+    at::Tensor neuron = c.select(1, a.index);  // [T]
+    ScaleRows(neuron, 0, a.position, a.scale);
+  });
   if (pass.capture.ffn_coefficients) trace.ffn_coefficients = pass.Keep(coefficients);
-  return Linear(coefficients, w.out_weight, w.out_bias);
+  at::Tensor out = Linear(coefficients, w.out_weight, w.out_bias);
+  ApplyAblations(ablations, AblationTarget::kFfnLayer, out,
+                 [](const Ablation& a, at::Tensor& x) { ScaleRows(x, 0, a.position, a.scale); });
+  return out;
 }
 
 absl::StatusOr<std::vector<int64_t>> ResolvePositions(const std::vector<int64_t>& requested,
@@ -132,6 +183,28 @@ absl::StatusOr<std::vector<int64_t>> ResolvePositions(const std::vector<int64_t>
     positions.push_back(resolved);
   }
   return positions;
+}
+
+absl::Status CheckAblation(const ModelConfig& c, int64_t num_tokens, size_t i, const Ablation& a) {
+  auto check = [&](const char* field, int64_t value, int64_t limit) -> absl::Status {
+    if (value >= 0 && value < limit) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat("ablations[", i, "].", field, ": ", value,
+                                                   " is out of range [0, ", limit, ")"));
+  };
+  absl::Status status = check("layer", a.layer, c.n_layers);
+  if (status.ok() && a.position) status = check("position", *a.position, num_tokens);
+  const bool uses_head = a.target == AblationTarget::kHead || a.target == AblationTarget::kHeadPosition ||
+                         a.target == AblationTarget::kAttentionNeuron;
+  if (status.ok() && uses_head) status = check("head", a.head, c.n_heads);
+  if (status.ok() && (a.target == AblationTarget::kHeadPosition || a.target == AblationTarget::kAttentionNeuron)) {
+    status = check("source_position", a.source_position, num_tokens);
+  }
+  if (status.ok() && a.target == AblationTarget::kFfnNeuron) status = check("index", a.index, c.d_ffn);
+  if (status.ok() && a.target == AblationTarget::kAttentionNeuron) status = check("index", a.index, c.head_dim);
+  if (status.ok() && !std::isfinite(a.scale)) {
+    status = absl::InvalidArgumentError(absl::StrCat("ablations[", i, "].scale must be finite"));
+  }
+  return status;
 }
 
 }  // namespace
@@ -156,7 +229,8 @@ at::Tensor RotaryInverseFrequencies(const ModelConfig& config) {
 }
 
 absl::StatusOr<ForwardTrace> Forward(const Model& model, absl::Span<const int64_t> token_ids,
-                                     const CaptureOptions& capture) {
+                                     const CaptureOptions& capture,
+                                     absl::Span<const Ablation> ablations) {
   const ModelConfig& config = model.config();
   const int64_t t = static_cast<int64_t>(token_ids.size());
   if (t == 0) return absl::InvalidArgumentError("token_ids: the sequence is empty");
@@ -178,12 +252,19 @@ absl::StatusOr<ForwardTrace> Forward(const Model& model, absl::Span<const int64_
     return absl::InvalidArgumentError(absl::StrCat("positions: ", positions.status().message()));
   }
   trace.positions = *std::move(positions);
+  std::vector<std::vector<Ablation>> ablations_by_layer(config.n_layers);
+  for (size_t i = 0; i < ablations.size(); ++i) {
+    const absl::Status status = CheckAblation(config, t, i, ablations[i]);
+    if (!status.ok()) return status;
+    ablations_by_layer[ablations[i].layer].push_back(ablations[i]);
+  }
 
   try {
     const at::TensorOptions long_options = at::TensorOptions().dtype(at::kLong).device(model.device());
     const at::Tensor ids = at::tensor(std::vector<int64_t>(token_ids.begin(), token_ids.end()),
                                       at::kLong).to(model.device());
     PassContext pass{model, capture};
+    pass.ablations = std::move(ablations_by_layer);
     if (!capture.positions.empty()) {
       pass.keep_index = at::tensor(trace.positions, at::kLong).to(model.device());
     }

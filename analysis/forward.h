@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -49,11 +50,34 @@ struct ForwardTrace {
   at::Tensor logits;               // [P, V]
 };
 
-// Runs the model on `token_ids` (no batching). InvalidArgument, naming `field`, for an empty
-// sequence, a sequence longer than the model's positions, ids outside the vocabulary, or a capture
-// position out of range. Thread-safe: any number of forward passes may run on one Model at once.
+// A component to remove (scale 0) or scale during a forward pass, for causal checks.
+enum class AblationTarget {
+  kAttentionLayer,   // the attention output of `layer` (with its bias)
+  kFfnLayer,         // the FFN output of `layer` (with its bias)
+  kHead,             // head `head`'s output before W_O
+  kHeadPosition,     // head `head`'s attention to `source_position`
+  kFfnNeuron,        // FFN neuron `index`'s coefficient
+  kAttentionNeuron,  // dim `index` of head `head`'s value at `source_position`
+};
+
+struct Ablation {
+  AblationTarget target = AblationTarget::kFfnNeuron;
+  int64_t layer = 0;
+  int64_t head = 0;
+  int64_t source_position = 0;
+  int64_t index = 0;
+  // The query position whose computation changes; nullopt changes every position.
+  std::optional<int64_t> position;
+  double scale = 0.0;
+};
+
+// Runs the model on `token_ids` (no batching), applying `ablations`. InvalidArgument, naming the
+// field, for an empty sequence, a sequence longer than the model's positions, ids outside the
+// vocabulary, a capture position out of range, or an ablation index out of range.
+// Thread-safe: any number of forward passes may run on one Model at once.
 absl::StatusOr<ForwardTrace> Forward(const Model& model, absl::Span<const int64_t> token_ids,
-                                     const CaptureOptions& capture = {});
+                                     const CaptureOptions& capture = {},
+                                     absl::Span<const Ablation> ablations = {});
 
 // The RoPE inverse frequencies [head_dim / 2] (float32), as HF computes them for the model's
 // rope config. Llama only.

@@ -1,0 +1,132 @@
+// Ablation: removing a component of the last layer must change the residual right after it (the
+// last layer's residual_mid for attention components, the final residual for FFN components) by
+// exactly that component, computed independently from the unablated trace.
+#include <ATen/ATen.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "analysis/forward.h"
+#include "analysis/weights.h"
+#include "tests/testing.h"
+
+namespace factlens {
+namespace {
+
+const std::vector<int64_t> kIds = {231, 139, 128, 233, 331, 336, 3};  // llama-gqa-tiny-bf16 case 0
+
+class AblationTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    absl::StatusOr<std::shared_ptr<const Model>> model =
+        Model::Load(testing::SourcePath("tests/data/hf-reference/" + GetParam()));
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = *model;
+    CaptureOptions all;
+    all.ffn_coefficients = all.head_outputs = all.attention_probs = all.values = true;
+    absl::StatusOr<ForwardTrace> base = Forward(*model_, kIds, all);
+    ASSERT_TRUE(base.ok()) << base.status();
+    base_ = *std::move(base);
+  }
+
+  // The change `ablation` makes at the last position to the residual right after the ablated
+  // sublayer of the last layer.
+  at::Tensor Change(const Ablation& ablation) {
+    absl::StatusOr<ForwardTrace> ablated = Forward(*model_, kIds, {}, {ablation});
+    EXPECT_TRUE(ablated.ok()) << ablated.status();
+    const bool ffn = ablation.target == AblationTarget::kFfnNeuron || ablation.target == AblationTarget::kFfnLayer;
+    if (ffn) return ablated->final_residual[-1] - base_.final_residual[-1];
+    return ablated->layers[last_layer()].residual_mid[-1] - base_.layers[last_layer()].residual_mid[-1];
+  }
+
+  int64_t last_layer() const { return model_->config().n_layers - 1; }
+  at::Tensor OutputColumns(int64_t head) const {  // W_O columns of `head`: [d, Dh]
+    const ModelConfig& c = model_->config();
+    return model_->weights().layers[last_layer()].o_weight.narrow(1, head * c.head_dim, c.head_dim);
+  }
+  at::Tensor Value(int64_t source, int64_t head) const {  // [Dh]
+    const ModelConfig& c = model_->config();
+    return base_.layers[last_layer()].values[source][head / (c.n_heads / c.n_kv_heads)];
+  }
+  double Prob(int64_t head, int64_t source) const {
+    return base_.layers[last_layer()].attention_probs[head][-1][source].item<double>();
+  }
+
+  std::shared_ptr<const Model> model_;
+  ForwardTrace base_;
+};
+
+constexpr double kTolerance = 1e-5;
+
+TEST_P(AblationTest, FfnNeuronRemovesItsSubvalue) {
+  const int64_t n = 5, last = static_cast<int64_t>(kIds.size()) - 1;
+  const at::Tensor expected = -base_.layers[last_layer()].ffn_coefficients[-1][n] *
+                              model_->weights().layers[last_layer()].out_weight.select(1, n);
+  Ablation a{AblationTarget::kFfnNeuron, last_layer(), 0, 0, n, last, 0.0};
+  EXPECT_LE((Change(a) - expected).abs().max().item<double>(), kTolerance);
+  a.scale = 0.5;
+  EXPECT_LE((Change(a) - expected / 2).abs().max().item<double>(), kTolerance);
+  a.position = std::nullopt;  // every position: the last position changes the same way
+  EXPECT_LE((Change(a) - expected / 2).abs().max().item<double>(), kTolerance);
+}
+
+TEST_P(AblationTest, HeadRemovesItsOutput) {
+  const int64_t h = 1;
+  const at::Tensor expected = -at::mv(OutputColumns(h), base_.layers[last_layer()].head_outputs[-1][h]);
+  EXPECT_LE((Change({AblationTarget::kHead, last_layer(), h, 0, 0, std::nullopt, 0.0}) - expected)
+                .abs().max().item<double>(), kTolerance);
+}
+
+TEST_P(AblationTest, HeadPositionAndAttentionNeuronRemoveTheirTerms) {
+  const int64_t h = 2, s = 3, j = 1;
+  const at::Tensor head_position = -Prob(h, s) * at::mv(OutputColumns(h), Value(s, h));
+  EXPECT_LE((Change({AblationTarget::kHeadPosition, last_layer(), h, s, 0, std::nullopt, 0.0}) -
+             head_position).abs().max().item<double>(), kTolerance);
+  const at::Tensor neuron = -Prob(h, s) * Value(s, h)[j] * OutputColumns(h).select(1, j);
+  EXPECT_LE((Change({AblationTarget::kAttentionNeuron, last_layer(), h, s, j, std::nullopt, 0.0}) -
+             neuron).abs().max().item<double>(), kTolerance);
+}
+
+TEST_P(AblationTest, LayersAndIdentityScale) {
+  EXPECT_LE((Change({AblationTarget::kAttentionLayer, last_layer(), 0, 0, 0, std::nullopt, 0.0}) +
+             base_.layers[last_layer()].attn_out[-1]).abs().max().item<double>(), kTolerance);
+  EXPECT_LE((Change({AblationTarget::kFfnLayer, last_layer(), 0, 0, 0, std::nullopt, 0.0}) +
+             base_.layers[last_layer()].ffn_out[-1]).abs().max().item<double>(), kTolerance);
+  EXPECT_EQ(Change({AblationTarget::kFfnLayer, 0, 0, 0, 0, std::nullopt, 1.0}).abs().max().item<double>(), 0.0);
+  // Ablating layer 0's FFN changes later layers too, not just its own output.
+  const at::Tensor early = Change({AblationTarget::kFfnLayer, 0, 0, 0, 0, std::nullopt, 0.0});
+  EXPECT_GT((early + base_.layers[0].ffn_out[-1]).abs().max().item<double>(), 1e-3);
+  // Ablating the last layer's attention changes its FFN's input, hence the final residual by more
+  // than the attention output alone.
+  absl::StatusOr<ForwardTrace> no_attention =
+      Forward(*model_, kIds, {}, {{AblationTarget::kAttentionLayer, last_layer(), 0, 0, 0, std::nullopt, 0.0}});
+  ASSERT_TRUE(no_attention.ok());
+  EXPECT_GT((no_attention->final_residual[-1] - base_.final_residual[-1] + base_.layers[last_layer()].attn_out[-1])
+                .abs().max().item<double>(), 1e-3);
+}
+
+TEST_P(AblationTest, OutOfRangeAblationsNameTheField) {
+  struct Case {
+    Ablation ablation;
+    const char* field;
+  };
+  const Case cases[] = {
+      {{AblationTarget::kFfnNeuron, 99, 0, 0, 0, std::nullopt, 0.0}, "ablations[0].layer"},
+      {{AblationTarget::kFfnNeuron, 0, 0, 0, 100000, std::nullopt, 0.0}, "ablations[0].index"},
+      {{AblationTarget::kHead, 0, 64, 0, 0, std::nullopt, 0.0}, "ablations[0].head"},
+      {{AblationTarget::kHeadPosition, 0, 0, 7, 0, std::nullopt, 0.0}, "ablations[0].source_position"},
+      {{AblationTarget::kAttentionNeuron, 0, 0, 0, 64, std::nullopt, 0.0}, "ablations[0].index"},
+      {{AblationTarget::kFfnLayer, 0, 0, 0, 0, 7, 0.0}, "ablations[0].position"},
+      {{AblationTarget::kFfnLayer, 0, 0, 0, 0, std::nullopt, NAN}, "ablations[0].scale"},
+  };
+  for (const Case& c : cases) {
+    const absl::Status status = Forward(*model_, kIds, {}, {c.ablation}).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << c.field;
+    EXPECT_THAT(std::string(status.message()), ::testing::HasSubstr(c.field));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, AblationTest, ::testing::Values("gpt2-tiny", "llama-gqa-tiny-bf16"),
+                         [](const auto& info) { return info.param == "gpt2-tiny" ? "gpt2" : "llama_gqa"; });
+
+}  // namespace
+}  // namespace factlens
