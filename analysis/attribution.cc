@@ -64,6 +64,22 @@ std::string_view RankModeName(RankMode mode) {
   return "?";
 }
 
+absl::StatusOr<Metric> ParseMetric(std::string_view name) {
+  for (Metric m : {Metric::kLogProbIncrease, Metric::kProbIncrease, Metric::kLogitIncrease}) {
+    if (MetricName(m) == name) return m;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "metric: '", std::string(name), "' is not logprob_increase, prob_increase or logit_increase"));
+}
+
+absl::StatusOr<RankMode> ParseRankMode(std::string_view name) {
+  for (RankMode m : {RankMode::kExact, RankMode::kExhaustive, RankMode::kApproximate}) {
+    if (RankModeName(m) == name) return m;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("mode: '", std::string(name), "' is not exact, exhaustive or approximate"));
+}
+
 CaptureOptions FullCapture() {
   CaptureOptions capture;
   capture.residuals = capture.ffn_coefficients = capture.head_outputs = true;

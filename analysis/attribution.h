@@ -31,6 +31,9 @@ enum class RankMode {
   kApproximate,  // first-order (tangent) values, no exact evaluation
 };
 std::string_view RankModeName(RankMode mode);
+// Inverse of MetricName / RankModeName; InvalidArgument listing the valid names otherwise.
+absl::StatusOr<Metric> ParseMetric(std::string_view name);
+absl::StatusOr<RankMode> ParseRankMode(std::string_view name);
 
 enum class RankOrder { kTop, kBottom };  // largest / most negative first
 

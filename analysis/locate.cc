@@ -1,0 +1,211 @@
+#include "analysis/locate.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "analysis/forward.h"
+#include "analysis/tracing.h"
+
+namespace factlens {
+namespace {
+
+std::vector<double> ToVector(const at::Tensor& t) {
+  const at::Tensor c = t.to(at::kDouble).contiguous();
+  return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
+}
+
+std::vector<TokenScore> TopTokens(const at::Tensor& scores, int64_t k) {
+  const auto [values, indices] = at::topk(scores, std::min<int64_t>(k, scores.size(0)));
+  std::vector<TokenScore> tokens;
+  for (int64_t i = 0; i < values.size(0); ++i) {
+    tokens.push_back({indices[i].item<int64_t>(), values[i].item<double>()});
+  }
+  return tokens;
+}
+
+// The top heads (source_position -1) or head×positions of a [L, H] or [L, H, T] score tensor.
+std::vector<HeadScore> TopHeads(const at::Tensor& scores, int64_t k) {
+  const at::Tensor flat = scores.reshape({-1});
+  const auto [values, indices] = at::topk(flat, std::min<int64_t>(k, flat.numel()));
+  std::vector<HeadScore> heads;
+  const int64_t h = scores.size(1), t = scores.dim() == 3 ? scores.size(2) : 1;
+  for (int64_t i = 0; i < values.size(0); ++i) {
+    const int64_t f = indices[i].item<int64_t>();
+    heads.push_back({f / (h * t), (f / t) % h, scores.dim() == 3 ? f % t : -1, values[i].item<double>()});
+  }
+  return heads;
+}
+
+absl::Status CheckOptions(const ModelConfig& config, const LocateOptions& o) {
+  const int64_t limit = 100000;
+  const std::pair<const char*, int64_t> counts[] = {
+      {"predictions", o.predictions}, {"top_heads", o.top_heads},
+      {"top_head_positions", o.top_head_positions}, {"top_ffn_neurons", o.top_ffn_neurons},
+      {"top_attention_neurons", o.top_attention_neurons}, {"query_ffn_neurons", o.query_ffn_neurons},
+      {"query_attention_neurons", o.query_attention_neurons},
+      {"query_neurons_reported", o.query_neurons_reported}, {"top_tokens", o.top_tokens}};
+  for (const auto& [name, value] : counts) {
+    if (value < 0 || value > limit) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, ": ", value, " is out of range [0, ", limit, "]"));
+    }
+  }
+  if (o.top_tokens > config.vocab_size) {
+    return absl::InvalidArgumentError("top_tokens: exceeds the vocabulary size");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+TargetOutcome OutcomeOf(const at::Tensor& logits, int64_t target) {
+  const at::Tensor log_probs = at::log_softmax(logits.to(at::kDouble), -1);
+  TargetOutcome outcome;
+  outcome.log_prob = log_probs[target].item<double>();
+  outcome.prob = std::exp(outcome.log_prob);
+  outcome.rank = 1 + (logits > logits[target]).sum().item<int64_t>();
+  return outcome;
+}
+
+absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64_t> token_ids,
+                                      int64_t target, const LocateOptions& options,
+                                      const ProgressCallback& progress) {
+  const ModelConfig& config = model.config();
+  if (absl::Status s = CheckOptions(config, options); !s.ok()) return s;
+  auto report_progress = [&](const char* stage, double fraction) {
+    if (progress) progress(stage, fraction);
+  };
+  report_progress("forward", 0.0);
+  absl::StatusOr<ForwardTrace> trace = Forward(model, token_ids, FullCapture());
+  if (!trace.ok()) return trace.status();
+  AttributionTarget attribution_target;
+  attribution_target.token_id = target;
+  attribution_target.position = options.position;
+  attribution_target.metric = options.metric;
+  attribution_target.include_final_norm_bias = options.include_final_norm_bias;
+  absl::StatusOr<std::unique_ptr<Attribution>> attribution =
+      Attribution::Create(model, *trace, attribution_target);
+  if (!attribution.ok()) return attribution.status();
+  const Attribution& a = **attribution;
+
+  try {
+    FactReport report;
+    report.input_ids.assign(token_ids.begin(), token_ids.end());
+    report.position = a.position();
+    report.target = target;
+    report.metric = options.metric;
+    report.final_scale = a.final_scale();
+    const at::Tensor logits = trace->logits[a.position()];
+    report.outcome = OutcomeOf(logits, target);
+    report.predictions = TopTokens(at::softmax(logits.to(at::kDouble), -1), options.predictions);
+
+    report_progress("layers and heads", 0.1);
+    report.attention_layer_increase = ToVector(a.AttentionLayerIncrease());
+    report.ffn_layer_increase = ToVector(a.FfnLayerIncrease());
+    report.top_heads = TopHeads(a.HeadIncrease(), options.top_heads);
+    report.top_head_positions = TopHeads(a.HeadPositionIncrease(), options.top_head_positions);
+
+    // The value vectors' own projections (without coefficients): what each neuron writes.
+    auto projection_tokens = [&](const at::Tensor& vector) {
+      return TopTokens(a.Project(vector.unsqueeze(0))[0], options.top_tokens);
+    };
+    report_progress("FFN neurons", 0.25);
+    const int64_t ffn_k = std::max(options.top_ffn_neurons, options.query_ffn_neurons);
+    NeuronRanking ffn = a.RankFfnNeurons(ffn_k, RankOrder::kTop, options.mode);
+    for (size_t i = 0; i < ffn.neurons.size() && static_cast<int64_t>(i) < options.top_ffn_neurons; ++i) {
+      const RankedNeuron& n = ffn.neurons[i];
+      const at::Tensor value = model.weights().layers[n.layer].out_weight.select(1, n.index);
+      report.ffn_neurons.push_back({n.layer, n.index, -1, -1, n.score, n.coefficient, projection_tokens(value)});
+    }
+    report_progress("attention neurons", 0.45);
+    const int64_t attn_k = std::max(options.top_attention_neurons, options.query_attention_neurons);
+    NeuronRanking attention = a.RankAttentionNeurons(attn_k, RankOrder::kTop, options.mode);
+    for (size_t i = 0; i < attention.neurons.size() && static_cast<int64_t>(i) < options.top_attention_neurons; ++i) {
+      const RankedNeuron& n = attention.neurons[i];
+      const AttentionNeuronIndex idx = SplitAttentionNeuronIndex(config, n.index);
+      const at::Tensor value =
+          model.weights().layers[n.layer].o_weight.select(1, idx.head * config.head_dim + idx.dim);
+      report.attention_neurons.push_back(
+          {n.layer, idx.dim, idx.head, idx.source_position, n.score, n.coefficient, projection_tokens(value)});
+    }
+
+    report_progress("query layers", 0.65);
+    const std::vector<RankedNeuron> query_ffn(
+        ffn.neurons.begin(), ffn.neurons.begin() + std::min<size_t>(ffn.neurons.size(), options.query_ffn_neurons));
+    for (const auto& [name, scores] : QueryLayerScoresFfn(a, query_ffn)) {
+      report.query_layers_ffn.emplace_back(name, ToVector(scores));
+    }
+    const std::vector<RankedNeuron> query_attention(
+        attention.neurons.begin(),
+        attention.neurons.begin() + std::min<size_t>(attention.neurons.size(), options.query_attention_neurons));
+    report.query_layers_attention = ToVector(QueryLayerScoresAttention(a, query_attention));
+    const at::Tensor query_neurons = QueryFfnNeuronScores(a, query_attention).reshape({-1});
+    const auto [values, indices] =
+        at::topk(query_neurons, std::min<int64_t>(options.query_neurons_reported, query_neurons.numel()));
+    for (int64_t i = 0; i < values.size(0); ++i) {
+      const int64_t flat = indices[i].item<int64_t>();
+      const int64_t layer = flat / config.d_ffn, n = flat % config.d_ffn;
+      report.query_ffn_neurons.push_back({layer, n, -1, -1, values[i].item<double>(),
+                                          trace->layers[layer].ffn_coefficients[a.position()][n].item<double>(),
+                                          projection_tokens(model.weights().layers[layer].out_weight.select(1, n))});
+    }
+
+    if (options.ablate_top_ffn_neurons && !report.ffn_neurons.empty()) {
+      report_progress("ablation", 0.85);
+      std::vector<Ablation> ablations;
+      for (const NeuronReport& n : report.ffn_neurons) {
+        ablations.push_back({AblationTarget::kFfnNeuron, n.layer, 0, 0, n.neuron, a.position(), 0.0});
+      }
+      CaptureOptions logits_only;
+      logits_only.residuals = false;
+      logits_only.positions = {a.position()};
+      absl::StatusOr<ForwardTrace> ablated = Forward(model, token_ids, logits_only, ablations);
+      if (!ablated.ok()) return ablated.status();
+      report.ablation.removed = static_cast<int64_t>(ablations.size());
+      report.ablation.before = report.outcome;
+      report.ablation.after = OutcomeOf(ablated->logits[0], target);
+    }
+    ffn.neurons.clear();
+    attention.neurons.clear();
+    report.ffn_ranking_stats = ffn;
+    report.attention_ranking_stats = attention;
+    report_progress("done", 1.0);
+    return report;
+  } catch (const std::exception& e) {
+    return absl::ResourceExhaustedError(absl::StrCat("fact localization failed: ", e.what()));
+  }
+}
+
+void Accumulate(const FactReport& report, BatchAggregate& aggregate) {
+  const size_t layers = report.attention_layer_increase.size();
+  aggregate.ffn_neurons_per_layer.resize(layers, 0);
+  aggregate.attention_neurons_per_layer.resize(layers, 0);
+  aggregate.mean_attention_layer_increase.resize(layers, 0.0);
+  aggregate.mean_ffn_layer_increase.resize(layers, 0.0);
+  for (const NeuronReport& n : report.ffn_neurons) ++aggregate.ffn_neurons_per_layer[n.layer];
+  for (const NeuronReport& n : report.attention_neurons) ++aggregate.attention_neurons_per_layer[n.layer];
+  const double facts = static_cast<double>(++aggregate.facts);
+  for (size_t l = 0; l < layers; ++l) {
+    aggregate.mean_attention_layer_increase[l] +=
+        (report.attention_layer_increase[l] - aggregate.mean_attention_layer_increase[l]) / facts;
+    aggregate.mean_ffn_layer_increase[l] +=
+        (report.ffn_layer_increase[l] - aggregate.mean_ffn_layer_increase[l]) / facts;
+  }
+}
+
+BatchAggregate LocateFacts(const Model& model, absl::Span<const FactQuery> queries,
+                           const LocateOptions& options,
+                           const std::function<void(size_t, const absl::StatusOr<FactReport>&)>& on_report) {
+  BatchAggregate aggregate;
+  for (size_t i = 0; i < queries.size(); ++i) {
+    const absl::StatusOr<FactReport> report = LocateFact(model, queries[i].token_ids, queries[i].target, options);
+    if (report.ok()) Accumulate(*report, aggregate);
+    if (on_report) on_report(i, report);
+  }
+  return aggregate;
+}
+
+}  // namespace factlens

@@ -1,0 +1,94 @@
+// LocateFact on the trained GPT-2 demo model: the report is internally consistent and agrees with
+// the attribution primitives it is built from; bad options are INVALID_ARGUMENT.
+#include "analysis/locate.h"
+
+#include <ATen/ATen.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "analysis/forward.h"
+#include "tests/testing.h"
+
+namespace factlens {
+namespace {
+
+const std::vector<int64_t> kFrance = {464, 3139, 286, 4881, 318};  // "The capital of France is"
+constexpr int64_t kParis = 6342;
+
+class LocateTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    absl::StatusOr<std::shared_ptr<const Model>> model = Model::Load(testing::SourcePath("models/gpt2-facts-tiny"));
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = *model;
+  }
+  std::shared_ptr<const Model> model_;
+};
+
+TEST_F(LocateTest, StandardReportForParis) {
+  std::vector<std::string> stages;
+  absl::StatusOr<FactReport> report = LocateFact(*model_, kFrance, kParis, LocateOptions{},
+                                                 [&](const std::string& stage, double) { stages.push_back(stage); });
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->outcome.rank, 1);
+  EXPECT_EQ(report->predictions[0].token_id, kParis);
+  EXPECT_NEAR(report->predictions[0].score, report->outcome.prob, 1e-9);
+  ASSERT_EQ(report->ffn_neurons.size(), 100u);
+  ASSERT_EQ(report->attention_neurons.size(), 100u);
+  for (size_t i = 1; i < report->ffn_neurons.size(); ++i) {
+    EXPECT_GE(report->ffn_neurons[i - 1].score, report->ffn_neurons[i].score);
+  }
+  EXPECT_EQ(report->ffn_neurons[0].top_tokens.size(), 10u);
+  EXPECT_EQ(report->attention_layer_increase.size(), 4u);
+  EXPECT_EQ(report->query_layers_ffn.size(), 1u);
+  EXPECT_EQ(report->query_layers_ffn[0].first, "in");
+  EXPECT_EQ(report->query_layers_attention.size(), 9u);
+  EXPECT_EQ(report->ffn_ranking_stats.mode, RankMode::kExact);
+  EXPECT_LT(report->ffn_ranking_stats.evaluated, report->ffn_ranking_stats.total);
+  // Removing the 100 neurons that raise " Paris" most must lower its log-probability.
+  EXPECT_EQ(report->ablation.removed, 100);
+  EXPECT_LT(report->ablation.after.log_prob, report->ablation.before.log_prob);
+  EXPECT_EQ(stages.front(), "forward");
+  EXPECT_EQ(stages.back(), "done");
+
+  // The reported neuron values are the attribution's own exhaustive values.
+  absl::StatusOr<ForwardTrace> trace = Forward(*model_, kFrance, FullCapture());
+  ASSERT_TRUE(trace.ok());
+  absl::StatusOr<std::unique_ptr<Attribution>> a = Attribution::Create(*model_, *trace, {kParis});
+  ASSERT_TRUE(a.ok());
+  const at::Tensor all = (*a)->FfnNeuronIncrease();
+  EXPECT_NEAR(report->ffn_neurons[0].score, all.max().item<double>(), 1e-6);
+}
+
+TEST_F(LocateTest, BatchAggregatesCountsPerLayer) {
+  const std::vector<FactQuery> queries = {{kFrance, kParis}, {kFrance, kParis}, {{464}, 99999999}};
+  LocateOptions options;
+  options.top_ffn_neurons = 7;
+  options.top_attention_neurons = 5;
+  std::vector<bool> ok;
+  const BatchAggregate aggregate =
+      LocateFacts(*model_, queries, options, [&](size_t, const absl::StatusOr<FactReport>& r) { ok.push_back(r.ok()); });
+  EXPECT_EQ(ok, (std::vector<bool>{true, true, false}));
+  EXPECT_EQ(aggregate.facts, 2);
+  int64_t ffn_total = 0, attention_total = 0;
+  for (int64_t c : aggregate.ffn_neurons_per_layer) ffn_total += c;
+  for (int64_t c : aggregate.attention_neurons_per_layer) attention_total += c;
+  EXPECT_EQ(ffn_total, 14);
+  EXPECT_EQ(attention_total, 10);
+}
+
+TEST_F(LocateTest, BadOptionsAndTargetsAreInvalidArgument) {
+  LocateOptions options;
+  options.top_ffn_neurons = -1;
+  EXPECT_THAT(std::string(LocateFact(*model_, kFrance, kParis, options).status().message()),
+              ::testing::HasSubstr("top_ffn_neurons"));
+  options = LocateOptions{};
+  options.position = 5;
+  EXPECT_EQ(LocateFact(*model_, kFrance, kParis, options).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(LocateFact(*model_, kFrance, 50257, LocateOptions{}).status().message()),
+              ::testing::HasSubstr("target"));
+  EXPECT_EQ(LocateFact(*model_, {}, kParis, LocateOptions{}).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace factlens

@@ -1,0 +1,95 @@
+"""The C++ fact-localization report on gpt2-facts-tiny, checked against numpy_reference.py.
+
+Usage: test_locate_report.py FACTLENS_LOCATE MODEL_DIR
+Runs `factlens_locate --json` for "The capital of France is" -> " Paris" and compares every number
+it can recompute independently in float64. Tolerances: 1e-4 absolute on log-prob increases
+(the C++ side projects in float32), 1e-6 on probabilities.
+"""
+import json
+import os
+import subprocess
+import sys
+import unittest
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+import numpy_reference as ref  # noqa: E402
+
+LOCATE, MODEL_DIR = sys.argv[1], sys.argv[2]
+IDS = [464, 3139, 286, 4881, 318]  # GPT-2 ids of "The capital of France is" (HF tokenizer)
+PARIS = 6342
+
+
+class LocateReportTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        out = subprocess.run([LOCATE, "--model", MODEL_DIR, "--json", "--threads", "1"],
+                             check=True, capture_output=True, text=True).stdout
+        cls.report = json.loads(out)
+        cls.model = ref.Gpt2(MODEL_DIR)
+        cls.trace = cls.model.forward(IDS)
+        cls.method = ref.Method(cls.model, cls.trace, PARIS)
+
+    def test_prompt_target_and_prediction(self):
+        r = self.report
+        self.assertEqual(r["input_ids"], IDS)
+        self.assertEqual(r["target"]["id"], PARIS)
+        self.assertEqual(r["target"]["token"], " Paris")
+        logp = ref.log_softmax(self.trace["logits"][-1])
+        self.assertEqual(r["predictions"][0]["id"], int(np.argmax(logp)))
+        self.assertEqual(r["outcome"]["rank"], 1)
+        self.assertAlmostEqual(r["outcome"]["log_prob"], logp[PARIS], delta=1e-4)
+        self.assertAlmostEqual(r["final_scale"], self.method.sigma, delta=1e-5)
+
+    def test_layer_and_head_increases(self):
+        attn, ffn = self.method.layer_increases()
+        np.testing.assert_allclose(self.report["attention_layer_increase"], attn, atol=1e-4)
+        np.testing.assert_allclose(self.report["ffn_layer_increase"], ffn, atol=1e-4)
+        heads = self.method.head_increases()
+        for h in self.report["top_heads"]:
+            self.assertAlmostEqual(h["score"], heads[h["layer"], h["head"]], delta=1e-4)
+        self.assertAlmostEqual(self.report["top_heads"][0]["score"], heads.max(), delta=1e-4)
+
+    def test_top_ffn_neurons_are_the_exact_top_100(self):
+        values = self.method.ffn_neurons()
+        n = values.shape[1]
+        order = np.argsort(-values.ravel(), kind="stable")[:100]
+        reported = self.report["ffn_neurons"]
+        self.assertEqual(len(reported), 100)
+        for got, flat in zip(reported, order):
+            self.assertAlmostEqual(got["score"], values.ravel()[flat], delta=1e-4)
+            self.assertAlmostEqual(got["score"], values[got["layer"], got["neuron"]], delta=1e-4)
+        self.assertEqual({(r["layer"], r["neuron"]) for r in reported[:10]},
+                         {divmod(int(f), n) for f in order[:10]})
+        self.assertEqual(self.report["ffn_ranking"]["mode"], "exact")
+        # The top neuron's value vector projects onto its reported top tokens.
+        top = reported[0]
+        proj = self.method.bs(self.model.w[f"h.{top['layer']}.mlp.c_proj.weight"][top["neuron"]])
+        self.assertEqual([t["id"] for t in top["top_tokens"]], list(np.argsort(-proj)[:10]))
+
+    def test_top_attention_neurons(self):
+        values = self.method.attention_neurons()
+        best = values.max()
+        top = self.report["attention_neurons"][0]
+        self.assertAlmostEqual(top["score"], best, delta=1e-4)
+        self.assertAlmostEqual(
+            top["score"], values[top["layer"], top["source_position"], top["head"], top["neuron"]], delta=1e-4)
+
+    def test_query_layers_of_top_ffn_neurons(self):
+        neurons = [(r["layer"], r["neuron"], r["score"]) for r in self.report["ffn_neurons"]]
+        np.testing.assert_allclose(self.report["query_layers_ffn"]["in"],
+                                   self.method.query_layers_ffn(neurons), atol=1e-4)
+
+    def test_ablating_top_ffn_neurons(self):
+        zero = [(r["layer"], r["neuron"], len(IDS) - 1) for r in self.report["ffn_neurons"]]
+        ablated = self.model.forward(IDS, zero_ffn=zero)
+        logp = ref.log_softmax(ablated["logits"][-1])
+        after = self.report["ablation"]["after"]
+        self.assertEqual(self.report["ablation"]["removed_ffn_neurons"], 100)
+        self.assertAlmostEqual(after["log_prob"], logp[PARIS], delta=1e-3)
+        self.assertEqual(after["rank"], 1 + int((logp > logp[PARIS]).sum()))
+
+
+if __name__ == "__main__":
+    unittest.main(argv=[sys.argv[0]], verbosity=2)

@@ -1,0 +1,77 @@
+// factlens_locate: the fact-localization report for a prompt and a target, as text or JSON.
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "analysis/cpu_threads.h"
+#include "analysis/locate.h"
+#include "analysis/report_format.h"
+#include "analysis/text_input.h"
+#include "analysis/tokenizer/tokenizer.h"
+#include "analysis/weights.h"
+
+ABSL_FLAG(std::string, model, FACTLENS_DEFAULT_MODEL,
+          "Model directory, or a Hugging Face repo id in the local HF cache");
+ABSL_FLAG(std::string, prompt, "The capital of France is", "Prompt text");
+ABSL_FLAG(std::string, target, " Paris", "Target text; must be exactly one token");
+ABSL_FLAG(bool, first_token, false, "Use the first token of a multi-token --target");
+ABSL_FLAG(std::string, json_out, "", "Also write the report as JSON to this file");
+ABSL_FLAG(bool, json, false, "Print JSON instead of text");
+ABSL_FLAG(std::string, mode, "exact", "Neuron ranking: exact (pruned), exhaustive or approximate");
+ABSL_FLAG(std::string, device, "cpu", "cpu, cuda or cuda:N");
+ABSL_FLAG(int, threads, 0, "CPU threads for libtorch and BLIS (0 = one per core)");
+
+namespace {
+
+int Fail(const absl::Status& status) {
+  std::cerr << "factlens_locate: " << status << "\n";
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("Prints the fact-localization report for a prompt and a target.");
+  absl::ParseCommandLine(argc, argv);
+  factlens::ConfigureCpuThreads(absl::GetFlag(FLAGS_threads));
+  factlens::LoadOptions load;
+  load.device = absl::GetFlag(FLAGS_device);
+  absl::StatusOr<std::shared_ptr<const factlens::Model>> model =
+      factlens::Model::Load(absl::GetFlag(FLAGS_model), load);
+  if (!model.ok()) return Fail(model.status());
+  absl::StatusOr<std::unique_ptr<factlens::Tokenizer>> tokenizer =
+      factlens::Tokenizer::FromModelDirectory((*model)->directory());
+  if (!tokenizer.ok()) return Fail(tokenizer.status());
+
+  absl::StatusOr<std::vector<int64_t>> ids = factlens::EncodePrompt(**tokenizer, absl::GetFlag(FLAGS_prompt));
+  if (!ids.ok()) return Fail(ids.status());
+  absl::StatusOr<int64_t> target = factlens::ResolveTarget(
+      **tokenizer, absl::GetFlag(FLAGS_prompt), absl::GetFlag(FLAGS_target), absl::GetFlag(FLAGS_first_token));
+  if (!target.ok()) return Fail(target.status());
+
+  factlens::LocateOptions options;
+  absl::StatusOr<factlens::RankMode> mode = factlens::ParseRankMode(absl::GetFlag(FLAGS_mode));
+  if (!mode.ok()) return Fail(mode.status());
+  options.mode = *mode;
+  absl::StatusOr<factlens::FactReport> report = factlens::LocateFact(
+      **model, *ids, *target, options, [](const std::string& stage, double fraction) {
+        std::fprintf(stderr, "[%3.0f%%] %s\n", 100 * fraction, stage.c_str());
+      });
+  if (!report.ok()) return Fail(report.status());
+  const nlohmann::json json = factlens::FactReportToJson(*report, (*model)->config(), **tokenizer);
+  if (!absl::GetFlag(FLAGS_json_out).empty()) {
+    std::ofstream(absl::GetFlag(FLAGS_json_out)) << json.dump(1) << "\n";
+  }
+  if (absl::GetFlag(FLAGS_json)) {
+    std::cout << json.dump(1) << "\n";
+  } else {
+    std::cout << factlens::FormatFactReport(*report, **tokenizer);
+  }
+  return 0;
+}
