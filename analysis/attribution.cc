@@ -112,12 +112,8 @@ absl::StatusOr<std::unique_ptr<Attribution>> Attribution::Create(const Model& mo
   const ModelWeights& w = model.weights();
   a->norm_weight_ = w.final_norm_weight.to(at::kFloat);
   a->unembedding_ = w.unembedding.to(at::kFloat);
-  const at::Tensor final_residual = trace.final_residual[position].to(at::kDouble);
-  // σ of the final norm at this position, frozen for every projection.
-  const double mean_square = config.family == ModelFamily::kGpt2
-                                 ? final_residual.var(/*unbiased=*/false).item<double>()
-                                 : final_residual.pow(2).mean().item<double>();
-  a->sigma_ = std::sqrt(mean_square + config.norm_eps);
+  a->projector_ = std::make_unique<VocabProjector>(model, trace.final_residual[position]);
+  a->sigma_ = a->projector_->final_scale();
   if (target.include_final_norm_bias && w.final_norm_bias.defined()) {
     a->bias_logits_ = at::mv(a->unembedding_, w.final_norm_bias.to(at::kFloat));
   }
@@ -147,11 +143,7 @@ absl::StatusOr<std::unique_ptr<Attribution>> Attribution::Create(const Model& mo
 
 double Attribution::target_log_prob() const { return final_base_->log_prob; }
 
-at::Tensor Attribution::Project(const at::Tensor& vectors) const {
-  at::Tensor v = vectors.to(at::kFloat);
-  if (model_.config().family == ModelFamily::kGpt2) v = v - v.mean(-1, /*keepdim=*/true);
-  return at::matmul(v * (norm_weight_ / sigma_), unembedding_.t());
-}
+at::Tensor Attribution::Project(const at::Tensor& vectors) const { return projector_->Project(vectors); }
 
 at::Tensor Attribution::FromLogProbIncrease(const Base& base, const at::Tensor& delta) const {
   if (target_.metric == Metric::kProbIncrease) {

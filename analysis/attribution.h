@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "analysis/forward.h"
+#include "analysis/projection.h"
 #include "analysis/weights.h"
 
 namespace factlens {
@@ -131,6 +132,7 @@ class Attribution {
   AttributionTarget target_;
   int64_t position_ = 0;
   double sigma_ = 1;
+  std::unique_ptr<VocabProjector> projector_;
   at::Tensor norm_weight_;   // g, float32
   at::Tensor unembedding_;   // E [V, d], float32
   at::Tensor bias_logits_;   // E·β or undefined

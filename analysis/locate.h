@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "analysis/attribution.h"
+#include "analysis/projection.h"
 #include "analysis/weights.h"
 
 namespace factlens {
@@ -31,11 +32,6 @@ struct LocateOptions {
   int64_t query_neurons_reported = 10;   // query FFN neurons listed
   int64_t top_tokens = 10;            // vocabulary projection of every reported neuron
   bool ablate_top_ffn_neurons = true; // rerun without the top FFN neurons (at the position)
-};
-
-struct TokenScore {
-  int64_t token_id = 0;
-  double score = 0;
 };
 
 struct HeadScore {
