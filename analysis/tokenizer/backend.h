@@ -1,5 +1,6 @@
 // Internal: the interface behind factlens::Tokenizer, implemented by the tokenizer.json pipeline
-// (hf_tokenizer.cc) and the SentencePiece wrapper (sentencepiece_tokenizer.cc).
+// (hf_tokenizer.cc); SentencePiece models are converted to that pipeline's tokenizer.json
+// document (sentencepiece_model.h).
 // Contract: implementations are immutable after construction and thread-safe for const calls.
 // Encode receives text that the facade has already validated as UTF-8 and fills ids, tokens,
 // byte_offsets and special; the facade computes the character offsets.
@@ -14,6 +15,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "analysis/tokenizer/json_util.h"
 #include "analysis/tokenizer/tokenizer.h"
 
 namespace factlens {
@@ -32,9 +34,11 @@ class TokenizerBackend {
   virtual std::optional<int32_t> eos_id() const = 0;
 };
 
-// Factories (hf_tokenizer.cc, sentencepiece_tokenizer.cc).
+// Factories (hf_tokenizer.cc): from tokenizer.json text (not JSON -> DataLoss) or from an
+// already parsed document (e.g. a converted SentencePiece model).
 absl::StatusOr<std::unique_ptr<TokenizerBackend>> NewHfTokenizerBackend(std::string_view json);
-absl::StatusOr<std::unique_ptr<TokenizerBackend>> NewSentencePieceBackend(const std::string& path);
+absl::StatusOr<std::unique_ptr<TokenizerBackend>> NewHfTokenizerBackendFromJson(
+    const tok::Json& root);
 
 }  // namespace factlens
 

@@ -23,7 +23,7 @@ using tok::NormString;
 
 class HfTokenizer : public TokenizerBackend {
  public:
-  static absl::StatusOr<std::unique_ptr<HfTokenizer>> Create(std::string_view json);
+  static absl::StatusOr<std::unique_ptr<HfTokenizer>> Create(const Json& root);
 
   absl::StatusOr<Encoding> Encode(std::string_view text, bool add_special_tokens) const override;
   absl::StatusOr<std::string> Decode(absl::Span<const int32_t> ids,
@@ -70,11 +70,7 @@ class HfTokenizer : public TokenizerBackend {
   bool span_mode_ = false;
 };
 
-absl::StatusOr<std::unique_ptr<HfTokenizer>> HfTokenizer::Create(std::string_view json) {
-  const Json root = Json::parse(json.begin(), json.end(), nullptr, /*allow_exceptions=*/false);
-  if (root.is_discarded()) {
-    return absl::DataLossError("tokenizer.json is not valid JSON (syntax error or bad UTF-8)");
-  }
+absl::StatusOr<std::unique_ptr<HfTokenizer>> HfTokenizer::Create(const Json& root) {
   if (!root.is_object()) {
     return absl::InvalidArgumentError("tokenizer.json: the top level must be an object");
   }
@@ -259,7 +255,16 @@ absl::StatusOr<std::string> HfTokenizer::DisplayToken(int32_t id) const {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<TokenizerBackend>> NewHfTokenizerBackend(std::string_view json) {
-  TOK_ASSIGN_OR_RETURN(auto t, HfTokenizer::Create(json));
+  const Json root = Json::parse(json.begin(), json.end(), nullptr, /*allow_exceptions=*/false);
+  if (root.is_discarded()) {
+    return absl::DataLossError("tokenizer.json is not valid JSON (syntax error or bad UTF-8)");
+  }
+  return NewHfTokenizerBackendFromJson(root);
+}
+
+absl::StatusOr<std::unique_ptr<TokenizerBackend>> NewHfTokenizerBackendFromJson(
+    const tok::Json& root) {
+  TOK_ASSIGN_OR_RETURN(auto t, HfTokenizer::Create(root));
   return std::unique_ptr<TokenizerBackend>(std::move(t));
 }
 

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "analysis/tokenizer/backend.h"
 #include "analysis/tokenizer/json_util.h"
+#include "analysis/tokenizer/sentencepiece_model.h"
 #include "analysis/tokenizer/text_util.h"
 
 namespace factlens {
@@ -44,6 +45,64 @@ std::optional<std::string> ConfigToken(const tok::Json& config, const char* key)
     return c->get<std::string>();
   }
   return std::nullopt;
+}
+
+// A boolean member of tokenizer_config.json; missing, null or not a boolean -> nullopt.
+std::optional<bool> ConfigBool(const tok::Json& config, const char* key) {
+  const tok::Json* v = tok::JsonFindNonNull(config, key);
+  if (v == nullptr || !v->is_boolean()) return std::nullopt;
+  return v->get<bool>();
+}
+
+// <dir>/tokenizer_config.json as a JSON object; nullopt if missing or malformed (the tokenizer
+// file is authoritative, so a bad config is ignored).
+std::optional<tok::Json> ReadConfig(const std::string& dir) {
+  const std::string path = absl::StrCat(dir, "/tokenizer_config.json");
+  if (!IsRegularFile(path)) return std::nullopt;
+  auto text = ReadFile(path);
+  if (!text.ok()) return std::nullopt;
+  tok::Json config = tok::Json::parse(text->begin(), text->end(), nullptr, false);
+  if (config.is_discarded() || !config.is_object()) return std::nullopt;
+  return config;
+}
+
+// LlamaTokenizerFast's settings from a tokenizer_config.json (HF defaults where absent).
+tok::SentencePieceOptions SentencePieceOptionsFromConfig(const std::optional<tok::Json>& config) {
+  tok::SentencePieceOptions o;
+  if (!config.has_value()) return o;
+  o.legacy = ConfigBool(*config, "legacy").value_or(true);
+  o.add_prefix_space = ConfigBool(*config, "add_prefix_space");
+  o.add_bos_token = ConfigBool(*config, "add_bos_token").value_or(true);
+  o.add_eos_token = ConfigBool(*config, "add_eos_token").value_or(false);
+  o.bos_token = ConfigToken(*config, "bos_token");
+  o.eos_token = ConfigToken(*config, "eos_token");
+  return o;
+}
+
+// A converted SentencePiece model: the tokenizer.json pipeline plus the model's own BOS / EOS.
+struct SentencePieceBackend {
+  std::unique_ptr<TokenizerBackend> backend;
+  std::optional<int32_t> bos_id;
+  std::optional<int32_t> eos_id;
+};
+
+absl::StatusOr<SentencePieceBackend> LoadSentencePiece(std::string_view bytes,
+                                                       const tok::SentencePieceOptions& options) {
+  TOK_ASSIGN_OR_RETURN(const tok::SentencePieceModel model, tok::ParseSentencePieceModel(bytes));
+  TOK_ASSIGN_OR_RETURN(const tok::Json json, tok::SentencePieceToTokenizerJson(model, options));
+  SentencePieceBackend out;
+  TOK_ASSIGN_OR_RETURN(out.backend, NewHfTokenizerBackendFromJson(json));
+  const auto valid = [&model](int32_t id) -> std::optional<int32_t> {
+    if (id >= 0 && static_cast<size_t>(id) < model.pieces.size()) return id;
+    return std::nullopt;
+  };
+  out.bos_id = valid(model.bos_id);
+  out.eos_id = valid(model.eos_id);
+  return out;
+}
+
+absl::Status WithPath(const std::string& path, const absl::Status& s) {
+  return absl::Status(s.code(), absl::StrCat(path, ": ", s.message()));
 }
 
 // Byte offset -> character index, HF's BytesToCharOffsetConverter semantics, with a cursor that
@@ -103,38 +162,49 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJsonFile(const std::st
   return t;
 }
 
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromSentencePieceString(
+    std::string_view model_proto) {
+  TOK_ASSIGN_OR_RETURN(SentencePieceBackend sp,
+                       LoadSentencePiece(model_proto, tok::SentencePieceOptions()));
+  auto t = std::unique_ptr<Tokenizer>(new Tokenizer(std::move(sp.backend)));
+  t->bos_override_ = sp.bos_id;
+  t->eos_override_ = sp.eos_id;
+  return t;
+}
+
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromSentencePieceFile(
     const std::string& path) {
-  if (!IsRegularFile(path)) {
-    return absl::NotFoundError(absl::StrCat("cannot open ", path, ": not a readable file"));
-  }
-  TOK_ASSIGN_OR_RETURN(auto backend, NewSentencePieceBackend(path));
-  return std::unique_ptr<Tokenizer>(new Tokenizer(std::move(backend)));
+  TOK_ASSIGN_OR_RETURN(const std::string bytes, ReadFile(path));
+  auto t = FromSentencePieceString(bytes);
+  if (!t.ok()) return WithPath(path, t.status());
+  return t;
 }
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromModelDirectory(const std::string& dir) {
   std::unique_ptr<Tokenizer> t;
   const std::string json_path = absl::StrCat(dir, "/tokenizer.json");
   const std::string sp_path = absl::StrCat(dir, "/tokenizer.model");
+  const std::optional<tok::Json> config = ReadConfig(dir);
   if (IsRegularFile(json_path)) {
     TOK_ASSIGN_OR_RETURN(t, FromJsonFile(json_path));
   } else if (IsRegularFile(sp_path)) {
-    TOK_ASSIGN_OR_RETURN(t, FromSentencePieceFile(sp_path));
+    TOK_ASSIGN_OR_RETURN(const std::string bytes, ReadFile(sp_path));
+    auto sp = LoadSentencePiece(bytes, SentencePieceOptionsFromConfig(config));
+    if (!sp.ok()) return WithPath(sp_path, sp.status());
+    t.reset(new Tokenizer(std::move(sp->backend)));
+    t->bos_override_ = sp->bos_id;
+    t->eos_override_ = sp->eos_id;
   } else {
     return absl::NotFoundError(
         absl::StrCat("no tokenizer.json or tokenizer.model in directory ", dir));
   }
-  // Optional tokenizer_config.json: bos/eos names. A malformed config is ignored (the tokenizer
-  // file is authoritative).
-  const std::string config_path = absl::StrCat(dir, "/tokenizer_config.json");
-  if (IsRegularFile(config_path)) {
-    auto text = ReadFile(config_path);
-    if (text.ok()) {
-      const tok::Json config = tok::Json::parse(text->begin(), text->end(), nullptr, false);
-      if (!config.is_discarded() && config.is_object()) {
-        if (auto bos = ConfigToken(config, "bos_token")) t->bos_override_ = t->TokenToId(*bos);
-        if (auto eos = ConfigToken(config, "eos_token")) t->eos_override_ = t->TokenToId(*eos);
-      }
+  // bos_token / eos_token of tokenizer_config.json (ignored if not in the vocabulary).
+  if (config.has_value()) {
+    if (auto bos = ConfigToken(*config, "bos_token")) {
+      if (auto id = t->TokenToId(*bos)) t->bos_override_ = id;
+    }
+    if (auto eos = ConfigToken(*config, "eos_token")) {
+      if (auto id = t->TokenToId(*eos)) t->eos_override_ = id;
     }
   }
   return t;

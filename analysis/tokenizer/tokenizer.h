@@ -56,10 +56,19 @@ class Tokenizer {  // Immutable after load; all const methods are thread-safe.
   // Loads a Hugging Face tokenizer.json.
   static absl::StatusOr<std::unique_ptr<Tokenizer>> FromJsonFile(const std::string& path);
   static absl::StatusOr<std::unique_ptr<Tokenizer>> FromJsonString(std::string_view json);
-  // Loads a SentencePiece model file (tokenizer.model of the original Llama-1/2 releases).
+  // Loads a SentencePiece BPE model file (tokenizer.model of the original Llama-1/2 releases):
+  // the file is decoded here (no libsentencepiece) and converted to the tokenizer.json that HF
+  // `transformers` builds for it (LlamaConverter, legacy=true, BOS added), so the result is the
+  // HF fast tokenizer's. Malformed bytes -> DataLoss; invalid content -> InvalidArgument;
+  // UNIGRAM/WORD/CHAR models and normalization HF cannot reproduce -> Unimplemented.
   static absl::StatusOr<std::unique_ptr<Tokenizer>> FromSentencePieceFile(const std::string& path);
+  // The same from the file's bytes (a serialized sentencepiece.ModelProto).
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> FromSentencePieceString(
+      std::string_view model_proto);
   // Loads <dir>/tokenizer.json, else <dir>/tokenizer.model. If <dir>/tokenizer_config.json names
-  // bos_token / eos_token that exist in the vocabulary, they define bos_id() / eos_id().
+  // bos_token / eos_token that exist in the vocabulary, they define bos_id() / eos_id(). For a
+  // tokenizer.model its legacy / add_prefix_space / add_bos_token / add_eos_token settings are
+  // applied like LlamaTokenizerFast does.
   static absl::StatusOr<std::unique_ptr<Tokenizer>> FromModelDirectory(const std::string& dir);
 
   ~Tokenizer();

@@ -1,10 +1,16 @@
 // libFuzzer target: Encode + Decode + DisplayToken on the real GPT-2 / Llama-2 / Llama-3
-// tokenizers with arbitrary bytes, and the tokenizer.json loader on arbitrary (small) JSON.
+// tokenizers with arbitrary bytes, the tokenizer.json loader on arbitrary (small) JSON, and the
+// SentencePiece tokenizer.model reader on arbitrary bytes.
 // Input: byte 0 selects the mode, the rest is the payload.
 //   mode % 4 in {0,1,2}: tokenizer gpt2/llama2/llama3; bit 2: add_special_tokens.
-//   mode % 4 == 3: payload is a tokenizer.json; if it loads, encode/decode with it.
+//   mode % 4 == 3, bit 4 clear: payload is a tokenizer.json; if it loads, encode/decode with it.
+//   mode % 4 == 3, bit 4 set: payload is a tokenizer.model (serialized ModelProto); if it
+//     loads, encode/decode with it. Seeds: tests/tokenizer/fuzz_corpus/seed_spm_*
+//     (make_sentencepiece_fuzz_seeds.py).
 // Invariants checked (abort on violation): offsets inside the text and ordered, equal lengths,
-// decoding our own ids succeeds, invalid UTF-8 is rejected with InvalidArgument.
+// decoding our own ids succeeds, invalid UTF-8 is rejected with InvalidArgument; a bad
+// tokenizer.model fails only with DataLoss / InvalidArgument / Unimplemented and a loaded one
+// has a consistent vocabulary.
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -138,6 +144,27 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       auto shown = tok.DisplayToken(id);
       if (shown.ok()) Check(ValidUtf8(*shown), "DisplayToken is valid UTF-8");
     }
+    return 0;
+  }
+  if ((mode & 16) != 0) {
+    if (payload.size() > 65536) return 0;
+    auto tok = factlens::Tokenizer::FromSentencePieceString(payload);
+    if (!tok.ok()) {
+      const absl::StatusCode code = tok.status().code();
+      Check(code == absl::StatusCode::kDataLoss || code == absl::StatusCode::kInvalidArgument ||
+                code == absl::StatusCode::kUnimplemented,
+            "a bad tokenizer.model fails with DataLoss / InvalidArgument / Unimplemented");
+      return 0;
+    }
+    const factlens::Tokenizer& t = **tok;
+    Check(t.vocab_size() > 0, "a loaded tokenizer.model has pieces");
+    for (int32_t id = 0; id < t.vocab_size() && id < 64; ++id) {
+      const auto piece = t.IdToToken(id);
+      Check(piece.has_value(), "every id below vocab_size has a piece");
+      Check(t.TokenToId(*piece) == id, "pieces map back to their id");
+    }
+    Exercise(t, "Hello  world, <s> café 日本 😀\n\t123 <unk></s>", add_special);
+    Exercise(t, payload, add_special);
     return 0;
   }
   if (payload.size() > 4096) return 0;

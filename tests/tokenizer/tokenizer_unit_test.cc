@@ -1,9 +1,8 @@
 // Unit tests: error paths, added-token options, hand-built pipelines (expected values derived by
 // hand from HF `tokenizers` semantics), DisplayToken, the BPE merge loop against a reference,
-// thread safety, and the SentencePiece loader.
+// thread safety. (SentencePiece tokenizer.model: sentencepiece_test.cc.)
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <cstdlib>
@@ -18,7 +17,6 @@
 #include "absl/status/status.h"
 #include "analysis/tokenizer/bpe.h"
 #include "analysis/tokenizer/tokenizer.h"
-#include "tests/tokenizer/sentencepiece_test_util.h"
 
 namespace factlens {
 namespace {
@@ -548,56 +546,6 @@ TEST(Pipeline, MetaspacePreTokenizerAndDecoder) {
   EXPECT_EQ(enc->offsets, (std::vector<std::pair<size_t, size_t>>{{0, 5}, {5, 11}}));
   EXPECT_EQ(*(*t)->Decode(enc->ids), "hello world");
   EXPECT_EQ(*(*t)->DisplayToken(0), " hello");
-}
-
-// ---------------------------------------------------------------- SentencePiece
-
-TEST(SentencePiece, TinyTrainedModelThroughTheSameInterface) {
-  char tmpl[] = "/tmp/factlens_sp_XXXXXX";
-  ASSERT_NE(mkdtemp(tmpl), nullptr);
-  const std::string dir = tmpl;
-  std::string error;
-  ASSERT_TRUE(testing::TrainTinySentencePiece(dir, &error)) << error;
-  auto t = Tokenizer::FromModelDirectory(dir);  // no tokenizer.json: uses tokenizer.model
-  ASSERT_TRUE(t.ok()) << t.status();
-  const std::string text = "The capital of France is Paris. 日本";
-  std::vector<int> ref;
-  ASSERT_TRUE(testing::SentencePieceReferenceIds(dir + "/tokenizer.model", text, &ref, &error))
-      << error;
-  auto enc = (*t)->Encode(text, /*add_special_tokens=*/true);
-  ASSERT_TRUE(enc.ok()) << enc.status();
-  ASSERT_EQ(enc->ids.size(), ref.size() + 1);
-  EXPECT_EQ(enc->ids[0], *(*t)->bos_id());
-  EXPECT_TRUE(enc->special[0]);
-  EXPECT_EQ(std::vector<int32_t>(enc->ids.begin() + 1, enc->ids.end()),
-            std::vector<int32_t>(ref.begin(), ref.end()));
-  // Unseen "日本" goes through byte fallback pieces.
-  EXPECT_EQ(enc->tokens.back().substr(0, 3), "<0x");
-  // Offsets are increasing and inside the text; characters for the last (byte) pieces.
-  for (size_t k = 1; k < enc->offsets.size(); ++k) {
-    EXPECT_LE(enc->offsets[k].first, enc->offsets[k].second);
-    EXPECT_LE(enc->offsets[k].second, 34u);  // 34 characters
-  }
-  EXPECT_EQ(*(*t)->Decode(enc->ids, /*skip_special_tokens=*/true), text);
-  EXPECT_EQ(*(*t)->Decode(enc->ids, /*skip_special_tokens=*/false), "<s> " + text);
-  const auto capital = (*t)->TokenToId("▁capital");
-  if (capital.has_value()) EXPECT_EQ(*(*t)->DisplayToken(*capital), " capital");
-  EXPECT_EQ((*t)->vocab_size(), 400);
-  EXPECT_FALSE((*t)->Encode("bad \xff", false).ok());
-  std::string cleanup = "rm -rf " + dir;
-  EXPECT_EQ(std::system(cleanup.c_str()), 0);
-}
-
-TEST(SentencePiece, GarbageModelIsAnError) {
-  char tmpl[] = "/tmp/factlens_sp_bad_XXXXXX";
-  ASSERT_NE(mkdtemp(tmpl), nullptr);
-  const std::string path = std::string(tmpl) + "/tokenizer.model";
-  std::ofstream(path) << "not a protobuf";
-  auto t = Tokenizer::FromSentencePieceFile(path);
-  EXPECT_FALSE(t.ok());
-  EXPECT_EQ(t.status().code(), absl::StatusCode::kDataLoss);
-  std::string cleanup = std::string("rm -rf ") + tmpl;
-  EXPECT_EQ(std::system(cleanup.c_str()), 0);
 }
 
 }  // namespace
