@@ -17,7 +17,7 @@ namespace factlens {
 // The output distribution of one residual base x under bs logits, and the tangent direction u with
 // d/dt log softmax(bs(x + t·v))[w] at t = 0 equal to u·v.
 struct Attribution::Base {
-  at::Tensor probs;     // [V] float32
+  at::Tensor probs;     // [V] float64
   double log_prob = 0;  // log p(w | x)
   at::Tensor tangent;   // [d] float32
 };
@@ -35,8 +35,10 @@ namespace {
 
 // Absolute slack on bound comparisons, covering float32 rounding of exact values and bounds.
 constexpr double kBoundSlack = 1e-5;
-// Elements of one [rows, chunk, V] block of exhaustive evaluation.
-constexpr int64_t kExhaustiveBlockElements = int64_t{1} << 24;
+// Elements of one float32 [chunk, V] projection block of exhaustive evaluation.
+constexpr int64_t kExhaustiveBlockElements = int64_t{1} << 22;
+// Elements of one [R, rows, V] block of exact evaluation.
+constexpr int64_t kBlockElements = int64_t{1} << 17;
 
 }  // namespace
 
@@ -124,10 +126,10 @@ absl::StatusOr<std::unique_ptr<Attribution>> Attribution::Create(const Model& mo
     at::Tensor logits = a->Project(residual.unsqueeze(0))[0];
     if (a->bias_logits_.defined()) logits = logits + a->bias_logits_;
     const at::Tensor log_probs = at::log_softmax(logits.to(at::kDouble), 0);
-    base->probs = log_probs.exp().to(at::kFloat);
+    base->probs = log_probs.exp();
     base->log_prob = log_probs[target.token_id].item<double>();
     // f'(0) = (E_w − Σ p_u E_u)·(g ⊙ c(v))/σ = c(g ⊙ (E_w − pᵀE))·v/σ (c is self-adjoint).
-    at::Tensor direction = (a->unembedding_[target.token_id] - at::mv(a->unembedding_.t(), base->probs)) *
+    at::Tensor direction = (a->unembedding_[target.token_id] - at::mv(a->unembedding_.t(), base->probs.to(at::kFloat))) *
                            a->norm_weight_;
     if (config.family == ModelFamily::kGpt2) direction = direction - direction.mean();
     base->tangent = direction / a->sigma_;
@@ -154,22 +156,34 @@ at::Tensor Attribution::FromLogProbIncrease(const Base& base, const at::Tensor& 
 
 at::Tensor Attribution::ExactFromProjections(const Base& base, const at::Tensor& projections,
                                              const at::Tensor& coefficients) const {
-  // projections [..., V] of unit vectors, coefficients [...]: values of coefficient·vector.
-  const at::Tensor scaled = projections * coefficients.unsqueeze(-1);
-  const at::Tensor target_logit = scaled.select(-1, target_.token_id);
-  if (target_.metric == Metric::kLogitIncrease) return target_logit.to(at::kDouble);
-  // log p(w|x+v) − log p(w|x) = b_w − log Σ_u p_u exp(b_u), shifted by max_u b_u for stability.
-  const at::Tensor shift = std::get<0>(scaled.max(-1, /*keepdim=*/true));
-  const at::Tensor mixture = at::matmul((scaled - shift).exp(), base.probs);
-  const at::Tensor delta = target_logit.to(at::kDouble) - mixture.to(at::kDouble).log() -
-                           shift.squeeze(-1).to(at::kDouble);
-  return FromLogProbIncrease(base, delta);
+  // projections [K, V] of unit vectors, coefficients [R, K]: the metric for coefficient[r, k] ·
+  // vector k, as [R, K] float64.
+  const int64_t k = projections.size(0), r = coefficients.size(0), vocab = projections.size(1);
+  if (target_.metric == Metric::kLogitIncrease) {
+    return coefficients.to(at::kDouble) * projections.select(1, target_.token_id).to(at::kDouble).unsqueeze(0);
+  }
+  // log p(w|x+v) − log p(w|x) = −log Σ_u p_u exp(b_u − b_w). Shifting by b_w (not by max_u b_u)
+  // keeps the sum near 1 when the increase is small, so float32 exponentials lose nothing to
+  // cancellation; the shift never sits more than 80 below the maximum, so nothing overflows. The
+  // sum over the vocabulary is accumulated in float64. Rows go in blocks to bound temporaries.
+  const int64_t rows = std::max<int64_t>(1, kBlockElements / (r * vocab));
+  std::vector<at::Tensor> parts;
+  for (int64_t start = 0; start < k; start += rows) {
+    const int64_t n = std::min(rows, k - start);
+    const at::Tensor scaled =
+        projections.narrow(0, start, n).unsqueeze(0) * coefficients.narrow(1, start, n).to(at::kFloat).unsqueeze(-1);
+    const at::Tensor target_logit = scaled.select(-1, target_.token_id).unsqueeze(-1);
+    const at::Tensor shift = at::maximum(target_logit, std::get<0>(scaled.max(-1, /*keepdim=*/true)) - 80);
+    const at::Tensor mixture = at::matmul((scaled - shift).exp().to(at::kDouble), base.probs);
+    parts.push_back((target_logit - shift).squeeze(-1).to(at::kDouble) - mixture.log());
+  }
+  return FromLogProbIncrease(base, at::cat(parts, 1));
 }
 
 at::Tensor Attribution::Increase(const Base& base, const at::Tensor& vectors) const {
-  const at::Tensor projections = Project(vectors);
-  return ExactFromProjections(base, projections, at::ones(projections.sizes().slice(0, projections.dim() - 1),
-                                                          projections.options()));
+  const at::Tensor projections = Project(vectors.reshape({-1, vectors.size(-1)}));
+  const at::Tensor values = ExactFromProjections(base, projections, at::ones({1, projections.size(0)}))[0];
+  return values.reshape(vectors.sizes().slice(0, vectors.dim() - 1));
 }
 
 at::Tensor Attribution::AttentionLayerIncrease() const {
@@ -251,13 +265,12 @@ at::Tensor Attribution::AllExact(const std::vector<NeuronSet>& sets) const {
   std::vector<at::Tensor> layers;
   const int64_t vocab = unembedding_.size(0);
   for (const NeuronSet& set : sets) {
-    const int64_t rows = set.coefficients.size(0), k = set.vectors.size(0);
-    const int64_t chunk = std::max<int64_t>(1, kExhaustiveBlockElements / (rows * vocab));
+    const int64_t k = set.vectors.size(0);
+    const int64_t chunk = std::max<int64_t>(1, kExhaustiveBlockElements / vocab);
     std::vector<at::Tensor> parts;
     for (int64_t start = 0; start < k; start += chunk) {
       const int64_t n = std::min(chunk, k - start);
-      const at::Tensor projections = Project(set.vectors.narrow(0, start, n));  // [n, V]
-      parts.push_back(ExactFromProjections(*set.base, projections.unsqueeze(0),
+      parts.push_back(ExactFromProjections(*set.base, Project(set.vectors.narrow(0, start, n)),
                                            set.coefficients.narrow(1, start, n)));  // [R, n]
     }
     layers.push_back(at::cat(parts, 1).reshape({-1}));
@@ -386,7 +399,7 @@ NeuronRanking Attribution::Rank(const std::vector<NeuronSet>& sets, int64_t k, R
         const at::Tensor vector_rows = flat.remainder(kk);
         const at::Tensor coefficient = set.coefficients.reshape({-1}).index_select(0, flat);
         const at::Tensor values =
-            ExactFromProjections(*set.base, Project(set.vectors.index_select(0, vector_rows)), coefficient)
+            ExactFromProjections(*set.base, Project(set.vectors.index_select(0, vector_rows)), coefficient.unsqueeze(0))[0]
                 .contiguous();
         const double* data = values.data_ptr<double>();
         for (size_t i = 0; i < indices.size(); ++i) results.push_back({data[i], set.layer, indices[i]});

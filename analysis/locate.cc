@@ -75,10 +75,13 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
                                       const ProgressCallback& progress) {
   const ModelConfig& config = model.config();
   if (absl::Status s = CheckOptions(config, options); !s.ok()) return s;
+  bool stopped = false;
   auto report_progress = [&](const char* stage, double fraction) {
-    if (progress) progress(stage, fraction);
+    stopped = stopped || (progress && !progress(stage, fraction));
+    return !stopped;
   };
-  report_progress("forward", 0.0);
+  const absl::Status cancelled = absl::CancelledError("fact localization was cancelled");
+  if (!report_progress("forward", 0.0)) return cancelled;
   absl::StatusOr<ForwardTrace> trace = Forward(model, token_ids, FullCapture());
   if (!trace.ok()) return trace.status();
   AttributionTarget attribution_target;
@@ -102,7 +105,7 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
     report.outcome = OutcomeOf(logits, target);
     report.predictions = TopTokens(at::softmax(logits.to(at::kDouble), -1), options.predictions);
 
-    report_progress("layers and heads", 0.1);
+    if (!report_progress("layers and heads", 0.1)) return cancelled;
     report.attention_layer_increase = ToVector(a.AttentionLayerIncrease());
     report.ffn_layer_increase = ToVector(a.FfnLayerIncrease());
     report.top_heads = TopHeads(a.HeadIncrease(), options.top_heads);
@@ -112,7 +115,7 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
     auto projection_tokens = [&](const at::Tensor& vector) {
       return TopTokens(a.Project(vector.unsqueeze(0))[0], options.top_tokens);
     };
-    report_progress("FFN neurons", 0.25);
+    if (!report_progress("FFN neurons", 0.25)) return cancelled;
     const int64_t ffn_k = std::max(options.top_ffn_neurons, options.query_ffn_neurons);
     NeuronRanking ffn = a.RankFfnNeurons(ffn_k, RankOrder::kTop, options.mode);
     for (size_t i = 0; i < ffn.neurons.size() && static_cast<int64_t>(i) < options.top_ffn_neurons; ++i) {
@@ -120,7 +123,7 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
       const at::Tensor value = model.weights().layers[n.layer].out_weight.select(1, n.index);
       report.ffn_neurons.push_back({n.layer, n.index, -1, -1, n.score, n.coefficient, projection_tokens(value)});
     }
-    report_progress("attention neurons", 0.45);
+    if (!report_progress("attention neurons", 0.45)) return cancelled;
     const int64_t attn_k = std::max(options.top_attention_neurons, options.query_attention_neurons);
     NeuronRanking attention = a.RankAttentionNeurons(attn_k, RankOrder::kTop, options.mode);
     for (size_t i = 0; i < attention.neurons.size() && static_cast<int64_t>(i) < options.top_attention_neurons; ++i) {
@@ -132,7 +135,7 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
           {n.layer, idx.dim, idx.head, idx.source_position, n.score, n.coefficient, projection_tokens(value)});
     }
 
-    report_progress("query layers", 0.65);
+    if (!report_progress("query layers", 0.65)) return cancelled;
     const std::vector<RankedNeuron> query_ffn(
         ffn.neurons.begin(), ffn.neurons.begin() + std::min<size_t>(ffn.neurons.size(), options.query_ffn_neurons));
     for (const auto& [name, scores] : QueryLayerScoresFfn(a, query_ffn)) {
@@ -154,7 +157,7 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
     }
 
     if (options.ablate_top_ffn_neurons && !report.ffn_neurons.empty()) {
-      report_progress("ablation", 0.85);
+      if (!report_progress("ablation", 0.85)) return cancelled;
       std::vector<Ablation> ablations;
       for (const NeuronReport& n : report.ffn_neurons) {
         ablations.push_back({AblationTarget::kFfnNeuron, n.layer, 0, 0, n.neuron, a.position(), 0.0});

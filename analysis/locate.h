@@ -80,8 +80,9 @@ struct FactReport {
   AblationReport ablation;
 };
 
-// Called between stages with a short stage name and the fraction done in [0, 1].
-using ProgressCallback = std::function<void(const std::string& stage, double fraction)>;
+// Called between stages with a short stage name and the fraction done in [0, 1]; returning false
+// stops the work (LocateFact then returns CANCELLED).
+using ProgressCallback = std::function<bool(const std::string& stage, double fraction)>;
 
 // Runs the whole pipeline on `token_ids` for `target`. InvalidArgument (naming the field) for bad
 // ids, target, position or option values. Thread-safe for concurrent calls on one model.

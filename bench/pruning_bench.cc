@@ -65,7 +65,7 @@ void Compare(RankFn rank, int64_t k, Comparison& c) {
 }
 
 void Print(const char* what, const Comparison& c) {
-  std::printf("%-44s pruned %9.3f s  exhaustive %9.3f s  ratio %7.1fx  evaluated %lld / %lld  identical: %s\n",
+  std::printf("%-56s pruned %9.3f s  exhaustive %9.3f s  ratio %7.1fx  evaluated %lld / %lld  identical: %s\n",
               what, c.pruned_s, c.exhaustive_s, c.exhaustive_s / c.pruned_s,
               static_cast<long long>(c.evaluated), static_cast<long long>(c.total),
               c.identical ? "yes" : "NO");
@@ -104,8 +104,11 @@ std::string WriteRandomGpt2Medium(const std::string& dir) {
   return dir;
 }
 
-void RunOne(const Model& model, const std::vector<int64_t>& ids, int64_t target, int64_t k,
-            Comparison& ffn, Comparison& attention) {
+struct Comparisons {
+  Comparison ffn, attention, ffn_bottom, attention_bottom;
+};
+
+void RunOne(const Model& model, const std::vector<int64_t>& ids, int64_t target, int64_t k, Comparisons& c) {
   absl::StatusOr<ForwardTrace> trace = Forward(model, ids, FullCapture());
   if (!trace.ok()) {
     std::fprintf(stderr, "forward: %s\n", std::string(trace.status().message()).c_str());
@@ -115,8 +118,20 @@ void RunOne(const Model& model, const std::vector<int64_t>& ids, int64_t target,
   t.token_id = target >= 0 ? target : trace->logits[-1].argmax().item<int64_t>();
   absl::StatusOr<std::unique_ptr<Attribution>> a = Attribution::Create(model, *trace, t);
   if (!a.ok()) return;
-  Compare([&](int64_t kk, RankMode m) { return (*a)->RankFfnNeurons(kk, RankOrder::kTop, m); }, k, ffn);
-  Compare([&](int64_t kk, RankMode m) { return (*a)->RankAttentionNeurons(kk, RankOrder::kTop, m); }, k, attention);
+  Compare([&](int64_t kk, RankMode m) { return (*a)->RankFfnNeurons(kk, RankOrder::kTop, m); }, k, c.ffn);
+  Compare([&](int64_t kk, RankMode m) { return (*a)->RankAttentionNeurons(kk, RankOrder::kTop, m); }, k,
+          c.attention);
+  Compare([&](int64_t kk, RankMode m) { return (*a)->RankFfnNeurons(kk, RankOrder::kBottom, m); }, k,
+          c.ffn_bottom);
+  Compare([&](int64_t kk, RankMode m) { return (*a)->RankAttentionNeurons(kk, RankOrder::kBottom, m); }, k,
+          c.attention_bottom);
+}
+
+void PrintAll(const std::string& label, const Comparisons& c) {
+  Print((label + ", top-k FFN neurons").c_str(), c.ffn);
+  Print((label + ", top-k attention neurons").c_str(), c.attention);
+  Print((label + ", bottom-k FFN neurons").c_str(), c.ffn_bottom);
+  Print((label + ", bottom-k attention neurons").c_str(), c.attention_bottom);
 }
 
 }  // namespace
@@ -124,6 +139,7 @@ void RunOne(const Model& model, const std::vector<int64_t>& ids, int64_t target,
 
 int main(int argc, char** argv) {
   int64_t k = 300, tokens = 16, facts = 1000;
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   bool medium = true;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--k") && i + 1 < argc) k = std::atoll(argv[++i]);
@@ -146,10 +162,9 @@ int main(int argc, char** argv) {
     at::manual_seed(1);
     const at::Tensor ids = at::randint(50257, {tokens}, at::kLong);
     const std::vector<int64_t> prompt(ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + tokens);
-    factlens::Comparison ffn, attention;
-    factlens::RunOne(**model, prompt, -1, k, ffn, attention);
-    factlens::Print("gpt2-medium shape (random), FFN neurons", ffn);
-    factlens::Print("gpt2-medium shape (random), attention neurons", attention);
+    factlens::Comparisons c;
+    factlens::RunOne(**model, prompt, -1, k, c);
+    factlens::PrintAll("gpt2-medium shape (random)", c);
     std::filesystem::remove_all(dir);
   }
   for (const char* name : {"gpt2-facts-tiny", "llama-facts-tiny"}) {
@@ -162,18 +177,16 @@ int main(int argc, char** argv) {
       continue;
     }
     const nlohmann::json fact_list = nlohmann::json::parse(in)["facts"];
-    factlens::Comparison ffn, attention;
+    factlens::Comparisons c;
     int64_t n = 0;
     for (const auto& fact : fact_list) {
       if (n++ >= facts) break;
       absl::StatusOr<std::vector<int64_t>> ids =
           factlens::EncodePrompt(**tokenizer, fact["prompt"].get<std::string>());
       if (!ids.ok()) continue;
-      factlens::RunOne(**model, *ids, fact["target_id"].get<int64_t>(), k, ffn, attention);
+      factlens::RunOne(**model, *ids, fact["target_id"].get<int64_t>(), k, c);
     }
-    std::printf("%s, %lld facts:\n", name, static_cast<long long>(std::min<int64_t>(n, facts)));
-    factlens::Print("  FFN neurons", ffn);
-    factlens::Print("  attention neurons", attention);
+    factlens::PrintAll(std::string(name) + " (" + std::to_string(std::min<int64_t>(n, facts)) + " facts)", c);
   }
   return 0;
 }

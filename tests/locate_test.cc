@@ -28,7 +28,10 @@ class LocateTest : public ::testing::Test {
 TEST_F(LocateTest, StandardReportForParis) {
   std::vector<std::string> stages;
   absl::StatusOr<FactReport> report = LocateFact(*model_, kFrance, kParis, LocateOptions{},
-                                                 [&](const std::string& stage, double) { stages.push_back(stage); });
+                                                 [&](const std::string& stage, double) {
+                                                   stages.push_back(stage);
+                                                   return true;
+                                                 });
   ASSERT_TRUE(report.ok()) << report.status();
   EXPECT_EQ(report->outcome.rank, 1);
   EXPECT_EQ(report->predictions[0].token_id, kParis);
@@ -58,6 +61,17 @@ TEST_F(LocateTest, StandardReportForParis) {
   ASSERT_TRUE(a.ok());
   const at::Tensor all = (*a)->FfnNeuronIncrease();
   EXPECT_NEAR(report->ffn_neurons[0].score, all.max().item<double>(), 1e-6);
+}
+
+TEST_F(LocateTest, ProgressCallbackCanStopTheWork) {
+  int calls = 0;
+  const absl::Status status =
+      LocateFact(*model_, kFrance, kParis, LocateOptions{}, [&](const std::string& stage, double) {
+        ++calls;
+        return stage != "FFN neurons";
+      }).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(calls, 3);  // forward, layers and heads, FFN neurons
 }
 
 TEST_F(LocateTest, BatchAggregatesCountsPerLayer) {

@@ -62,6 +62,7 @@ int main(int argc, char** argv) {
   absl::StatusOr<factlens::FactReport> report = factlens::LocateFact(
       **model, *ids, *target, options, [](const std::string& stage, double fraction) {
         std::fprintf(stderr, "[%3.0f%%] %s\n", 100 * fraction, stage.c_str());
+        return true;
       });
   if (!report.ok()) return Fail(report.status());
   const nlohmann::json json = factlens::FactReportToJson(*report, (*model)->config(), **tokenizer);
