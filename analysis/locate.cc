@@ -111,9 +111,10 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
     report.top_heads = TopHeads(a.HeadIncrease(), options.top_heads);
     report.top_head_positions = TopHeads(a.HeadPositionIncrease(), options.top_head_positions);
 
-    // The value vectors' own projections (without coefficients): what each neuron writes.
-    auto projection_tokens = [&](const at::Tensor& vector) {
-      return TopTokens(a.Project(vector.unsqueeze(0))[0], options.top_tokens);
+    // What each neuron writes: the projection of its value vector, sign-corrected by its
+    // coefficient (a neuron with m < 0 promotes the bottom tokens of v).
+    auto projection_tokens = [&](const at::Tensor& vector, double coefficient) {
+      return TopTokens(a.Project((coefficient < 0 ? -vector : vector).unsqueeze(0))[0], options.top_tokens);
     };
     if (!report_progress("FFN neurons", 0.25)) return cancelled;
     const int64_t ffn_k = std::max(options.top_ffn_neurons, options.query_ffn_neurons);
@@ -121,7 +122,8 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
     for (size_t i = 0; i < ffn.neurons.size() && static_cast<int64_t>(i) < options.top_ffn_neurons; ++i) {
       const RankedNeuron& n = ffn.neurons[i];
       const at::Tensor value = model.weights().layers[n.layer].out_weight.select(1, n.index);
-      report.ffn_neurons.push_back({n.layer, n.index, -1, -1, n.score, n.coefficient, projection_tokens(value)});
+      report.ffn_neurons.push_back(
+          {n.layer, n.index, -1, -1, n.score, n.coefficient, projection_tokens(value, n.coefficient)});
     }
     if (!report_progress("attention neurons", 0.45)) return cancelled;
     const int64_t attn_k = std::max(options.top_attention_neurons, options.query_attention_neurons);
@@ -132,7 +134,7 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
       const at::Tensor value =
           model.weights().layers[n.layer].o_weight.select(1, idx.head * config.head_dim + idx.dim);
       report.attention_neurons.push_back(
-          {n.layer, idx.dim, idx.head, idx.source_position, n.score, n.coefficient, projection_tokens(value)});
+          {n.layer, idx.dim, idx.head, idx.source_position, n.score, n.coefficient, projection_tokens(value, n.coefficient)});
     }
 
     if (!report_progress("query layers", 0.65)) return cancelled;
@@ -151,9 +153,10 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
     for (int64_t i = 0; i < values.size(0); ++i) {
       const int64_t flat = indices[i].item<int64_t>();
       const int64_t layer = flat / config.d_ffn, n = flat % config.d_ffn;
-      report.query_ffn_neurons.push_back({layer, n, -1, -1, values[i].item<double>(),
-                                          trace->layers[layer].ffn_coefficients[a.position()][n].item<double>(),
-                                          projection_tokens(model.weights().layers[layer].out_weight.select(1, n))});
+      const double coefficient = trace->layers[layer].ffn_coefficients[a.position()][n].item<double>();
+      report.query_ffn_neurons.push_back({layer, n, -1, -1, values[i].item<double>(), coefficient,
+                                          projection_tokens(model.weights().layers[layer].out_weight.select(1, n),
+                                                            coefficient)});
     }
 
     if (options.ablate_top_ffn_neurons && !report.ffn_neurons.empty()) {

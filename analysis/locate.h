@@ -47,7 +47,8 @@ struct NeuronReport {
   int64_t source_position = -1;  // attention neurons
   double score = 0;              // the metric's value (query neurons: their aggregated score)
   double coefficient = 0;
-  std::vector<TokenScore> top_tokens;  // projection of the value vector without its coefficient
+  // Top tokens of sign(coefficient) · value vector: what the neuron adds, whatever its magnitude.
+  std::vector<TokenScore> top_tokens;
 };
 
 struct TargetOutcome {

@@ -63,9 +63,11 @@ class LocateReportTest(unittest.TestCase):
         self.assertEqual({(r["layer"], r["neuron"]) for r in reported[:10]},
                          {divmod(int(f), n) for f in order[:10]})
         self.assertEqual(self.report["ffn_ranking"]["mode"], "exact")
-        # The top neuron's value vector projects onto its reported top tokens.
+        # The top neuron's value vector (sign-corrected by its coefficient) projects onto its reported
+        # top tokens.
         top = reported[0]
-        proj = self.method.bs(self.model.w[f"h.{top['layer']}.mlp.c_proj.weight"][top["neuron"]])
+        proj = np.sign(top["coefficient"]) * self.method.bs(
+            self.model.w[f"h.{top['layer']}.mlp.c_proj.weight"][top["neuron"]])
         self.assertEqual([t["id"] for t in top["top_tokens"]], list(np.argsort(-proj)[:10]))
 
     def test_top_attention_neurons(self):

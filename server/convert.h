@@ -1,0 +1,48 @@
+// Conversions between factlens.v1 messages and analysis/ types, with request validation.
+#ifndef FACTLENS_SERVER_CONVERT_H_
+#define FACTLENS_SERVER_CONVERT_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "analysis/attribution.h"
+#include "analysis/components.h"
+#include "analysis/locate.h"
+#include "factlens/v1/factlens.pb.h"
+#include "server/model_registry.h"
+
+namespace factlens {
+
+struct ServiceOptions;
+
+// The prompt's token ids. InvalidArgument naming `prompt` when it is missing, empty, invalid UTF-8
+// or holds ids outside the vocabulary; ResourceExhausted when longer than max_prompt_tokens.
+absl::StatusOr<std::vector<int64_t>> PromptIds(const ServedModel& model, const v1::Prompt& prompt,
+                                               int max_prompt_tokens);
+
+// The target token id (see v1::Target). InvalidArgument naming `target`.
+absl::StatusOr<int64_t> TargetId(const ServedModel& model, const v1::Target& target,
+                                 const v1::Prompt& prompt);
+
+// `top_k` with 0 meaning `fallback`; InvalidArgument when negative, ResourceExhausted above `limit`.
+absl::StatusOr<int64_t> TopK(const char* field, int64_t top_k, int64_t fallback, int64_t limit);
+
+// A request position (absent = -1) resolved against `num_tokens`; InvalidArgument naming `position`.
+absl::StatusOr<int64_t> ResolvePosition(const std::optional<int32_t>& position, int64_t num_tokens);
+
+absl::StatusOr<ComponentRef> ToComponentRef(const v1::Component& component);
+v1::Component ToProto(const ComponentRef& ref);
+Metric ToMetric(v1::Metric metric);
+RankMode ToRankMode(v1::RankMode mode);
+v1::RankMode ToProto(RankMode mode);
+
+void FillTokenScore(const ServedModel& model, int64_t id, double score, v1::TokenScore* out);
+void FillOutcome(const TargetOutcome& outcome, v1::TargetOutcome* out);
+void FillFactReport(const ServedModel& model, const FactReport& report, v1::FactReport* out);
+
+}  // namespace factlens
+
+#endif  // FACTLENS_SERVER_CONVERT_H_

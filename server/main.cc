@@ -1,0 +1,222 @@
+// factlens_server: serves the factlens.v1 API over gRPC with models kept resident.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "torch/csrc/api/include/torch/version.h"
+#include "analysis/cpu_threads.h"
+#include "server/http_endpoint.h"
+#include "server/metrics.h"
+#include "server/model_registry.h"
+#include "server/service.h"
+
+ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC address (host:port; port 0 picks a free one)");
+ABSL_FLAG(std::vector<std::string>, model, {},
+          "NAME=DIR_OR_REPO_ID[,device=cpu|cuda[:N]][,dtype=float32|float16|bfloat16]; repeatable "
+          "(comma-separated lists also work). Default: the embedded demo model gpt2-facts-tiny");
+ABSL_FLAG(int, max_prompt_tokens, 512, "Longest prompt accepted, in tokens");
+ABSL_FLAG(int, max_top_k, 1000, "Largest top_k (and ablation count) accepted");
+ABSL_FLAG(int, max_batch_items, 256, "Most items in one LocateFacts request");
+ABSL_FLAG(int, max_message_bytes, 16 << 20, "Largest gRPC message received or sent");
+ABSL_FLAG(int, max_concurrent, 2, "Requests running at once per model");
+ABSL_FLAG(int, max_queued, 16, "Requests waiting per model; beyond that RESOURCE_EXHAUSTED at once");
+ABSL_FLAG(int, default_deadline_seconds, 600, "Deadline for requests that set none");
+ABSL_FLAG(int, drain_seconds, 30, "On SIGTERM/SIGINT: how long in-flight requests may finish");
+ABSL_FLAG(int, threads, 0, "CPU threads for libtorch and BLIS (0 = one per core)");
+ABSL_FLAG(std::string, auth_token_file, "", "File of accepted bearer tokens, one per line; empty: no auth");
+ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate chain (enables TLS)");
+ABSL_FLAG(std::string, tls_key, "", "PEM server private key");
+ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA bundle; when set, clients must present a certificate (mTLS)");
+ABSL_FLAG(std::string, http_listen, "0.0.0.0:9090",
+          "HTTP address for /metrics, /healthz, /readyz (port 0 picks one; empty disables)");
+ABSL_FLAG(std::string, port_file, "", "Once serving, write '<grpc port> <http port>' to this file");
+
+namespace {
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read '", path, "'"));
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+absl::StatusOr<std::vector<std::string>> ReadTokens(const std::string& path) {
+  absl::StatusOr<std::string> text = ReadFile(path);
+  if (!text.ok()) return text.status();
+  std::vector<std::string> tokens;
+  std::istringstream lines(*text);
+  for (std::string line; std::getline(lines, line);) {
+    const std::string token(absl::StripAsciiWhitespace(line));
+    if (!token.empty() && token[0] != '#') tokens.push_back(token);
+  }
+  if (tokens.empty()) return absl::InvalidArgumentError(absl::StrCat("'", path, "' holds no tokens"));
+  return tokens;
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials() {
+  const std::string cert = absl::GetFlag(FLAGS_tls_cert), key = absl::GetFlag(FLAGS_tls_key);
+  const std::string ca = absl::GetFlag(FLAGS_tls_client_ca);
+  if (cert.empty() && key.empty()) {
+    if (!ca.empty()) return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert and --tls_key");
+    return grpc::InsecureServerCredentials();
+  }
+  if (cert.empty() || key.empty()) return absl::InvalidArgumentError("TLS needs both --tls_cert and --tls_key");
+  grpc::SslServerCredentialsOptions options(ca.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                                                       : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  absl::StatusOr<std::string> cert_pem = ReadFile(cert), key_pem = ReadFile(key);
+  if (!cert_pem.ok()) return cert_pem.status();
+  if (!key_pem.ok()) return key_pem.status();
+  options.pem_key_cert_pairs.push_back({*key_pem, *cert_pem});
+  if (!ca.empty()) {
+    absl::StatusOr<std::string> ca_pem = ReadFile(ca);
+    if (!ca_pem.ok()) return ca_pem.status();
+    options.pem_root_certs = *ca_pem;
+  }
+  return grpc::SslServerCredentials(options);
+}
+
+void LogRequest(const factlens::RequestRecord& r) {
+  // One structured line per request.
+  std::fprintf(stderr,
+               "{\"event\":\"request\",\"rpc\":\"%s\",\"model\":\"%s\",\"code\":%d,\"latency_ms\":%.3f,"
+               "\"queue_wait_ms\":%.3f,\"peer\":\"%s\"}\n",
+               r.rpc.c_str(), r.model.c_str(), static_cast<int>(r.code), 1000 * r.latency_seconds,
+               1000 * r.queue_wait_seconds, r.peer.c_str());
+}
+
+int Fail(const absl::Status& status) {
+  std::fprintf(stderr, "factlens_server: %s\n", status.ToString().c_str());
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("Serves the factlens.v1 gRPC API. See README.md.");
+  absl::ParseCommandLine(argc, argv);
+  // SIGTERM/SIGINT are handled by a thread of ours (sigwait); block them before threads start.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  factlens::ConfigureCpuThreads(absl::GetFlag(FLAGS_threads));
+
+  std::vector<factlens::ModelSpec> specs;
+  std::vector<std::string> model_flags = absl::GetFlag(FLAGS_model);
+  if (model_flags.empty()) model_flags.push_back(std::string("gpt2-facts-tiny=") + FACTLENS_DEFAULT_MODEL);
+  for (const std::string& text : model_flags) {
+    absl::StatusOr<factlens::ModelSpec> spec = factlens::ParseModelSpec(text);
+    if (!spec.ok()) return Fail(spec.status());
+    specs.push_back(*spec);
+  }
+  factlens::ServiceOptions options;
+  options.max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens);
+  options.max_top_k = absl::GetFlag(FLAGS_max_top_k);
+  options.max_batch_items = absl::GetFlag(FLAGS_max_batch_items);
+  options.default_deadline = absl::Seconds(absl::GetFlag(FLAGS_default_deadline_seconds));
+  if (!absl::GetFlag(FLAGS_auth_token_file).empty()) {
+    absl::StatusOr<std::vector<std::string>> tokens = ReadTokens(absl::GetFlag(FLAGS_auth_token_file));
+    if (!tokens.ok()) return Fail(tokens.status());
+    options.bearer_tokens = *tokens;
+  }
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = Credentials();
+  if (!credentials.ok()) return Fail(credentials.status());
+
+  factlens::ModelRegistry registry(specs, absl::GetFlag(FLAGS_max_concurrent), absl::GetFlag(FLAGS_max_queued));
+  factlens::MetricsRegistry metrics_registry;
+  absl::StatusOr<factlens::ServerMetrics> metrics = factlens::ServerMetrics::Create(
+      &metrics_registry, {FACTLENS_VERSION, FACTLENS_COMMIT, TORCH_VERSION});
+  if (!metrics.ok()) return Fail(metrics.status());
+  for (const factlens::ModelSpec& spec : specs) metrics->model_ready->WithLabels({spec.name}).Set(0);
+  factlens::FactLensService service(&registry, options, LogRequest, &*metrics);
+  std::atomic<bool> stopping{false};
+  factlens::HttpEndpoint http(&metrics_registry, [&](std::string* reason) {
+    if (stopping) *reason = "shutting down";
+    else if (!registry.ready()) *reason = "models are loading";
+    return !stopping && registry.ready();
+  });
+  int http_port = 0;
+  if (!absl::GetFlag(FLAGS_http_listen).empty()) {
+    absl::StatusOr<int> bound = http.Start(absl::GetFlag(FLAGS_http_listen));
+    if (!bound.ok()) return Fail(bound.status());
+    http_port = *bound;
+  }
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(absl::GetFlag(FLAGS_listen), *credentials, &port);
+  builder.RegisterService(&service);
+  builder.SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
+  builder.SetMaxSendMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || port == 0) {
+    return Fail(absl::UnavailableError(absl::StrCat("cannot listen on ", absl::GetFlag(FLAGS_listen))));
+  }
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus(false);  // not ready until the models are loaded
+  std::fprintf(stderr, "{\"event\":\"listening\",\"port\":%d,\"http_port\":%d,\"models\":%zu}\n", port,
+               http_port, specs.size());
+
+  registry.StartLoading();
+  std::thread signal_thread([&] {
+    int signal = 0;
+    sigwait(&signals, &signal);
+    stopping = true;
+    std::fprintf(stderr, "{\"event\":\"shutdown\",\"signal\":%d,\"drain_seconds\":%d}\n", signal,
+                 absl::GetFlag(FLAGS_drain_seconds));
+    health->Shutdown();
+    // Stops accepting, lets in-flight calls finish until the deadline, then cancels them.
+    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(absl::GetFlag(FLAGS_drain_seconds)));
+  });
+  const absl::Status loaded = registry.WaitUntilLoaded();
+  if (!loaded.ok()) {
+    std::fprintf(stderr, "factlens_server: %s\n", loaded.ToString().c_str());
+    kill(getpid(), SIGTERM);
+    signal_thread.join();
+    server->Wait();
+    return 2;
+  }
+  if (!stopping) {
+    health->SetServingStatus(true);
+    for (const factlens::ModelSpec& spec : specs) {
+      const auto served = registry.Loaded(spec.name);
+      metrics->model_load_seconds->WithLabels({spec.name}).Set(served->load_seconds);
+      metrics->model_resident_bytes->WithLabels({spec.name, served->model->device().str()})
+          .Set(static_cast<double>(served->model->resident_bytes()));
+      metrics->model_ready->WithLabels({spec.name}).Set(1);
+      std::fprintf(stderr, "{\"event\":\"model_ready\",\"model\":\"%s\",\"load_seconds\":%.3f,\"resident_bytes\":%llu}\n",
+                   spec.name.c_str(), served->load_seconds,
+                   static_cast<unsigned long long>(served->model->resident_bytes()));
+    }
+    if (!absl::GetFlag(FLAGS_port_file).empty()) {
+      std::ofstream(absl::GetFlag(FLAGS_port_file)) << port << " " << http_port << "\n";
+    }
+    std::fprintf(stderr, "{\"event\":\"ready\",\"port\":%d}\n", port);
+  }
+  server->Wait();
+  signal_thread.join();
+  http.Stop();
+  std::fprintf(stderr, "{\"event\":\"stopped\"}\n");
+  return 0;
+}

@@ -1,0 +1,74 @@
+// The models a server keeps resident: loaded once (in the background, before readiness), shared
+// read-only by every request, freed only when the last request holding one ends.
+#ifndef FACTLENS_SERVER_MODEL_REGISTRY_H_
+#define FACTLENS_SERVER_MODEL_REGISTRY_H_
+
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "analysis/tokenizer/tokenizer.h"
+#include "analysis/weights.h"
+#include "server/request_queue.h"
+
+namespace factlens {
+
+// One model as given on the command line: --model NAME=DIR_OR_REPO_ID[,device=cuda:0][,dtype=bfloat16].
+struct ModelSpec {
+  std::string name;
+  std::string source;
+  LoadOptions load;
+};
+
+// Parses "NAME=SOURCE[,device=D][,dtype=T]". InvalidArgument describing the expected form.
+absl::StatusOr<ModelSpec> ParseModelSpec(const std::string& text);
+
+// A resident model with its tokenizer and admission queue. Immutable except for the queue.
+struct ServedModel {
+  std::string name;
+  std::string source;
+  std::shared_ptr<const Model> model;
+  std::unique_ptr<Tokenizer> tokenizer;
+  double load_seconds = 0;
+  mutable RequestQueue queue;
+  ServedModel(int max_concurrent, int max_queued) : queue(max_concurrent, max_queued) {}
+};
+
+// Thread-safe.
+class ModelRegistry {
+ public:
+  ModelRegistry(std::vector<ModelSpec> specs, int max_concurrent, int max_queued);
+  ~ModelRegistry();
+
+  // Loads every model in a background thread, in order. Call once.
+  void StartLoading();
+  // Blocks until loading has finished; the first load error, if any.
+  absl::Status WaitUntilLoaded();
+  // True once every model loaded successfully.
+  bool ready() const;
+
+  // The model `name` (empty = the only model, if exactly one is served). NotFound for a name not
+  // served; Unavailable while it is loading; FailedPrecondition if its load failed.
+  absl::StatusOr<std::shared_ptr<const ServedModel>> Get(const std::string& name) const;
+  // The names served, in command-line order, and what is loaded so far.
+  const std::vector<ModelSpec>& specs() const { return specs_; }
+  std::shared_ptr<const ServedModel> Loaded(const std::string& name) const;
+
+ private:
+  void LoadAll();
+  const std::vector<ModelSpec> specs_;
+  const int max_concurrent_, max_queued_;
+  std::thread loader_;
+  mutable absl::Mutex mu_;
+  std::map<std::string, std::shared_ptr<const ServedModel>> loaded_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, absl::Status> failed_ ABSL_GUARDED_BY(mu_);
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace factlens
+
+#endif  // FACTLENS_SERVER_MODEL_REGISTRY_H_

@@ -1,0 +1,315 @@
+"""End-to-end tests of factlens_server on loopback with the embedded demo model.
+
+Usage: test_server_e2e.py FACTLENS_SERVER CLIENT_PYTHON_DIR
+Starts the real binary (bearer-token auth, small limits), talks to it with the Python client over a
+real channel, scrapes its /metrics, and stops it with SIGTERM while a request runs.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+import urllib.request
+
+SERVER, CLIENT_DIR = sys.argv[1], sys.argv[2]
+sys.path.insert(0, CLIENT_DIR)
+
+import grpc  # noqa: E402
+
+from factlens import Client, FactlensError  # noqa: E402
+from factlens.v1 import factlens_pb2 as pb  # noqa: E402
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc  # noqa: E402
+
+TOKEN = "s3cret-token"
+PROMPT = "The capital of France is"
+PARIS = 6342
+C = grpc.StatusCode
+
+
+class Server:
+    """A factlens_server child process on free loopback ports."""
+
+    def __init__(self, *flags):
+        self.dir = tempfile.mkdtemp(prefix="factlens-e2e-")
+        port_file = os.path.join(self.dir, "ports")
+        self.log = open(os.path.join(self.dir, "server.log"), "w+")
+        self.proc = subprocess.Popen([SERVER, "--listen", "127.0.0.1:0", "--http_listen", "127.0.0.1:0",
+                                      "--port_file", port_file, "--threads", "1", *flags],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 60
+        while not (os.path.exists(port_file) and os.path.getsize(port_file) > 0):
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("server did not start:\n" + self.logs())
+            time.sleep(0.05)
+        with open(port_file) as f:
+            grpc_port, http_port = f.read().split()
+        self.address, self.http = f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}"
+
+    def logs(self):
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def metrics(self):
+        return urllib.request.urlopen(self.http + "/metrics", timeout=5).read().decode()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+
+def write_token_file():
+    path = os.path.join(tempfile.mkdtemp(), "tokens")
+    with open(path, "w") as f:
+        f.write("# accepted tokens\n" + TOKEN + "\n")
+    return path
+
+
+class ServerTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.server = Server("--auth_token_file", write_token_file(), "--max_concurrent", "1", "--max_queued", "1",
+                            "--max_top_k", "200", "--max_prompt_tokens", "32", "--max_batch_items", "4")
+        cls.client = Client(cls.server.address, token=TOKEN)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.close()
+        cls.assertEqual(ServerTest(), cls.server.stop(), 0)
+
+    def assertCode(self, code, fn, *args, contains=None, **kwargs):
+        with self.assertRaises(FactlensError) as cm:
+            fn(*args, **kwargs)
+        self.assertEqual(cm.exception.code, code, cm.exception.message)
+        if contains:
+            self.assertIn(contains, cm.exception.message)
+        return cm.exception
+
+    # --- every RPC -------------------------------------------------------------------------------
+    def test_list_models(self):
+        (m,) = self.client.list_models()
+        self.assertEqual((m.name, m.family, m.layers, m.heads, m.d_model, m.vocab_size), ("gpt2-facts-tiny", "gpt2", 4, 4, 64, 50257))
+        self.assertEqual((m.dtype, m.device, m.ready, m.max_positions, m.ffn_width), ("float32", "cpu", True, 64, 256))
+
+    def test_tokenize_and_detokenize(self):
+        t = self.client.tokenize(PROMPT)
+        self.assertEqual(list(t.ids), [464, 3139, 286, 4881, 318])
+        self.assertEqual(list(t.display_tokens), ["The", " capital", " of", " France", " is"])
+        self.assertEqual(list(t.offset_begin), [0, 3, 11, 14, 21])
+        self.assertEqual(self.client.detokenize(t.ids), PROMPT)
+
+    def test_predict(self):
+        r = self.client.predict(PROMPT, top_k=3)
+        self.assertEqual(r.predictions[0].id, PARIS)
+        self.assertEqual(r.predictions[0].token, " Paris")
+        self.assertGreater(r.predictions[0].score, 0.99)
+        self.assertEqual(len(r.predictions), 3)
+
+    def test_decompose_reconstructs_the_residual(self):
+        r = self.client.decompose(PROMPT, target=" Paris", include_heads=True, logit_lens_top_k=3)
+        (pos,) = r.positions
+        self.assertEqual(pos.position, 4)
+        self.assertLess(pos.reconstruction_error, 1e-4)
+        kinds = [pb.Component.Kind.Name(c.component.kind) for c in pos.components]
+        self.assertEqual(kinds.count("HEAD"), 16)
+        self.assertEqual(kinds.count("ATTENTION_BIAS"), 4)
+        ranked = self.client.rank(PROMPT, " Paris", pb.RankRequest.FFN_LAYER, top_k=4)
+        ffn = {c.component.layer: c.increase for c in pos.components if c.component.kind == pb.Component.FFN_LAYER}
+        for rc in ranked.components:
+            self.assertAlmostEqual(rc.score, ffn[rc.component.layer], places=9)
+
+    def test_rank_every_level(self):
+        for level in ["ATTENTION_LAYER", "FFN_LAYER", "HEAD", "HEAD_POSITION", "FFN_NEURON", "ATTENTION_NEURON"]:
+            r = self.client.rank(PROMPT, " Paris", pb.RankRequest.Level.Value(level), top_k=3)
+            self.assertEqual(len(r.components), 3, level)
+            scores = [c.score for c in r.components]
+            self.assertEqual(scores, sorted(scores, reverse=True), level)
+        exact = self.client.rank(PROMPT, PARIS, pb.RankRequest.FFN_NEURON, top_k=20)
+        exhaustive = self.client.rank(PROMPT, PARIS, pb.RankRequest.FFN_NEURON, top_k=20, mode=pb.EXHAUSTIVE)
+        self.assertEqual([(c.component.layer, c.component.neuron) for c in exact.components],
+                         [(c.component.layer, c.component.neuron) for c in exhaustive.components])
+        self.assertEqual((exact.mode, exhaustive.mode), (pb.EXACT, pb.EXHAUSTIVE))
+        self.assertLess(exact.evaluated, exact.total)
+        bottom = self.client.rank(PROMPT, PARIS, pb.RankRequest.ATTENTION_NEURON, top_k=5, bottom=True)
+        self.assertLess(bottom.components[0].score, 0)
+
+    def test_trace_and_project(self):
+        top = self.client.rank(PROMPT, " Paris", pb.RankRequest.FFN_NEURON, top_k=1).components[0].component
+        t = self.client.trace(PROMPT, pb.Component(kind=pb.Component.FFN_NEURON, layer=top.layer, neuron=top.neuron))
+        (key,) = t.keys
+        self.assertEqual(key.key_name, "in")
+        self.assertEqual(len(key.layer_scores), 9)
+        self.assertAlmostEqual(sum(key.layer_scores), key.total, places=6)
+        p = self.client.project(PROMPT, pb.Component(kind=pb.Component.FFN_NEURON_VALUE, layer=top.layer,
+                                                     neuron=top.neuron), top_k=5)
+        self.assertEqual(len(p.top), 5)
+        self.assertGreater(p.top[0].score, p.bottom[0].score)
+
+    def test_ablate(self):
+        a = self.client.ablate(PROMPT, " Paris", [pb.AblationSpec(component=pb.Component(kind=pb.Component.ATTENTION_LAYER, layer=0))])
+        self.assertEqual(a.before.rank, 1)
+        self.assertLess(a.after.log_prob, a.before.log_prob)
+
+    def test_locate_fact_streams_progress_then_report(self):
+        stages = []
+        report = self.client.locate_fact(PROMPT, " Paris", on_progress=lambda s, f: stages.append((s, f)))
+        self.assertEqual(stages[0][0], "forward")
+        self.assertEqual(stages[-1], ("done", 1.0))
+        self.assertEqual(report.target.id, PARIS)
+        self.assertEqual(len(report.ffn_neurons), 100)
+        self.assertEqual(report.ablated_ffn_neurons, 100)
+        self.assertLess(report.ablated.log_prob, report.outcome.log_prob)
+
+    def test_locate_facts_streams_items_then_aggregate(self):
+        events = list(self.client.locate_facts([(PROMPT, " Paris"), ("The capital of Japan is", " Tokyo"),
+                                                (PROMPT, " Paris is")],
+                                               options=pb.LocateOptions(top_ffn_neurons=5, top_attention_neurons=5)))
+        items, aggregate = events[:-1], events[-1]
+        self.assertEqual([i.index for i in items], [0, 1, 2])
+        self.assertTrue(items[0].HasField("report"))
+        self.assertEqual(items[2].error.code, C.INVALID_ARGUMENT.value[0])
+        self.assertIn("items[2].target", items[2].error.message)
+        self.assertEqual((aggregate.facts, aggregate.failed), (2, 1))
+        self.assertEqual(sum(aggregate.ffn_neurons_per_layer), 10)
+
+    # --- bad input -------------------------------------------------------------------------------
+    def test_bad_input_codes(self):
+        c = self.client
+        self.assertCode(C.INVALID_ARGUMENT, c.predict, "", contains="prompt")
+        self.assertCode(C.INVALID_ARGUMENT, c.predict, [], contains="prompt")
+        self.assertCode(C.INVALID_ARGUMENT, c.predict, [50257], contains="prompt.token_ids[0]")
+        self.assertCode(C.RESOURCE_EXHAUSTED, c.predict, [464] * 33, contains="max_prompt_tokens")
+        self.assertCode(C.INVALID_ARGUMENT, c.predict, PROMPT, position=5, contains="position")
+        self.assertCode(C.INVALID_ARGUMENT, c.predict, PROMPT, top_k=-1, contains="top_k")
+        self.assertCode(C.RESOURCE_EXHAUSTED, c.predict, PROMPT, top_k=201, contains="top_k")
+        self.assertCode(C.INVALID_ARGUMENT, c.rank, PROMPT, " Paris is", pb.RankRequest.HEAD, contains="2 tokens")
+        self.assertCode(C.INVALID_ARGUMENT, c.rank, PROMPT, 50257, pb.RankRequest.HEAD, contains="target")
+        self.assertCode(C.INVALID_ARGUMENT, c.rank, PROMPT, PARIS, pb.RankRequest.LEVEL_UNSPECIFIED, contains="level")
+        for comp, field in [(pb.Component(kind=pb.Component.FFN_NEURON, layer=4), "layer"),
+                            (pb.Component(kind=pb.Component.FFN_NEURON, neuron=256), "neuron"),
+                            (pb.Component(kind=pb.Component.ATTENTION_NEURON, head=4), "head"),
+                            (pb.Component(kind=pb.Component.ATTENTION_NEURON, source_position=5), "source_position")]:
+            self.assertCode(C.INVALID_ARGUMENT, c.trace, PROMPT, comp, contains=field)
+        self.assertCode(C.INVALID_ARGUMENT, c.project, PROMPT, pb.Component(kind=pb.Component.HEAD, head=9), contains="head")
+        self.assertCode(C.INVALID_ARGUMENT, c.project, PROMPT, pb.Component(kind=pb.Component.FFN_NEURON_KEY, key_name="up"),
+                        contains="key_name")
+        self.assertCode(C.INVALID_ARGUMENT, c.ablate, PROMPT, PARIS, [], contains="ablations")
+        self.assertCode(C.INVALID_ARGUMENT, c.ablate, PROMPT, PARIS, [pb.AblationSpec(component=pb.Component(kind=pb.Component.EMBEDDING))],
+                        contains="ablated")
+        self.assertCode(C.RESOURCE_EXHAUSTED, lambda: list(c.locate_facts([(PROMPT, " Paris")] * 5)), contains="max_batch_items")
+        self.assertCode(C.RESOURCE_EXHAUSTED, c.locate_fact, PROMPT, " Paris", options=pb.LocateOptions(top_ffn_neurons=500))
+
+    def test_invalid_utf8_is_invalid_argument(self):
+        self.assertCode(C.INVALID_ARGUMENT, self.client.tokenize, b"caf\xc3", contains="text")
+        self.assertCode(C.INVALID_ARGUMENT, self.client.predict, b"The \xff capital", contains="prompt")
+        self.assertCode(C.INVALID_ARGUMENT, self.client.rank, PROMPT, b"\xfe", pb.RankRequest.HEAD, contains="target")
+        self.assertCode(C.INVALID_ARGUMENT, self.client.detokenize, [99999999], contains="ids")
+
+    def test_unknown_model_and_auth(self):
+        self.assertCode(C.NOT_FOUND, Client(self.server.address, token=TOKEN, model="gpt-j").predict, PROMPT, contains="gpt-j")
+        self.assertCode(C.UNAUTHENTICATED, Client(self.server.address).list_models)
+        self.assertCode(C.UNAUTHENTICATED, Client(self.server.address, token="wrong").predict, PROMPT)
+        # Health stays open without a token.
+        health = health_pb2_grpc.HealthStub(grpc.insecure_channel(self.server.address))
+        self.assertEqual(health.Check(health_pb2.HealthCheckRequest(), timeout=5).status, health_pb2.HealthCheckResponse.SERVING)
+
+    def test_reflection_lists_the_services(self):
+        stub = reflection_pb2_grpc.ServerReflectionStub(grpc.insecure_channel(self.server.address))
+        responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
+        names = {s.name for r in responses for s in r.list_services_response.service}
+        self.assertIn("factlens.v1.FactLens", names)
+        self.assertIn("grpc.health.v1.Health", names)
+
+    # --- deadlines, cancellation, queue ----------------------------------------------------------
+    def test_deadline_exceeded(self):
+        self.assertCode(C.DEADLINE_EXCEEDED, self.client.locate_fact, PROMPT, " Paris", timeout=0.001)
+
+    def test_queue_full_and_cancellation(self):
+        slow = pb.LocateOptions(mode=pb.EXHAUSTIVE)
+        results, lock = [], threading.Lock()
+
+        def run():
+            try:
+                list(self.client.locate_facts([(PROMPT, " Paris")] * 4, options=slow))
+                code = C.OK
+            except FactlensError as e:
+                code = e.code
+            with lock:
+                results.append(code)
+
+        threads = [threading.Thread(target=run) for _ in range(4)]
+        for t in threads:
+            t.start()
+            time.sleep(0.05)
+        for t in threads:
+            t.join()
+        # One runs, one waits, the others are refused at once.
+        self.assertEqual(results.count(C.RESOURCE_EXHAUSTED), 2, results)
+        self.assertEqual(results.count(C.OK), 2, results)
+        # A cancelled stream stops the server's work: its request is recorded as CANCELLED.
+        call = self.client._stub.LocateFacts(pb.LocateFactsRequest(items=[pb.FactItem(prompt=pb.Prompt(text=PROMPT.encode()),
+                                                                                   target=pb.Target(text=b" Paris"))] * 4,
+                                                                   options=slow),
+                                             metadata=[("authorization", "Bearer " + TOKEN)])
+        next(call)
+        call.cancel()
+        deadline = time.time() + 20
+        while 'rpc="LocateFacts",model="gpt2-facts-tiny",code="CANCELLED"' not in self.server.metrics():
+            self.assertLess(time.time(), deadline, "no CANCELLED LocateFacts in /metrics")
+            time.sleep(0.2)
+
+    def test_metrics_count_requests(self):
+        self.client.predict(PROMPT)
+        text = self.server.metrics()
+        self.assertIn('factlens_requests_total{rpc="Predict",model="gpt2-facts-tiny",code="OK"}', text)
+        self.assertIn('factlens_model_ready{model="gpt2-facts-tiny"} 1', text)
+        self.assertIn("factlens_request_duration_seconds_bucket", text)
+        self.assertEqual(urllib.request.urlopen(self.server.http + "/readyz", timeout=5).read().strip(), b"ready")
+
+
+class LifecycleTest(unittest.TestCase):
+    def test_sigterm_drains_a_running_request_and_exits_zero(self):
+        server = Server()
+        client = Client(server.address)
+        out = {}
+
+        def run():
+            out["events"] = list(client.locate_facts([(PROMPT, " Paris")] * 3, options=pb.LocateOptions(mode=pb.EXHAUSTIVE)))
+
+        t = threading.Thread(target=run)
+        t.start()
+        time.sleep(0.3)
+        server.proc.send_signal(signal.SIGTERM)
+        t.join(60)
+        self.assertEqual(server.proc.wait(timeout=60), 0, server.logs())
+        self.assertEqual(len(out.get("events", [])), 4, server.logs())  # 3 items + aggregate
+        self.assertIn('"event":"stopped"', server.logs())
+        lines = [json.loads(l) for l in server.logs().splitlines() if l.startswith('{"event":"request"')]
+        self.assertEqual(lines[-1]["rpc"], "LocateFacts")
+        self.assertEqual(lines[-1]["code"], 0)
+
+    def test_tls(self):
+        d = tempfile.mkdtemp()
+        key, cert = os.path.join(d, "key.pem"), os.path.join(d, "cert.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                        "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                       check=True, capture_output=True)
+        server = Server("--tls_cert", cert, "--tls_key", key)
+        try:
+            with open(cert, "rb") as f:
+                secure = Client(server.address, tls=True, root_certificates=f.read(), retries=1)
+            self.assertEqual(secure.list_models()[0].name, "gpt2-facts-tiny")
+            with self.assertRaises(FactlensError):
+                Client(server.address, retries=1, timeout=3).list_models()
+        finally:
+            self.assertEqual(server.stop(), 0)
+
+
+if __name__ == "__main__":
+    unittest.main(argv=[sys.argv[0]], verbosity=2)
