@@ -83,6 +83,18 @@ class LocateReportTest(unittest.TestCase):
         np.testing.assert_allclose(self.report["query_layers_ffn"]["in"],
                                    self.method.query_layers_ffn(neurons), atol=1e-4)
 
+    def test_checked_in_example_is_current(self):
+        # docs/examples/france-paris.json must be what the code produces today.
+        path = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "examples", "france-paris.json")
+        with open(path) as f:
+            example = json.load(f)
+        for key in ("input_ids", "target", "predictions"):
+            self.assertEqual([p.get("id") for p in example[key]] if key == "predictions" else example[key],
+                             [p.get("id") for p in self.report[key]] if key == "predictions" else self.report[key])
+        np.testing.assert_allclose(example["ffn_layer_increase"], self.report["ffn_layer_increase"], atol=1e-6)
+        self.assertEqual([(n["layer"], n["neuron"]) for n in example["ffn_neurons"][:20]],
+                         [(n["layer"], n["neuron"]) for n in self.report["ffn_neurons"][:20]])
+
     def test_ablating_top_ffn_neurons(self):
         zero = [(r["layer"], r["neuron"], len(IDS) - 1) for r in self.report["ffn_neurons"]]
         ablated = self.model.forward(IDS, zero_ffn=zero)
