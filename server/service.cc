@@ -16,6 +16,7 @@
 #include "analysis/tracing.h"
 #include "server/convert.h"
 #include "server/status_mapping.h"
+#include "analysis/status_macros.h"
 
 namespace factlens {
 namespace {
@@ -66,6 +67,24 @@ absl::Status CheckLocateLimits(const v1::LocateOptions& o, int max_top_k) {
     if (!k.ok()) return k.status();
   }
   return absl::OkStatus();
+}
+
+// The prompt, position and top_k every positional request carries, validated.
+struct PromptAt {
+  std::vector<int64_t> ids;
+  int64_t position = 0;
+  int64_t top_k = 0;
+};
+
+template <typename Request>
+absl::StatusOr<PromptAt> ParsePromptAt(const ServedModel& m, const Request& request, const ServiceOptions& options) {
+  PromptAt out;
+  FACTLENS_ASSIGN_OR_RETURN(out.ids, PromptIds(m, request.prompt(), options.max_prompt_tokens));
+  FACTLENS_ASSIGN_OR_RETURN(out.top_k, TopK("top_k", request.top_k(), 10, options.max_top_k));
+  FACTLENS_ASSIGN_OR_RETURN(
+      out.position,
+      ResolvePosition(OptionalPosition(request.has_position(), request.position()), out.ids.size()));
+  return out;
 }
 
 }  // namespace
@@ -229,13 +248,11 @@ grpc::Status FactLensService::Detokenize(grpc::ServerContext* context, const v1:
 grpc::Status FactLensService::Predict(grpc::ServerContext* context, const v1::PredictRequest* request,
                                       v1::PredictResponse* response) {
   return Serve(context, "Predict", request->model(), true, [&](const ServedModel& m) -> absl::Status {
-    absl::StatusOr<std::vector<int64_t>> ids = PromptIds(m, request->prompt(), options_.max_prompt_tokens);
-    if (!ids.ok()) return ids.status();
-    absl::StatusOr<int64_t> k = TopK("top_k", request->top_k(), 10, options_.max_top_k);
-    if (!k.ok()) return k.status();
-    absl::StatusOr<int64_t> position =
-        ResolvePosition(OptionalPosition(request->has_position(), request->position()), ids->size());
-    if (!position.ok()) return position.status();
+    absl::StatusOr<PromptAt> at = ParsePromptAt(m, *request, options_);
+    if (!at.ok()) return at.status();
+    const std::vector<int64_t>* ids = &at->ids;
+    const int64_t* k = &at->top_k;
+    const int64_t* position = &at->position;
     CaptureOptions capture;
     capture.residuals = false;
     capture.positions = {*position};
@@ -351,15 +368,13 @@ grpc::Status FactLensService::Decompose(grpc::ServerContext* context, const v1::
 grpc::Status FactLensService::Rank(grpc::ServerContext* context, const v1::RankRequest* request,
                                    v1::RankResponse* response) {
   return Serve(context, "Rank", request->model(), true, [&](const ServedModel& m) -> absl::Status {
-    absl::StatusOr<std::vector<int64_t>> ids = PromptIds(m, request->prompt(), options_.max_prompt_tokens);
-    if (!ids.ok()) return ids.status();
+    absl::StatusOr<PromptAt> at = ParsePromptAt(m, *request, options_);
+    if (!at.ok()) return at.status();
+    const std::vector<int64_t>* ids = &at->ids;
+    const int64_t* k = &at->top_k;
+    const int64_t* position = &at->position;
     absl::StatusOr<int64_t> target = TargetId(m, request->target(), request->prompt());
     if (!target.ok()) return target.status();
-    absl::StatusOr<int64_t> k = TopK("top_k", request->top_k(), 10, options_.max_top_k);
-    if (!k.ok()) return k.status();
-    absl::StatusOr<int64_t> position =
-        ResolvePosition(OptionalPosition(request->has_position(), request->position()), ids->size());
-    if (!position.ok()) return position.status();
     if (request->level() == v1::RankRequest::LEVEL_UNSPECIFIED) return absl::InvalidArgumentError("level: unspecified");
     absl::StatusOr<ForwardTrace> trace = FullTrace(m, *ids);
     if (!trace.ok()) return trace.status();
@@ -433,13 +448,11 @@ grpc::Status FactLensService::Rank(grpc::ServerContext* context, const v1::RankR
 grpc::Status FactLensService::Trace(grpc::ServerContext* context, const v1::TraceRequest* request,
                                     v1::TraceResponse* response) {
   return Serve(context, "Trace", request->model(), true, [&](const ServedModel& m) -> absl::Status {
-    absl::StatusOr<std::vector<int64_t>> ids = PromptIds(m, request->prompt(), options_.max_prompt_tokens);
-    if (!ids.ok()) return ids.status();
-    absl::StatusOr<int64_t> k = TopK("top_k", request->top_k(), 10, options_.max_top_k);
-    if (!k.ok()) return k.status();
-    absl::StatusOr<int64_t> position =
-        ResolvePosition(OptionalPosition(request->has_position(), request->position()), ids->size());
-    if (!position.ok()) return position.status();
+    absl::StatusOr<PromptAt> at = ParsePromptAt(m, *request, options_);
+    if (!at.ok()) return at.status();
+    const std::vector<int64_t>* ids = &at->ids;
+    const int64_t* k = &at->top_k;
+    const int64_t* position = &at->position;
     absl::StatusOr<ForwardTrace> trace = FullTrace(m, *ids);
     if (!trace.ok()) return trace.status();
     const v1::Component& n = request->neuron();
@@ -474,13 +487,11 @@ grpc::Status FactLensService::Trace(grpc::ServerContext* context, const v1::Trac
 grpc::Status FactLensService::ProjectToVocab(grpc::ServerContext* context, const v1::ProjectToVocabRequest* request,
                                              v1::ProjectToVocabResponse* response) {
   return Serve(context, "ProjectToVocab", request->model(), true, [&](const ServedModel& m) -> absl::Status {
-    absl::StatusOr<std::vector<int64_t>> ids = PromptIds(m, request->prompt(), options_.max_prompt_tokens);
-    if (!ids.ok()) return ids.status();
-    absl::StatusOr<int64_t> k = TopK("top_k", request->top_k(), 10, options_.max_top_k);
-    if (!k.ok()) return k.status();
-    absl::StatusOr<int64_t> position =
-        ResolvePosition(OptionalPosition(request->has_position(), request->position()), ids->size());
-    if (!position.ok()) return position.status();
+    absl::StatusOr<PromptAt> at = ParsePromptAt(m, *request, options_);
+    if (!at.ok()) return at.status();
+    const std::vector<int64_t>* ids = &at->ids;
+    const int64_t* k = &at->top_k;
+    const int64_t* position = &at->position;
     absl::StatusOr<ComponentRef> ref = ToComponentRef(request->component());
     if (!ref.ok()) return ref.status();
     absl::StatusOr<ForwardTrace> trace = FullTrace(m, *ids);
