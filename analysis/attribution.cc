@@ -70,8 +70,9 @@ absl::StatusOr<Metric> ParseMetric(std::string_view name) {
   for (Metric m : {Metric::kLogProbIncrease, Metric::kProbIncrease, Metric::kLogitIncrease}) {
     if (MetricName(m) == name) return m;
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "metric: '", std::string(name), "' is not logprob_increase, prob_increase or logit_increase"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("metric: '", std::string(name),
+                   "' is not logprob_increase, prob_increase or logit_increase"));
 }
 
 absl::StatusOr<RankMode> ParseRankMode(std::string_view name) {
@@ -129,7 +130,8 @@ absl::StatusOr<std::unique_ptr<Attribution>> Attribution::Create(const Model& mo
     base->probs = log_probs.exp();
     base->log_prob = log_probs[target.token_id].item<double>();
     // f'(0) = (E_w − Σ p_u E_u)·(g ⊙ c(v))/σ = c(g ⊙ (E_w − pᵀE))·v/σ (c is self-adjoint).
-    at::Tensor direction = (a->unembedding_[target.token_id] - at::mv(a->unembedding_.t(), base->probs.to(at::kFloat))) *
+    at::Tensor direction = (a->unembedding_[target.token_id] -
+                            at::mv(a->unembedding_.t(), base->probs.to(at::kFloat))) *
                            a->norm_weight_;
     if (config.family == ModelFamily::kGpt2) direction = direction - direction.mean();
     base->tangent = direction / a->sigma_;
@@ -145,7 +147,9 @@ absl::StatusOr<std::unique_ptr<Attribution>> Attribution::Create(const Model& mo
 
 double Attribution::target_log_prob() const { return final_base_->log_prob; }
 
-at::Tensor Attribution::Project(const at::Tensor& vectors) const { return projector_->Project(vectors); }
+at::Tensor Attribution::Project(const at::Tensor& vectors) const {
+  return projector_->Project(vectors);
+}
 
 at::Tensor Attribution::FromLogProbIncrease(const Base& base, const at::Tensor& delta) const {
   if (target_.metric == Metric::kProbIncrease) {
@@ -160,7 +164,8 @@ at::Tensor Attribution::ExactFromProjections(const Base& base, const at::Tensor&
   // vector k, as [R, K] float64.
   const int64_t k = projections.size(0), r = coefficients.size(0), vocab = projections.size(1);
   if (target_.metric == Metric::kLogitIncrease) {
-    return coefficients.to(at::kDouble) * projections.select(1, target_.token_id).to(at::kDouble).unsqueeze(0);
+    return coefficients.to(at::kDouble) *
+           projections.select(1, target_.token_id).to(at::kDouble).unsqueeze(0);
   }
   // log p(w|x+v) − log p(w|x) = −log Σ_u p_u exp(b_u − b_w). Shifting by b_w (not by max_u b_u)
   // keeps the sum near 1 when the increase is small, so float32 exponentials lose nothing to
@@ -170,10 +175,11 @@ at::Tensor Attribution::ExactFromProjections(const Base& base, const at::Tensor&
   std::vector<at::Tensor> parts;
   for (int64_t start = 0; start < k; start += rows) {
     const int64_t n = std::min(rows, k - start);
-    const at::Tensor scaled =
-        projections.narrow(0, start, n).unsqueeze(0) * coefficients.narrow(1, start, n).to(at::kFloat).unsqueeze(-1);
+    const at::Tensor scaled = projections.narrow(0, start, n).unsqueeze(0) *
+                              coefficients.narrow(1, start, n).to(at::kFloat).unsqueeze(-1);
     const at::Tensor target_logit = scaled.select(-1, target_.token_id).unsqueeze(-1);
-    const at::Tensor shift = at::maximum(target_logit, std::get<0>(scaled.max(-1, /*keepdim=*/true)) - 80);
+    const at::Tensor shift =
+        at::maximum(target_logit, std::get<0>(scaled.max(-1, /*keepdim=*/true)) - 80);
     const at::Tensor mixture = at::matmul((scaled - shift).exp().to(at::kDouble), base.probs);
     parts.push_back((target_logit - shift).squeeze(-1).to(at::kDouble) - mixture.log());
   }
@@ -182,14 +188,16 @@ at::Tensor Attribution::ExactFromProjections(const Base& base, const at::Tensor&
 
 at::Tensor Attribution::Increase(const Base& base, const at::Tensor& vectors) const {
   const at::Tensor projections = Project(vectors.reshape({-1, vectors.size(-1)}));
-  const at::Tensor values = ExactFromProjections(base, projections, at::ones({1, projections.size(0)}))[0];
+  const at::Tensor values =
+      ExactFromProjections(base, projections, at::ones({1, projections.size(0)}))[0];
   return values.reshape(vectors.sizes().slice(0, vectors.dim() - 1));
 }
 
 at::Tensor Attribution::AttentionLayerIncrease() const {
   std::vector<at::Tensor> values;
   for (size_t l = 0; l < trace_.layers.size(); ++l) {
-    values.push_back(Increase(*attn_bases_[l], trace_.layers[l].attn_out[position_].unsqueeze(0))[0]);
+    values.push_back(
+        Increase(*attn_bases_[l], trace_.layers[l].attn_out[position_].unsqueeze(0))[0]);
   }
   return at::stack(values);
 }
@@ -207,7 +215,11 @@ namespace {
 // W_O as [H, Dh, d] float32: head h's block of the output projection, one row per head dim.
 at::Tensor OutputProjectionByHead(const Model& model, int64_t layer) {
   const ModelConfig& c = model.config();
-  return model.weights().layers[layer].o_weight.to(at::kFloat).t().reshape({c.n_heads, c.head_dim, c.d_model});
+  return model.weights()
+      .layers[layer]
+      .o_weight.to(at::kFloat)
+      .t()
+      .reshape({c.n_heads, c.head_dim, c.d_model});
 }
 
 // Per-head value vectors [T, H, Dh] (key/value heads repeated for grouped-query attention).
@@ -256,8 +268,9 @@ Attribution::NeuronSet Attribution::AttentionNeurons(int64_t layer) const {
   set.layer = layer;
   set.base = attn_bases_[layer].get();
   set.vectors = model_.weights().layers[layer].o_weight.to(at::kFloat).t();  // [H·Dh, d]
-  const at::Tensor probs = trace.attention_probs.select(1, position_).t();  // [T, H]
-  set.coefficients = (ValuesByHead(model_, trace) * probs.unsqueeze(-1)).reshape({trace_.num_tokens, c.n_heads * c.head_dim});
+  const at::Tensor probs = trace.attention_probs.select(1, position_).t();   // [T, H]
+  set.coefficients = (ValuesByHead(model_, trace) * probs.unsqueeze(-1))
+                         .reshape({trace_.num_tokens, c.n_heads * c.head_dim});
   return set;
 }
 
@@ -331,7 +344,8 @@ NeuronRanking Attribution::Rank(const std::vector<NeuronSet>& sets, int64_t k, R
     at::Tensor bound = first_order;
     if (!top && mode == RankMode::kExact) {
       at::Tensor directions = set.vectors;
-      if (model_.config().family == ModelFamily::kGpt2) directions = directions - directions.mean(1, true);
+      if (model_.config().family == ModelFamily::kGpt2)
+        directions = directions - directions.mean(1, true);
       const at::Tensor norms_sq = (directions * norm_weight_).pow(2).sum(1) / (sigma_ * sigma_);
       bound = first_order - set.coefficients.pow(2) * norms_sq * (max_unembedding_norm_sq_ / 2);
     }
@@ -382,7 +396,8 @@ NeuronRanking Attribution::Rank(const std::vector<NeuronSet>& sets, int64_t k, R
     for (size_t s = 0; s < sets.size(); ++s) {
       const at::Tensor values = bounds[s].contiguous();
       const double* data = values.data_ptr<double>();
-      for (int64_t i = 0; i < values.numel(); ++i) candidates.push_back({data[i], static_cast<int64_t>(s), i});
+      for (int64_t i = 0; i < values.numel(); ++i)
+        candidates.push_back({data[i], static_cast<int64_t>(s), i});
     }
     std::sort(candidates.begin(), candidates.end(), better);
     const int64_t first_batch = std::clamp<int64_t>(k, 64, 512);
@@ -391,7 +406,8 @@ NeuronRanking Attribution::Rank(const std::vector<NeuronSet>& sets, int64_t k, R
       const size_t batch_end = std::min(candidates.size(), next + (next == 0 ? first_batch : 128));
       // Group the batch by layer so each group is one projection GEMM.
       std::map<int64_t, std::vector<int64_t>> by_set;
-      for (size_t c = next; c < batch_end; ++c) by_set[candidates[c].layer].push_back(candidates[c].index);
+      for (size_t c = next; c < batch_end; ++c)
+        by_set[candidates[c].layer].push_back(candidates[c].index);
       for (const auto& [s, indices] : by_set) {
         const NeuronSet& set = sets[s];
         const int64_t kk = set.vectors.size(0);
@@ -399,10 +415,12 @@ NeuronRanking Attribution::Rank(const std::vector<NeuronSet>& sets, int64_t k, R
         const at::Tensor vector_rows = flat.remainder(kk);
         const at::Tensor coefficient = set.coefficients.reshape({-1}).index_select(0, flat);
         const at::Tensor values =
-            ExactFromProjections(*set.base, Project(set.vectors.index_select(0, vector_rows)), coefficient.unsqueeze(0))[0]
+            ExactFromProjections(*set.base, Project(set.vectors.index_select(0, vector_rows)),
+                                 coefficient.unsqueeze(0))[0]
                 .contiguous();
         const double* data = values.data_ptr<double>();
-        for (size_t i = 0; i < indices.size(); ++i) results.push_back({data[i], set.layer, indices[i]});
+        for (size_t i = 0; i < indices.size(); ++i)
+          results.push_back({data[i], set.layer, indices[i]});
       }
       ranking.evaluated += static_cast<int64_t>(batch_end - next);
       next = batch_end;
@@ -420,8 +438,8 @@ NeuronRanking Attribution::Rank(const std::vector<NeuronSet>& sets, int64_t k, R
     const Candidate& c = results[i];
     const NeuronSet& set = sets[c.layer];  // sets are indexed by layer
     const int64_t kk = set.vectors.size(0);
-    ranking.neurons.push_back({c.layer, c.index, c.value,
-                               set.coefficients[c.index / kk][c.index % kk].item<double>()});
+    ranking.neurons.push_back(
+        {c.layer, c.index, c.value, set.coefficients[c.index / kk][c.index % kk].item<double>()});
   }
   return ranking;
 }

@@ -133,9 +133,9 @@ class Attribution {
   int64_t position_ = 0;
   double sigma_ = 1;
   std::unique_ptr<VocabProjector> projector_;
-  at::Tensor norm_weight_;   // g, float32
-  at::Tensor unembedding_;   // E [V, d], float32
-  at::Tensor bias_logits_;   // E·β or undefined
+  at::Tensor norm_weight_;              // g, float32
+  at::Tensor unembedding_;              // E [V, d], float32
+  at::Tensor bias_logits_;              // E·β or undefined
   double max_unembedding_norm_sq_ = 0;  // max_u ‖E_u‖²
   std::vector<std::shared_ptr<const Base>> attn_bases_, ffn_bases_;
   std::shared_ptr<const Base> final_base_;

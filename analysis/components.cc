@@ -2,7 +2,6 @@
 
 #include <ATen/ATen.h>
 
-
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 
@@ -11,8 +10,8 @@ namespace {
 
 absl::Status CheckRange(const char* field, int64_t value, int64_t limit) {
   if (value >= 0 && value < limit) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat("component.", field, ": ", value,
-                                                 " is out of range [0, ", limit, ")"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("component.", field, ": ", value, " is out of range [0, ", limit, ")"));
 }
 
 }  // namespace
@@ -25,15 +24,20 @@ absl::StatusOr<at::Tensor> ComponentVector(const Model& model, const ForwardTrac
   if (k == ComponentKind::kResidual) return trace.final_residual[position];
   absl::Status status = CheckRange("layer", ref.layer, c.n_layers);
   const bool head_kind = k == ComponentKind::kHead || k == ComponentKind::kHeadPosition ||
-                         k == ComponentKind::kAttentionNeuron || k == ComponentKind::kAttentionNeuronValue ||
+                         k == ComponentKind::kAttentionNeuron ||
+                         k == ComponentKind::kAttentionNeuronValue ||
                          k == ComponentKind::kAttentionNeuronKey;
-  const bool source_kind = k == ComponentKind::kHeadPosition || k == ComponentKind::kAttentionNeuron;
-  const bool ffn_neuron_kind = k == ComponentKind::kFfnNeuron || k == ComponentKind::kFfnNeuronValue ||
+  const bool source_kind =
+      k == ComponentKind::kHeadPosition || k == ComponentKind::kAttentionNeuron;
+  const bool ffn_neuron_kind = k == ComponentKind::kFfnNeuron ||
+                               k == ComponentKind::kFfnNeuronValue ||
                                k == ComponentKind::kFfnNeuronKey;
-  const bool dim_kind = k == ComponentKind::kAttentionNeuron || k == ComponentKind::kAttentionNeuronValue ||
+  const bool dim_kind = k == ComponentKind::kAttentionNeuron ||
+                        k == ComponentKind::kAttentionNeuronValue ||
                         k == ComponentKind::kAttentionNeuronKey;
   if (status.ok() && head_kind) status = CheckRange("head", ref.head, c.n_heads);
-  if (status.ok() && source_kind) status = CheckRange("source_position", ref.source_position, trace.num_tokens);
+  if (status.ok() && source_kind)
+    status = CheckRange("source_position", ref.source_position, trace.num_tokens);
   if (status.ok() && ffn_neuron_kind) status = CheckRange("neuron", ref.neuron, c.d_ffn);
   if (status.ok() && dim_kind) status = CheckRange("neuron", ref.neuron, c.head_dim);
   if (!status.ok()) return status;
@@ -53,18 +57,23 @@ absl::StatusOr<at::Tensor> ComponentVector(const Model& model, const ForwardTrac
       return at::mv(o[ref.head].t(), lt.values[ref.source_position][kv_head]) *
              lt.attention_probs[ref.head][position][ref.source_position];
     case ComponentKind::kFfnNeuron:
-      return w.out_weight.to(at::kFloat).select(1, ref.neuron) * lt.ffn_coefficients[position][ref.neuron];
+      return w.out_weight.to(at::kFloat).select(1, ref.neuron) *
+             lt.ffn_coefficients[position][ref.neuron];
     case ComponentKind::kFfnNeuronValue:
       return w.out_weight.to(at::kFloat).select(1, ref.neuron);
     case ComponentKind::kFfnNeuronKey: {
       const at::Tensor g = w.ffn_norm_weight.to(at::kFloat);
-      const std::string name = ref.key_name.empty() ? (c.family == ModelFamily::kGpt2 ? "in" : "gate") : ref.key_name;
-      if (name == "in" && c.family == ModelFamily::kGpt2) return w.in_weight[ref.neuron].to(at::kFloat) * g;
-      if (name == "up" && c.family == ModelFamily::kLlama) return w.in_weight[ref.neuron].to(at::kFloat) * g;
-      if (name == "gate" && c.family == ModelFamily::kLlama) return w.gate_weight[ref.neuron].to(at::kFloat) * g;
-      return absl::InvalidArgumentError(absl::StrCat("component.key_name: '", name, "' is not a key of a ",
-                                                     ModelFamilyName(c.family), " FFN neuron (",
-                                                     c.family == ModelFamily::kGpt2 ? "in" : "gate, up", ")"));
+      const std::string name =
+          ref.key_name.empty() ? (c.family == ModelFamily::kGpt2 ? "in" : "gate") : ref.key_name;
+      if (name == "in" && c.family == ModelFamily::kGpt2)
+        return w.in_weight[ref.neuron].to(at::kFloat) * g;
+      if (name == "up" && c.family == ModelFamily::kLlama)
+        return w.in_weight[ref.neuron].to(at::kFloat) * g;
+      if (name == "gate" && c.family == ModelFamily::kLlama)
+        return w.gate_weight[ref.neuron].to(at::kFloat) * g;
+      return absl::InvalidArgumentError(absl::StrCat(
+          "component.key_name: '", name, "' is not a key of a ", ModelFamilyName(c.family),
+          " FFN neuron (", c.family == ModelFamily::kGpt2 ? "in" : "gate, up", ")"));
     }
     case ComponentKind::kAttentionNeuron:
       return o[ref.head][ref.neuron] * lt.attention_probs[ref.head][position][ref.source_position] *
@@ -72,21 +81,35 @@ absl::StatusOr<at::Tensor> ComponentVector(const Model& model, const ForwardTrac
     case ComponentKind::kAttentionNeuronValue:
       return o[ref.head][ref.neuron];
     case ComponentKind::kAttentionNeuronKey:
-      return w.v_weight[kv_head * c.head_dim + ref.neuron].to(at::kFloat) * w.attn_norm_weight.to(at::kFloat);
+      return w.v_weight[kv_head * c.head_dim + ref.neuron].to(at::kFloat) *
+             w.attn_norm_weight.to(at::kFloat);
     default:
       return absl::InvalidArgumentError("component.kind: unsupported");
   }
 }
 
-absl::StatusOr<Ablation> ToAblation(const ComponentRef& ref, std::optional<int64_t> position, double scale) {
+absl::StatusOr<Ablation> ToAblation(const ComponentRef& ref, std::optional<int64_t> position,
+                                    double scale) {
   Ablation a;
   switch (ref.kind) {
-    case ComponentKind::kAttentionLayer: a.target = AblationTarget::kAttentionLayer; break;
-    case ComponentKind::kFfnLayer: a.target = AblationTarget::kFfnLayer; break;
-    case ComponentKind::kHead: a.target = AblationTarget::kHead; break;
-    case ComponentKind::kHeadPosition: a.target = AblationTarget::kHeadPosition; break;
-    case ComponentKind::kFfnNeuron: a.target = AblationTarget::kFfnNeuron; break;
-    case ComponentKind::kAttentionNeuron: a.target = AblationTarget::kAttentionNeuron; break;
+    case ComponentKind::kAttentionLayer:
+      a.target = AblationTarget::kAttentionLayer;
+      break;
+    case ComponentKind::kFfnLayer:
+      a.target = AblationTarget::kFfnLayer;
+      break;
+    case ComponentKind::kHead:
+      a.target = AblationTarget::kHead;
+      break;
+    case ComponentKind::kHeadPosition:
+      a.target = AblationTarget::kHeadPosition;
+      break;
+    case ComponentKind::kFfnNeuron:
+      a.target = AblationTarget::kFfnNeuron;
+      break;
+    case ComponentKind::kAttentionNeuron:
+      a.target = AblationTarget::kAttentionNeuron;
+      break;
     default:
       return absl::InvalidArgumentError(
           "component.kind: only layers, heads, head positions and neurons can be ablated");

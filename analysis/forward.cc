@@ -23,7 +23,8 @@ at::Tensor Norm(const ModelConfig& config, const at::Tensor& x, const at::Tensor
     return at::layer_norm(x, {config.d_model}, weight, bias, config.norm_eps);
   }
   const at::Tensor x32 = x.to(at::kFloat);
-  const at::Tensor normed = x32 * at::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + config.norm_eps);
+  const at::Tensor normed =
+      x32 * at::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + config.norm_eps);
   return weight * normed.to(x.scalar_type());
 }
 
@@ -54,9 +55,9 @@ at::Tensor ApplyRotary(const at::Tensor& x, const at::Tensor& cos, const at::Ten
 struct PassContext {
   const Model& model;
   const CaptureOptions& capture;
-  at::Tensor keep_index;  // undefined = keep all rows
-  at::Tensor causal_mask;  // [T, T], true where a query may not attend
-  at::Tensor rope_cos, rope_sin;  // [T, Dh], Llama only
+  at::Tensor keep_index;                         // undefined = keep all rows
+  at::Tensor causal_mask;                        // [T, T], true where a query may not attend
+  at::Tensor rope_cos, rope_sin;                 // [T, Dh], Llama only
   std::vector<std::vector<Ablation>> ablations;  // per layer
 
   at::Tensor Keep(const at::Tensor& x) const {
@@ -112,10 +113,11 @@ at::Tensor Attention(const PassContext& pass, int64_t layer_index, const at::Ten
   scores = scores.masked_fill(pass.causal_mask, -std::numeric_limits<float>::infinity());
   at::Tensor probs = at::softmax(scores, -1);
   const std::vector<Ablation>& ablations = pass.ablations[layer_index];
-  ApplyAblations(ablations, AblationTarget::kHeadPosition, probs, [](const Ablation& a, at::Tensor& p) {
-    at::Tensor column = p.select(0, a.head).select(1, a.source_position);  // [T queries]
-    ScaleRows(column, 0, a.position, a.scale);
-  });
+  ApplyAblations(
+      ablations, AblationTarget::kHeadPosition, probs, [](const Ablation& a, at::Tensor& p) {
+        at::Tensor column = p.select(0, a.head).select(1, a.source_position);  // [T queries]
+        ScaleRows(column, 0, a.position, a.scale);
+      });
   if (pass.capture.attention_probs) {
     trace.attention_probs =
         pass.keep_index.defined() ? probs.index_select(1, pass.keep_index) : probs;
@@ -126,17 +128,18 @@ at::Tensor Attention(const PassContext& pass, int64_t layer_index, const at::Ten
                    // Remove (1 − scale) of α[h, q, s]·value[s, h, j] from output dim j of head h.
                    at::Tensor contribution = probs.select(0, a.head).select(1, a.source_position) *
                                              v_heads[a.head][a.source_position][a.index];  // [T]
-                   at::Tensor dim = out.select(1, a.head).select(1, a.index);            // [T]
+                   at::Tensor dim = out.select(1, a.head).select(1, a.index);              // [T]
                    if (a.position) {
                      dim[*a.position].sub_((1 - a.scale) * contribution[*a.position]);
                    } else {
                      dim.sub_((1 - a.scale) * contribution);
                    }
                  });
-  ApplyAblations(ablations, AblationTarget::kHead, head_outputs, [](const Ablation& a, at::Tensor& out) {
-    at::Tensor head = out.select(1, a.head);  // [T, Dh]
-    ScaleRows(head, 0, a.position, a.scale);
-  });
+  ApplyAblations(ablations, AblationTarget::kHead, head_outputs,
+                 [](const Ablation& a, at::Tensor& out) {
+                   at::Tensor head = out.select(1, a.head);  // [T, Dh]
+                   ScaleRows(head, 0, a.position, a.scale);
+                 });
   if (pass.capture.head_outputs) trace.head_outputs = pass.Keep(head_outputs);
   at::Tensor out = Linear(head_outputs.reshape({t, heads * dh}), w.o_weight, w.o_bias);
   ApplyAblations(ablations, AblationTarget::kAttentionLayer, out,
@@ -156,10 +159,11 @@ at::Tensor FeedForward(const PassContext& pass, int64_t layer_index, const at::T
     coefficients = Activate(config.activation, Linear(h, w.in_weight, w.in_bias));
   }
   const std::vector<Ablation>& ablations = pass.ablations[layer_index];
-  ApplyAblations(ablations, AblationTarget::kFfnNeuron, coefficients, [](const Ablation& a, at::Tensor& c) {
-    at::Tensor neuron = c.select(1, a.index);  // [T]
-    ScaleRows(neuron, 0, a.position, a.scale);
-  });
+  ApplyAblations(ablations, AblationTarget::kFfnNeuron, coefficients,
+                 [](const Ablation& a, at::Tensor& c) {
+                   at::Tensor neuron = c.select(1, a.index);  // [T]
+                   ScaleRows(neuron, 0, a.position, a.scale);
+                 });
   if (pass.capture.ffn_coefficients) trace.ffn_coefficients = pass.Keep(coefficients);
   at::Tensor out = Linear(coefficients, w.out_weight, w.out_bias);
   ApplyAblations(ablations, AblationTarget::kFfnLayer, out,
@@ -177,8 +181,8 @@ absl::StatusOr<std::vector<int64_t>> ResolvePositions(const std::vector<int64_t>
   for (int64_t p : requested) {
     const int64_t resolved = p < 0 ? p + num_tokens : p;
     if (resolved < 0 || resolved >= num_tokens) {
-      return absl::InvalidArgumentError(absl::StrCat("position ", p, " is out of range for ",
-                                                     num_tokens, " tokens"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("position ", p, " is out of range for ", num_tokens, " tokens"));
     }
     positions.push_back(resolved);
   }
@@ -193,14 +197,18 @@ absl::Status CheckAblation(const ModelConfig& c, int64_t num_tokens, size_t i, c
   };
   absl::Status status = check("layer", a.layer, c.n_layers);
   if (status.ok() && a.position) status = check("position", *a.position, num_tokens);
-  const bool uses_head = a.target == AblationTarget::kHead || a.target == AblationTarget::kHeadPosition ||
+  const bool uses_head = a.target == AblationTarget::kHead ||
+                         a.target == AblationTarget::kHeadPosition ||
                          a.target == AblationTarget::kAttentionNeuron;
   if (status.ok() && uses_head) status = check("head", a.head, c.n_heads);
-  if (status.ok() && (a.target == AblationTarget::kHeadPosition || a.target == AblationTarget::kAttentionNeuron)) {
+  if (status.ok() &&
+      (a.target == AblationTarget::kHeadPosition || a.target == AblationTarget::kAttentionNeuron)) {
     status = check("source_position", a.source_position, num_tokens);
   }
-  if (status.ok() && a.target == AblationTarget::kFfnNeuron) status = check("index", a.index, c.d_ffn);
-  if (status.ok() && a.target == AblationTarget::kAttentionNeuron) status = check("index", a.index, c.head_dim);
+  if (status.ok() && a.target == AblationTarget::kFfnNeuron)
+    status = check("index", a.index, c.d_ffn);
+  if (status.ok() && a.target == AblationTarget::kAttentionNeuron)
+    status = check("index", a.index, c.head_dim);
   if (status.ok() && !std::isfinite(a.scale)) {
     status = absl::InvalidArgumentError(absl::StrCat("ablations[", i, "].scale must be finite"));
   }
@@ -260,9 +268,11 @@ absl::StatusOr<ForwardTrace> Forward(const Model& model, absl::Span<const int64_
   }
 
   try {
-    const at::TensorOptions long_options = at::TensorOptions().dtype(at::kLong).device(model.device());
-    const at::Tensor ids = at::tensor(std::vector<int64_t>(token_ids.begin(), token_ids.end()),
-                                      at::kLong).to(model.device());
+    const at::TensorOptions long_options =
+        at::TensorOptions().dtype(at::kLong).device(model.device());
+    const at::Tensor ids =
+        at::tensor(std::vector<int64_t>(token_ids.begin(), token_ids.end()), at::kLong)
+            .to(model.device());
     PassContext pass{model, capture};
     pass.ablations = std::move(ablations_by_layer);
     if (!capture.positions.empty()) {

@@ -17,11 +17,11 @@ namespace factlens {
 // What a forward pass keeps. Capturing everything for a 7B model and a long prompt costs gigabytes,
 // so an analysis asks only for the kinds and positions it needs.
 struct CaptureOptions {
-  bool residuals = true;           // residual_in/attn_out/residual_mid/ffn_out per layer, final
-  bool ffn_coefficients = false;   // input of the FFN output projection
-  bool head_outputs = false;       // per-head attention outputs before the output projection
-  bool attention_probs = false;    // softmax attention weights
-  bool values = false;             // value vectors (one per key/value head)
+  bool residuals = true;          // residual_in/attn_out/residual_mid/ffn_out per layer, final
+  bool ffn_coefficients = false;  // input of the FFN output projection
+  bool head_outputs = false;      // per-head attention outputs before the output projection
+  bool attention_probs = false;   // softmax attention weights
+  bool values = false;            // value vectors (one per key/value head)
   bool logits = true;
   // Query positions whose rows are kept (in this order); empty keeps all. Values always keep every
   // source position. Negative entries count from the end (-1 = last token).
@@ -45,9 +45,9 @@ struct ForwardTrace {
   std::vector<int64_t> positions;  // the kept query positions, resolved to [0, T)
   int64_t num_tokens = 0;          // T
   std::vector<LayerTrace> layers;
-  at::Tensor embedding;            // [P, d] token (+ position) embedding = layers[0].residual_in
-  at::Tensor final_residual;       // [P, d] residual before the final norm
-  at::Tensor logits;               // [P, V]
+  at::Tensor embedding;       // [P, d] token (+ position) embedding = layers[0].residual_in
+  at::Tensor final_residual;  // [P, d] residual before the final norm
+  at::Tensor logits;          // [P, V]
 };
 
 // A component to remove (scale 0) or scale during a forward pass, for causal checks.

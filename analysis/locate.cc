@@ -34,7 +34,8 @@ std::vector<HeadScore> TopHeads(const at::Tensor& scores, int64_t k) {
   const int64_t h = scores.size(1), t = scores.dim() == 3 ? scores.size(2) : 1;
   for (int64_t i = 0; i < values.size(0); ++i) {
     const int64_t f = indices[i].item<int64_t>();
-    heads.push_back({f / (h * t), (f / t) % h, scores.dim() == 3 ? f % t : -1, values[i].item<double>()});
+    heads.push_back(
+        {f / (h * t), (f / t) % h, scores.dim() == 3 ? f % t : -1, values[i].item<double>()});
   }
   return heads;
 }
@@ -42,11 +43,15 @@ std::vector<HeadScore> TopHeads(const at::Tensor& scores, int64_t k) {
 absl::Status CheckOptions(const ModelConfig& config, const LocateOptions& o) {
   const int64_t limit = 100000;
   const std::pair<const char*, int64_t> counts[] = {
-      {"predictions", o.predictions}, {"top_heads", o.top_heads},
-      {"top_head_positions", o.top_head_positions}, {"top_ffn_neurons", o.top_ffn_neurons},
-      {"top_attention_neurons", o.top_attention_neurons}, {"query_ffn_neurons", o.query_ffn_neurons},
+      {"predictions", o.predictions},
+      {"top_heads", o.top_heads},
+      {"top_head_positions", o.top_head_positions},
+      {"top_ffn_neurons", o.top_ffn_neurons},
+      {"top_attention_neurons", o.top_attention_neurons},
+      {"query_ffn_neurons", o.query_ffn_neurons},
       {"query_attention_neurons", o.query_attention_neurons},
-      {"query_neurons_reported", o.query_neurons_reported}, {"top_tokens", o.top_tokens}};
+      {"query_neurons_reported", o.query_neurons_reported},
+      {"top_tokens", o.top_tokens}};
   for (const auto& [name, value] : counts) {
     if (value < 0 || value > limit) {
       return absl::InvalidArgumentError(
@@ -114,56 +119,64 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
     // What each neuron writes: the projection of its value vector, sign-corrected by its
     // coefficient (a neuron with m < 0 promotes the bottom tokens of v).
     auto projection_tokens = [&](const at::Tensor& vector, double coefficient) {
-      return TopTokens(a.Project((coefficient < 0 ? -vector : vector).unsqueeze(0))[0], options.top_tokens);
+      return TopTokens(a.Project((coefficient < 0 ? -vector : vector).unsqueeze(0))[0],
+                       options.top_tokens);
     };
     if (!report_progress("FFN neurons", 0.25)) return cancelled;
     const int64_t ffn_k = std::max(options.top_ffn_neurons, options.query_ffn_neurons);
     NeuronRanking ffn = a.RankFfnNeurons(ffn_k, RankOrder::kTop, options.mode);
-    for (size_t i = 0; i < ffn.neurons.size() && static_cast<int64_t>(i) < options.top_ffn_neurons; ++i) {
+    for (size_t i = 0; i < ffn.neurons.size() && static_cast<int64_t>(i) < options.top_ffn_neurons;
+         ++i) {
       const RankedNeuron& n = ffn.neurons[i];
       const at::Tensor value = model.weights().layers[n.layer].out_weight.select(1, n.index);
-      report.ffn_neurons.push_back(
-          {n.layer, n.index, -1, -1, n.score, n.coefficient, projection_tokens(value, n.coefficient)});
+      report.ffn_neurons.push_back({n.layer, n.index, -1, -1, n.score, n.coefficient,
+                                    projection_tokens(value, n.coefficient)});
     }
     if (!report_progress("attention neurons", 0.45)) return cancelled;
     const int64_t attn_k = std::max(options.top_attention_neurons, options.query_attention_neurons);
     NeuronRanking attention = a.RankAttentionNeurons(attn_k, RankOrder::kTop, options.mode);
-    for (size_t i = 0; i < attention.neurons.size() && static_cast<int64_t>(i) < options.top_attention_neurons; ++i) {
+    for (size_t i = 0;
+         i < attention.neurons.size() && static_cast<int64_t>(i) < options.top_attention_neurons;
+         ++i) {
       const RankedNeuron& n = attention.neurons[i];
       const AttentionNeuronIndex idx = SplitAttentionNeuronIndex(config, n.index);
       const at::Tensor value =
           model.weights().layers[n.layer].o_weight.select(1, idx.head * config.head_dim + idx.dim);
-      report.attention_neurons.push_back(
-          {n.layer, idx.dim, idx.head, idx.source_position, n.score, n.coefficient, projection_tokens(value, n.coefficient)});
+      report.attention_neurons.push_back({n.layer, idx.dim, idx.head, idx.source_position, n.score,
+                                          n.coefficient, projection_tokens(value, n.coefficient)});
     }
 
     if (!report_progress("query layers", 0.65)) return cancelled;
     const std::vector<RankedNeuron> query_ffn(
-        ffn.neurons.begin(), ffn.neurons.begin() + std::min<size_t>(ffn.neurons.size(), options.query_ffn_neurons));
+        ffn.neurons.begin(),
+        ffn.neurons.begin() + std::min<size_t>(ffn.neurons.size(), options.query_ffn_neurons));
     for (const auto& [name, scores] : QueryLayerScoresFfn(a, query_ffn)) {
       report.query_layers_ffn.emplace_back(name, ToVector(scores));
     }
     const std::vector<RankedNeuron> query_attention(
         attention.neurons.begin(),
-        attention.neurons.begin() + std::min<size_t>(attention.neurons.size(), options.query_attention_neurons));
+        attention.neurons.begin() +
+            std::min<size_t>(attention.neurons.size(), options.query_attention_neurons));
     report.query_layers_attention = ToVector(QueryLayerScoresAttention(a, query_attention));
     const at::Tensor query_neurons = QueryFfnNeuronScores(a, query_attention).reshape({-1});
-    const auto [values, indices] =
-        at::topk(query_neurons, std::min<int64_t>(options.query_neurons_reported, query_neurons.numel()));
+    const auto [values, indices] = at::topk(
+        query_neurons, std::min<int64_t>(options.query_neurons_reported, query_neurons.numel()));
     for (int64_t i = 0; i < values.size(0); ++i) {
       const int64_t flat = indices[i].item<int64_t>();
       const int64_t layer = flat / config.d_ffn, n = flat % config.d_ffn;
-      const double coefficient = trace->layers[layer].ffn_coefficients[a.position()][n].item<double>();
-      report.query_ffn_neurons.push_back({layer, n, -1, -1, values[i].item<double>(), coefficient,
-                                          projection_tokens(model.weights().layers[layer].out_weight.select(1, n),
-                                                            coefficient)});
+      const double coefficient =
+          trace->layers[layer].ffn_coefficients[a.position()][n].item<double>();
+      report.query_ffn_neurons.push_back(
+          {layer, n, -1, -1, values[i].item<double>(), coefficient,
+           projection_tokens(model.weights().layers[layer].out_weight.select(1, n), coefficient)});
     }
 
     if (options.ablate_top_ffn_neurons && !report.ffn_neurons.empty()) {
       if (!report_progress("ablation", 0.85)) return cancelled;
       std::vector<Ablation> ablations;
       for (const NeuronReport& n : report.ffn_neurons) {
-        ablations.push_back({AblationTarget::kFfnNeuron, n.layer, 0, 0, n.neuron, a.position(), 0.0});
+        ablations.push_back(
+            {AblationTarget::kFfnNeuron, n.layer, 0, 0, n.neuron, a.position(), 0.0});
       }
       CaptureOptions logits_only;
       logits_only.residuals = false;
@@ -192,7 +205,8 @@ void Accumulate(const FactReport& report, BatchAggregate& aggregate) {
   aggregate.mean_attention_layer_increase.resize(layers, 0.0);
   aggregate.mean_ffn_layer_increase.resize(layers, 0.0);
   for (const NeuronReport& n : report.ffn_neurons) ++aggregate.ffn_neurons_per_layer[n.layer];
-  for (const NeuronReport& n : report.attention_neurons) ++aggregate.attention_neurons_per_layer[n.layer];
+  for (const NeuronReport& n : report.attention_neurons)
+    ++aggregate.attention_neurons_per_layer[n.layer];
   const double facts = static_cast<double>(++aggregate.facts);
   for (size_t l = 0; l < layers; ++l) {
     aggregate.mean_attention_layer_increase[l] +=
@@ -202,12 +216,13 @@ void Accumulate(const FactReport& report, BatchAggregate& aggregate) {
   }
 }
 
-BatchAggregate LocateFacts(const Model& model, absl::Span<const FactQuery> queries,
-                           const LocateOptions& options,
-                           const std::function<void(size_t, const absl::StatusOr<FactReport>&)>& on_report) {
+BatchAggregate LocateFacts(
+    const Model& model, absl::Span<const FactQuery> queries, const LocateOptions& options,
+    const std::function<void(size_t, const absl::StatusOr<FactReport>&)>& on_report) {
   BatchAggregate aggregate;
   for (size_t i = 0; i < queries.size(); ++i) {
-    const absl::StatusOr<FactReport> report = LocateFact(model, queries[i].token_ids, queries[i].target, options);
+    const absl::StatusOr<FactReport> report =
+        LocateFact(model, queries[i].token_ids, queries[i].target, options);
     if (report.ok()) Accumulate(*report, aggregate);
     if (on_report) on_report(i, report);
   }

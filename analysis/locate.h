@@ -22,16 +22,16 @@ struct LocateOptions {
   Metric metric = Metric::kLogProbIncrease;
   RankMode mode = RankMode::kExact;
   bool include_final_norm_bias = false;
-  int64_t predictions = 10;           // top next tokens reported
+  int64_t predictions = 10;  // top next tokens reported
   int64_t top_heads = 10;
   int64_t top_head_positions = 10;
   int64_t top_ffn_neurons = 100;
   int64_t top_attention_neurons = 100;
-  int64_t query_ffn_neurons = 100;    // top FFN neurons whose query layers are aggregated
+  int64_t query_ffn_neurons = 100;       // top FFN neurons whose query layers are aggregated
   int64_t query_attention_neurons = 30;  // top attention neurons for query layers and neurons
   int64_t query_neurons_reported = 10;   // query FFN neurons listed
-  int64_t top_tokens = 10;            // vocabulary projection of every reported neuron
-  bool ablate_top_ffn_neurons = true; // rerun without the top FFN neurons (at the position)
+  int64_t top_tokens = 10;               // vocabulary projection of every reported neuron
+  bool ablate_top_ffn_neurons = true;    // rerun without the top FFN neurons (at the position)
 };
 
 struct HeadScore {
@@ -109,9 +109,9 @@ void Accumulate(const FactReport& report, BatchAggregate& aggregate);
 
 // Runs LocateFact on every query, calling `on_report` with each index and report (or error) as it
 // completes, and returns the aggregate over the successful ones.
-BatchAggregate LocateFacts(const Model& model, absl::Span<const FactQuery> queries,
-                           const LocateOptions& options,
-                           const std::function<void(size_t, const absl::StatusOr<FactReport>&)>& on_report);
+BatchAggregate LocateFacts(
+    const Model& model, absl::Span<const FactQuery> queries, const LocateOptions& options,
+    const std::function<void(size_t, const absl::StatusOr<FactReport>&)>& on_report);
 
 // The outcome for `target` of the model's logits at one position.
 TargetOutcome OutcomeOf(const at::Tensor& logits, int64_t target);

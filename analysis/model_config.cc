@@ -138,8 +138,8 @@ absl::Status ParseRope(const ConfigReader& top, ModelConfig& m) {
       return rope.Error("high_freq_factor", "must exceed low_freq_factor");
     }
   } else {
-    return absl::UnimplementedError(
-        absl::StrCat("config.json: rope type '", type, "' is not supported (default, linear, llama3 are)"));
+    return absl::UnimplementedError(absl::StrCat(
+        "config.json: rope type '", type, "' is not supported (default, linear, llama3 are)"));
   }
   return absl::OkStatus();
 }
@@ -175,7 +175,8 @@ absl::string_view ModelFamilyName(ModelFamily family) {
 }
 
 absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
-  const json root = json::parse(json_text.begin(), json_text.end(), nullptr, /*allow_exceptions=*/false);
+  const json root =
+      json::parse(json_text.begin(), json_text.end(), nullptr, /*allow_exceptions=*/false);
   if (root.is_discarded() || !root.is_object()) {
     return absl::InvalidArgumentError("config.json is not a JSON object");
   }
@@ -191,8 +192,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
   } else if (model_type.empty()) {
     return absl::InvalidArgumentError("config.json has no 'model_type'");
   } else {
-    return absl::UnimplementedError(absl::StrCat(
-        "config.json: model_type '", model_type, "' is not supported (gpt2 and llama are)"));
+    return absl::UnimplementedError(absl::StrCat("config.json: model_type '", model_type,
+                                                 "' is not supported (gpt2 and llama are)"));
   }
   // transformers 5 writes "dtype"; older files "torch_dtype".
   FACTLENS_ASSIGN_OR_RETURN(m.torch_dtype, config.String("torch_dtype", ""));

@@ -74,8 +74,8 @@ absl::StatusOr<std::string> ResolveModelDirectory(absl::string_view reference) {
   bool valid_repo = parts.size() <= 2 && IsPlausibleRepoPart(revision);
   for (absl::string_view part : parts) valid_repo = valid_repo && IsPlausibleRepoPart(part);
   if (!valid_repo) {
-    return absl::NotFoundError(absl::StrCat("model '", reference,
-                                            "' is neither a directory nor a Hugging Face repo id"));
+    return absl::NotFoundError(
+        absl::StrCat("model '", reference, "' is neither a directory nor a Hugging Face repo id"));
   }
   const fs::path cache = HubCacheDirectory();
   const fs::path repo_dir = cache / absl::StrCat("models--", absl::StrJoin(parts, "--"));
@@ -121,15 +121,17 @@ absl::StatusOr<Checkpoint> Checkpoint::Open(const std::string& directory) {
   } else if (fs::exists(dir / "model.safetensors")) {
     shard_names.push_back("model.safetensors");
   } else {
-    return absl::NotFoundError(absl::StrCat("no model.safetensors or model.safetensors.index.json in '",
-                                            directory, "' (only safetensors checkpoints are supported)"));
+    return absl::NotFoundError(
+        absl::StrCat("no model.safetensors or model.safetensors.index.json in '", directory,
+                     "' (only safetensors checkpoints are supported)"));
   }
   for (const std::string& shard : shard_names) {
     const std::string path = (dir / shard).string();
     FACTLENS_ASSIGN_OR_RETURN(std::shared_ptr<const MappedFile> file, MappedFile::Open(path));
     absl::StatusOr<SafetensorsHeader> header = ParseSafetensorsHeader(file->contents());
     if (!header.ok()) {
-      return absl::Status(header.status().code(), absl::StrCat(path, ": ", header.status().message()));
+      return absl::Status(header.status().code(),
+                          absl::StrCat(path, ": ", header.status().message()));
     }
     for (auto& [name, info] : header->tensors) {
       if (!expected.empty()) {
@@ -139,15 +141,16 @@ absl::StatusOr<Checkpoint> Checkpoint::Open(const std::string& directory) {
       const auto [_, inserted] = checkpoint.tensors_.emplace(
           name, TensorLocation{file, std::move(info), header->data_offset});
       if (!inserted) {
-        return absl::DataLossError(absl::StrCat("tensor '", name, "' appears twice in ", directory));
+        return absl::DataLossError(
+            absl::StrCat("tensor '", name, "' appears twice in ", directory));
       }
     }
     checkpoint.files_.push_back(std::move(file));
   }
   for (const auto& [name, shard] : expected) {
     if (checkpoint.tensors_.count(name) == 0) {
-      return absl::DataLossError(absl::StrCat("the index maps '", name, "' to ", shard,
-                                              ", which does not hold it"));
+      return absl::DataLossError(
+          absl::StrCat("the index maps '", name, "' to ", shard, ", which does not hold it"));
     }
   }
   return checkpoint;

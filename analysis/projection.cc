@@ -21,7 +21,8 @@ VocabProjector::VocabProjector(const Model& model, const at::Tensor& final_resid
   const ModelConfig& c = model.config();
   center_ = c.family == ModelFamily::kGpt2;
   const at::Tensor x = final_residual.to(at::kDouble);
-  const double mean_square = center_ ? x.var(/*unbiased=*/false).item<double>() : x.pow(2).mean().item<double>();
+  const double mean_square =
+      center_ ? x.var(/*unbiased=*/false).item<double>() : x.pow(2).mean().item<double>();
   sigma_ = std::sqrt(mean_square + c.norm_eps);
   scale_ = model.weights().final_norm_weight.to(at::kFloat) / sigma_;
   unembedding_ = model.weights().unembedding.to(at::kFloat);

@@ -26,9 +26,9 @@ struct DTypeEntry {
 };
 
 constexpr DTypeEntry kDTypes[] = {
-    {DType::kF32, "F32", 4}, {DType::kF16, "F16", 2}, {DType::kBF16, "BF16", 2},
-    {DType::kF64, "F64", 8}, {DType::kI64, "I64", 8}, {DType::kI32, "I32", 4},
-    {DType::kI16, "I16", 2}, {DType::kI8, "I8", 1},   {DType::kU8, "U8", 1},
+    {DType::kF32, "F32", 4},   {DType::kF16, "F16", 2}, {DType::kBF16, "BF16", 2},
+    {DType::kF64, "F64", 8},   {DType::kI64, "I64", 8}, {DType::kI32, "I32", 4},
+    {DType::kI16, "I16", 2},   {DType::kI8, "I8", 1},   {DType::kU8, "U8", 1},
     {DType::kBool, "BOOL", 1},
 };
 
@@ -140,7 +140,8 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view file)
   const uint64_t data_size = file.size() - result.data_offset;
   for (const auto& [name, entry] : header.items()) {
     if (name == "__metadata__") {
-      if (!entry.is_object()) return absl::DataLossError("safetensors __metadata__ is not an object");
+      if (!entry.is_object())
+        return absl::DataLossError("safetensors __metadata__ is not an object");
       for (const auto& [key, value] : entry.items()) {
         if (!value.is_string()) {
           return absl::DataLossError(
@@ -186,8 +187,8 @@ absl::StatusOr<std::map<std::string, std::string>> ParseSafetensorsIndex(absl::s
     const std::string& shard = file.get_ref<const std::string&>();
     if (shard.empty() || shard == "." || shard == ".." || shard.find('/') != std::string::npos ||
         shard.find('\\') != std::string::npos || shard.find('\0') != std::string::npos) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "safetensors index: shard '", shard, "' of '", name, "' is not a plain file name"));
+      return absl::InvalidArgumentError(absl::StrCat("safetensors index: shard '", shard, "' of '",
+                                                     name, "' is not a plain file name"));
     }
     weight_map.emplace(name, shard);
   }

@@ -1,6 +1,6 @@
 // Parsing of the safetensors format (https://github.com/huggingface/safetensors) and of sharded
-// checkpoint indexes (model.safetensors.index.json). Torch-free: this layer only validates bytes and
-// describes where each tensor lives; analysis/weights.h turns descriptions into tensors.
+// checkpoint indexes (model.safetensors.index.json). Torch-free: this layer only validates bytes
+// and describes where each tensor lives; analysis/weights.h turns descriptions into tensors.
 #ifndef FACTLENS_ANALYSIS_SAFETENSORS_H_
 #define FACTLENS_ANALYSIS_SAFETENSORS_H_
 
@@ -9,10 +9,10 @@
 #include <map>
 #include <memory>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace factlens {
 

@@ -9,9 +9,9 @@
 #define FACTLENS_CONCAT_(a, b) FACTLENS_CONCAT_INNER_(a, b)
 
 // Returns the status of `expr` from the enclosing function if it is not OK.
-#define FACTLENS_RETURN_IF_ERROR(expr)                  \
-  do {                                                  \
-    const ::absl::Status factlens_status_ = (expr);     \
+#define FACTLENS_RETURN_IF_ERROR(expr)                   \
+  do {                                                   \
+    const ::absl::Status factlens_status_ = (expr);      \
     if (!factlens_status_.ok()) return factlens_status_; \
   } while (0)
 

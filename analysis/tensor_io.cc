@@ -18,11 +18,11 @@ struct DTypePair {
 };
 
 constexpr DTypePair kPairs[] = {
-    {DType::kF32, c10::ScalarType::Float},  {DType::kF16, c10::ScalarType::Half},
+    {DType::kF32, c10::ScalarType::Float},     {DType::kF16, c10::ScalarType::Half},
     {DType::kBF16, c10::ScalarType::BFloat16}, {DType::kF64, c10::ScalarType::Double},
-    {DType::kI64, c10::ScalarType::Long},   {DType::kI32, c10::ScalarType::Int},
-    {DType::kI16, c10::ScalarType::Short},  {DType::kI8, c10::ScalarType::Char},
-    {DType::kU8, c10::ScalarType::Byte},    {DType::kBool, c10::ScalarType::Bool},
+    {DType::kI64, c10::ScalarType::Long},      {DType::kI32, c10::ScalarType::Int},
+    {DType::kI16, c10::ScalarType::Short},     {DType::kI8, c10::ScalarType::Char},
+    {DType::kU8, c10::ScalarType::Byte},       {DType::kBool, c10::ScalarType::Bool},
 };
 
 }  // namespace
@@ -33,15 +33,16 @@ absl::StatusOr<at::Tensor> TensorFromLocation(const TensorLocation& location) {
     if (p.dtype == location.info.dtype) pair = &p;
   }
   if (pair == nullptr) {
-    return absl::DataLossError(absl::StrCat("dtype ", DTypeName(location.info.dtype),
-                                            " cannot be held by a tensor"));
+    return absl::DataLossError(
+        absl::StrCat("dtype ", DTypeName(location.info.dtype), " cannot be held by a tensor"));
   }
   const absl::string_view bytes = location.bytes();
   const auto options = at::TensorOptions().dtype(pair->scalar_type).device(at::kCPU);
   if (reinterpret_cast<uintptr_t>(bytes.data()) % DTypeSize(location.info.dtype) == 0) {
     std::shared_ptr<const MappedFile> keep = location.file;
-    return at::from_blob(const_cast<char*>(bytes.data()), location.info.shape,
-                         [keep](void*) mutable { keep.reset(); }, options);
+    return at::from_blob(
+        const_cast<char*>(bytes.data()), location.info.shape,
+        [keep](void*) mutable { keep.reset(); }, options);
   }
   at::Tensor copy = at::empty(location.info.shape, options);
   std::memcpy(copy.data_ptr(), bytes.data(), bytes.size());
@@ -50,7 +51,8 @@ absl::StatusOr<at::Tensor> TensorFromLocation(const TensorLocation& location) {
 
 absl::StatusOr<std::map<std::string, at::Tensor>> ReadSafetensorsFile(const std::string& path) {
   FACTLENS_ASSIGN_OR_RETURN(std::shared_ptr<const MappedFile> file, MappedFile::Open(path));
-  FACTLENS_ASSIGN_OR_RETURN(const SafetensorsHeader header, ParseSafetensorsHeader(file->contents()));
+  FACTLENS_ASSIGN_OR_RETURN(const SafetensorsHeader header,
+                            ParseSafetensorsHeader(file->contents()));
   std::map<std::string, at::Tensor> tensors;
   for (const auto& [name, info] : header.tensors) {
     FACTLENS_ASSIGN_OR_RETURN(tensors[name],
@@ -71,7 +73,8 @@ absl::Status WriteSafetensorsFile(const std::string& path,
       if (p.scalar_type == tensor.scalar_type()) pair = &p;
     }
     if (pair == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' has an unsupported dtype"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", name, "' has an unsupported dtype"));
     }
     contiguous.push_back(tensor.to(at::kCPU).contiguous());
     const uint64_t bytes = contiguous.back().numel() * contiguous.back().element_size();

@@ -18,7 +18,8 @@ absl::StatusOr<Encoding> EncodeField(const Tokenizer& tokenizer, const std::stri
 
 }  // namespace
 
-absl::StatusOr<std::vector<int64_t>> EncodePrompt(const Tokenizer& tokenizer, const std::string& prompt) {
+absl::StatusOr<std::vector<int64_t>> EncodePrompt(const Tokenizer& tokenizer,
+                                                  const std::string& prompt) {
   if (prompt.empty()) return absl::InvalidArgumentError("prompt: is empty");
   absl::StatusOr<Encoding> encoding = EncodeField(tokenizer, "prompt", prompt);
   if (!encoding.ok()) return encoding.status();
@@ -36,7 +37,8 @@ absl::StatusOr<int64_t> ResolveTarget(const Tokenizer& tokenizer, const std::str
   if (combined->ids.size() <= n ||
       !std::equal(alone->ids.begin(), alone->ids.end(), combined->ids.begin())) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "target: \"", target, "\" merges with the end of the prompt when tokenized; give the target as a token id"));
+        "target: \"", target,
+        "\" merges with the end of the prompt when tokenized; give the target as a token id"));
   }
   const std::vector<int32_t> added(combined->ids.begin() + n, combined->ids.end());
   if (added.size() == 1 || first_token) return added[0];

@@ -13,7 +13,8 @@ namespace factlens {
 
 // The prompt's ids with the tokenizer's special tokens (e.g. Llama's BOS). InvalidArgument naming
 // `prompt` for empty text or invalid UTF-8.
-absl::StatusOr<std::vector<int64_t>> EncodePrompt(const Tokenizer& tokenizer, const std::string& prompt);
+absl::StatusOr<std::vector<int64_t>> EncodePrompt(const Tokenizer& tokenizer,
+                                                  const std::string& prompt);
 
 // The target token for `target` text continuing `prompt`: the tokens that encoding
 // prompt + target adds after the prompt's own tokens (so " Paris" is GPT-2's " Paris" and Llama's

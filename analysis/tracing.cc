@@ -24,14 +24,16 @@ std::vector<NeuronKey> FfnKeys(const Model& model, int64_t layer, int64_t neuron
   if (model.config().family == ModelFamily::kGpt2) {
     return {{"in", w.in_weight[neuron].to(at::kFloat) * g}};
   }
-  return {{"gate", w.gate_weight[neuron].to(at::kFloat) * g}, {"up", w.in_weight[neuron].to(at::kFloat) * g}};
+  return {{"gate", w.gate_weight[neuron].to(at::kFloat) * g},
+          {"up", w.in_weight[neuron].to(at::kFloat) * g}};
 }
 
 NeuronKey AttentionKey(const Model& model, int64_t layer, int64_t head, int64_t dim) {
   const ModelConfig& c = model.config();
   const LayerWeights& w = model.weights().layers[layer];
   const int64_t kv_head = head / (c.n_heads / c.n_kv_heads);
-  return {"value", w.v_weight[kv_head * c.head_dim + dim].to(at::kFloat) * w.attn_norm_weight.to(at::kFloat)};
+  return {"value", w.v_weight[kv_head * c.head_dim + dim].to(at::kFloat) *
+                       w.attn_norm_weight.to(at::kFloat)};
 }
 
 // Scores of `key` against the components at `position` that the residual entering layer
@@ -50,8 +52,13 @@ KeyTrace TraceKey(const Model& model, const ForwardTrace& trace, NeuronKey key, 
     const LayerTrace& lt = trace.layers[m];
     result.layer_scores[2 * m + 1] = dot(lt.attn_out[position]);
     // Head h's output through its block of W_O: [H, d], then · key.
-    const at::Tensor o = model.weights().layers[m].o_weight.to(at::kFloat).t().reshape({c.n_heads, c.head_dim, c.d_model});
-    result.head_scores[m] = at::einsum("hj,hjd,d->h", {lt.head_outputs[position], o, key.key}).to(at::kDouble);
+    const at::Tensor o = model.weights()
+                             .layers[m]
+                             .o_weight.to(at::kFloat)
+                             .t()
+                             .reshape({c.n_heads, c.head_dim, c.d_model});
+    result.head_scores[m] =
+        at::einsum("hj,hjd,d->h", {lt.head_outputs[position], o, key.key}).to(at::kDouble);
     if (m < layer) {
       result.layer_scores[2 * m + 2] = dot(lt.ffn_out[position]);
       const at::Tensor w_out = model.weights().layers[m].out_weight.to(at::kFloat);  // [d, N]
@@ -61,7 +68,8 @@ KeyTrace TraceKey(const Model& model, const ForwardTrace& trace, NeuronKey key, 
   result.total = result.layer_scores.sum().item<double>();
   if (!subvalue_scores.empty() && top_k > 0) {
     const at::Tensor all = at::stack(subvalue_scores);  // [layer, N]
-    const auto [values, indices] = at::topk(all.reshape({-1}), std::min<int64_t>(top_k, all.numel()));
+    const auto [values, indices] =
+        at::topk(all.reshape({-1}), std::min<int64_t>(top_k, all.numel()));
     for (int64_t i = 0; i < values.size(0); ++i) {
       const int64_t flat = indices[i].item<int64_t>();
       result.top_subvalues.push_back({flat / c.d_ffn, flat % c.d_ffn, values[i].item<double>()});
@@ -122,7 +130,8 @@ std::vector<std::pair<std::string, at::Tensor>> QueryLayerScoresFfn(
   for (const RankedNeuron& n : neurons) {
     const std::vector<NeuronKey> keys = FfnKeys(model, n.layer, n.index);
     for (size_t k = 0; k < keys.size(); ++k) {
-      const KeyTrace t = TraceKey(model, attribution.trace(), keys[k], n.layer, attribution.position(), true, 0);
+      const KeyTrace t =
+          TraceKey(model, attribution.trace(), keys[k], n.layer, attribution.position(), true, 0);
       sums[k].second += t.layer_scores / t.total * n.score;
     }
   }
@@ -135,8 +144,9 @@ at::Tensor QueryLayerScoresAttention(const Attribution& attribution,
   at::Tensor sum = at::zeros({1 + 2 * model.config().n_layers}, at::kDouble);
   for (const RankedNeuron& n : neurons) {
     const AttentionNeuronIndex i = SplitAttentionNeuronIndex(model.config(), n.index);
-    const KeyTrace t = TraceKey(model, attribution.trace(), AttentionKey(model, n.layer, i.head, i.dim),
-                                n.layer, i.source_position, false, 0);
+    const KeyTrace t =
+        TraceKey(model, attribution.trace(), AttentionKey(model, n.layer, i.head, i.dim), n.layer,
+                 i.source_position, false, 0);
     sum += t.layer_scores / t.total * n.score;
   }
   return sum;

@@ -16,7 +16,9 @@
 namespace factlens {
 namespace {
 
-std::string ShapeString(at::IntArrayRef shape) { return absl::StrCat("[", absl::StrJoin(shape, ", "), "]"); }
+std::string ShapeString(at::IntArrayRef shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
 
 bool IsFloating(DType dtype) {
   return dtype == DType::kF32 || dtype == DType::kF16 || dtype == DType::kBF16;
@@ -70,14 +72,16 @@ absl::Status LoadGpt2(const ModelConfig& c, const Checkpoint& checkpoint, Weight
   const std::string p = checkpoint.Contains("transformer.wte.weight") ? "transformer." : "";
   const int64_t d = c.d_model, n = c.d_ffn;
   FACTLENS_ASSIGN_OR_RETURN(w.token_embedding, r.Required(p + "wte.weight", {c.vocab_size, d}));
-  FACTLENS_ASSIGN_OR_RETURN(w.position_embedding, r.Required(p + "wpe.weight", {c.max_positions, d}));
+  FACTLENS_ASSIGN_OR_RETURN(w.position_embedding,
+                            r.Required(p + "wpe.weight", {c.max_positions, d}));
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const std::string h = absl::StrCat(p, "h.", l, ".");
     LayerWeights& layer = w.layers.emplace_back();
     FACTLENS_ASSIGN_OR_RETURN(layer.attn_norm_weight, r.Required(h + "ln_1.weight", {d}));
     FACTLENS_ASSIGN_OR_RETURN(layer.attn_norm_bias, r.Required(h + "ln_1.bias", {d}));
     // Conv1D stores [in, out]; c_attn's output is q | k | v.
-    FACTLENS_ASSIGN_OR_RETURN(at::Tensor qkv_weight, r.Required(h + "attn.c_attn.weight", {d, 3 * d}));
+    FACTLENS_ASSIGN_OR_RETURN(at::Tensor qkv_weight,
+                              r.Required(h + "attn.c_attn.weight", {d, 3 * d}));
     FACTLENS_ASSIGN_OR_RETURN(at::Tensor qkv_bias, r.Required(h + "attn.c_attn.bias", {3 * d}));
     const at::Tensor qkv_t = qkv_weight.t();
     layer.q_weight = qkv_t.narrow(0, 0, d);
@@ -111,12 +115,14 @@ absl::Status LoadGpt2(const ModelConfig& c, const Checkpoint& checkpoint, Weight
 absl::Status LoadLlama(const ModelConfig& c, WeightReader& r, ModelWeights& w) {
   const int64_t d = c.d_model, n = c.d_ffn;
   const int64_t q_dim = c.n_heads * c.head_dim, kv_dim = c.n_kv_heads * c.head_dim;
-  FACTLENS_ASSIGN_OR_RETURN(w.token_embedding, r.Required("model.embed_tokens.weight", {c.vocab_size, d}));
+  FACTLENS_ASSIGN_OR_RETURN(w.token_embedding,
+                            r.Required("model.embed_tokens.weight", {c.vocab_size, d}));
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const std::string h = absl::StrCat("model.layers.", l, ".");
     const std::string a = h + "self_attn.", m = h + "mlp.";
     LayerWeights& layer = w.layers.emplace_back();
-    FACTLENS_ASSIGN_OR_RETURN(layer.attn_norm_weight, r.Required(h + "input_layernorm.weight", {d}));
+    FACTLENS_ASSIGN_OR_RETURN(layer.attn_norm_weight,
+                              r.Required(h + "input_layernorm.weight", {d}));
     FACTLENS_ASSIGN_OR_RETURN(layer.q_weight, r.Required(a + "q_proj.weight", {q_dim, d}));
     FACTLENS_ASSIGN_OR_RETURN(layer.k_weight, r.Required(a + "k_proj.weight", {kv_dim, d}));
     FACTLENS_ASSIGN_OR_RETURN(layer.v_weight, r.Required(a + "v_proj.weight", {kv_dim, d}));
@@ -147,8 +153,8 @@ absl::StatusOr<c10::Device> ParseDevice(const std::string& name) {
   try {
     c10::Device device(name);
     if (device.is_cuda() && !at::hasCUDA()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("device '", name, "': this build of factlens has no CUDA support or no GPU"));
+      return absl::FailedPreconditionError(absl::StrCat(
+          "device '", name, "': this build of factlens has no CUDA support or no GPU"));
     }
     if (!device.is_cpu() && !device.is_cuda()) {
       return absl::InvalidArgumentError(absl::StrCat("device '", name, "' is not cpu or cuda"));
@@ -176,7 +182,8 @@ c10::ScalarType CheckpointDType(const Checkpoint& checkpoint) {
 absl::StatusOr<std::shared_ptr<const Model>> Model::Load(const std::string& reference,
                                                          const LoadOptions& options) {
   FACTLENS_ASSIGN_OR_RETURN(const std::string directory, ResolveModelDirectory(reference));
-  FACTLENS_ASSIGN_OR_RETURN(const std::string config_text, ReadTextFile(directory + "/config.json"));
+  FACTLENS_ASSIGN_OR_RETURN(const std::string config_text,
+                            ReadTextFile(directory + "/config.json"));
   absl::StatusOr<ModelConfig> config = ParseModelConfig(config_text);
   if (!config.ok()) {
     return absl::Status(config.status().code(),
@@ -188,7 +195,7 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Load(const std::string& refe
   std::shared_ptr<Model> model(new Model(*std::move(config), device));
   model->directory_ = directory;
   model->dtype_ = options.dtype.value_or(device.is_cpu() ? c10::ScalarType::Float
-                                                          : CheckpointDType(checkpoint));
+                                                         : CheckpointDType(checkpoint));
   if (model->dtype_ != c10::ScalarType::Float && model->dtype_ != c10::ScalarType::BFloat16 &&
       model->dtype_ != c10::ScalarType::Half) {
     return absl::InvalidArgumentError("dtype must be float32, float16 or bfloat16");

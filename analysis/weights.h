@@ -23,11 +23,11 @@ struct LayerWeights {
   at::Tensor attn_norm_weight, attn_norm_bias;  // ln_1 / input_layernorm
   at::Tensor q_weight, k_weight, v_weight;      // [H·Dh, d], [KV·Dh, d], [KV·Dh, d]
   at::Tensor q_bias, k_bias, v_bias;
-  at::Tensor o_weight, o_bias;                  // [d, H·Dh]
-  at::Tensor ffn_norm_weight, ffn_norm_bias;    // ln_2 / post_attention_layernorm
-  at::Tensor in_weight, in_bias;                // [N, d]: GPT-2 c_fc, Llama up_proj
-  at::Tensor gate_weight, gate_bias;            // [N, d]: Llama gate_proj
-  at::Tensor out_weight, out_bias;              // [d, N]: GPT-2 mlp.c_proj, Llama down_proj
+  at::Tensor o_weight, o_bias;                // [d, H·Dh]
+  at::Tensor ffn_norm_weight, ffn_norm_bias;  // ln_2 / post_attention_layernorm
+  at::Tensor in_weight, in_bias;              // [N, d]: GPT-2 c_fc, Llama up_proj
+  at::Tensor gate_weight, gate_bias;          // [N, d]: Llama gate_proj
+  at::Tensor out_weight, out_bias;            // [d, N]: GPT-2 mlp.c_proj, Llama down_proj
 };
 
 struct ModelWeights {

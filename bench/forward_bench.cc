@@ -19,9 +19,9 @@ void BM_Matmul(benchmark::State& state) {
   const at::Tensor a = at::randn({512, 1024});
   const at::Tensor b = at::randn({1024, 8192});
   for (auto _ : state) benchmark::DoNotOptimize(at::matmul(a, b));
-  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * 512 * 1024 * 8192,
-                                                 benchmark::Counter::kIsIterationInvariantRate,
-                                                 benchmark::Counter::kIs1000);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(2.0 * 512 * 1024 * 8192, benchmark::Counter::kIsIterationInvariantRate,
+                         benchmark::Counter::kIs1000);
 }
 BENCHMARK(BM_Matmul)->Unit(benchmark::kMillisecond)->UseRealTime();
 
@@ -39,10 +39,12 @@ void BM_ForwardFullCapture(benchmark::State& state, const std::string& model_dir
 }
 BENCHMARK_CAPTURE(BM_ForwardFullCapture, gpt2_facts_tiny, "models/gpt2-facts-tiny",
                   std::vector<int64_t>{464, 3139, 286, 4881, 318})
-    ->Unit(benchmark::kMicrosecond)->UseRealTime();
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
 BENCHMARK_CAPTURE(BM_ForwardFullCapture, llama_facts_tiny, "models/llama-facts-tiny",
                   std::vector<int64_t>{1, 415, 5565, 302, 4843, 349})
-    ->Unit(benchmark::kMicrosecond)->UseRealTime();
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
 
 }  // namespace
 }  // namespace factlens

@@ -65,10 +65,12 @@ void Compare(RankFn rank, int64_t k, Comparison& c) {
 }
 
 void Print(const char* what, const Comparison& c) {
-  std::printf("%-56s pruned %9.3f s  exhaustive %9.3f s  ratio %7.1fx  evaluated %lld / %lld  identical: %s\n",
-              what, c.pruned_s, c.exhaustive_s, c.exhaustive_s / c.pruned_s,
-              static_cast<long long>(c.evaluated), static_cast<long long>(c.total),
-              c.identical ? "yes" : "NO");
+  std::printf(
+      "%-56s pruned %9.3f s  exhaustive %9.3f s  ratio %7.1fx  evaluated %lld / %lld  identical: "
+      "%s\n",
+      what, c.pruned_s, c.exhaustive_s, c.exhaustive_s / c.pruned_s,
+      static_cast<long long>(c.evaluated), static_cast<long long>(c.total),
+      c.identical ? "yes" : "NO");
 }
 
 std::string WriteRandomGpt2Medium(const std::string& dir) {
@@ -108,7 +110,8 @@ struct Comparisons {
   Comparison ffn, attention, ffn_bottom, attention_bottom;
 };
 
-void RunOne(const Model& model, const std::vector<int64_t>& ids, int64_t target, int64_t k, Comparisons& c) {
+void RunOne(const Model& model, const std::vector<int64_t>& ids, int64_t target, int64_t k,
+            Comparisons& c) {
   absl::StatusOr<ForwardTrace> trace = Forward(model, ids, FullCapture());
   if (!trace.ok()) {
     std::fprintf(stderr, "forward: %s\n", std::string(trace.status().message()).c_str());
@@ -118,13 +121,16 @@ void RunOne(const Model& model, const std::vector<int64_t>& ids, int64_t target,
   t.token_id = target >= 0 ? target : trace->logits[-1].argmax().item<int64_t>();
   absl::StatusOr<std::unique_ptr<Attribution>> a = Attribution::Create(model, *trace, t);
   if (!a.ok()) return;
-  Compare([&](int64_t kk, RankMode m) { return (*a)->RankFfnNeurons(kk, RankOrder::kTop, m); }, k, c.ffn);
-  Compare([&](int64_t kk, RankMode m) { return (*a)->RankAttentionNeurons(kk, RankOrder::kTop, m); }, k,
-          c.attention);
-  Compare([&](int64_t kk, RankMode m) { return (*a)->RankFfnNeurons(kk, RankOrder::kBottom, m); }, k,
-          c.ffn_bottom);
-  Compare([&](int64_t kk, RankMode m) { return (*a)->RankAttentionNeurons(kk, RankOrder::kBottom, m); }, k,
-          c.attention_bottom);
+  Compare([&](int64_t kk, RankMode m) { return (*a)->RankFfnNeurons(kk, RankOrder::kTop, m); }, k,
+          c.ffn);
+  Compare(
+      [&](int64_t kk, RankMode m) { return (*a)->RankAttentionNeurons(kk, RankOrder::kTop, m); }, k,
+      c.attention);
+  Compare([&](int64_t kk, RankMode m) { return (*a)->RankFfnNeurons(kk, RankOrder::kBottom, m); },
+          k, c.ffn_bottom);
+  Compare(
+      [&](int64_t kk, RankMode m) { return (*a)->RankAttentionNeurons(kk, RankOrder::kBottom, m); },
+      k, c.attention_bottom);
 }
 
 void PrintAll(const std::string& label, const Comparisons& c) {
@@ -142,10 +148,14 @@ int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
   bool medium = true;
   for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--k") && i + 1 < argc) k = std::atoll(argv[++i]);
-    else if (!std::strcmp(argv[i], "--tokens") && i + 1 < argc) tokens = std::atoll(argv[++i]);
-    else if (!std::strcmp(argv[i], "--facts") && i + 1 < argc) facts = std::atoll(argv[++i]);
-    else if (!std::strcmp(argv[i], "--skip_medium")) medium = false;
+    if (!std::strcmp(argv[i], "--k") && i + 1 < argc)
+      k = std::atoll(argv[++i]);
+    else if (!std::strcmp(argv[i], "--tokens") && i + 1 < argc)
+      tokens = std::atoll(argv[++i]);
+    else if (!std::strcmp(argv[i], "--facts") && i + 1 < argc)
+      facts = std::atoll(argv[++i]);
+    else if (!std::strcmp(argv[i], "--skip_medium"))
+      medium = false;
   }
   factlens::ConfigureCpuThreads(0);
   at::matmul(at::ones({2, 2}), at::ones({2, 2}));
@@ -170,7 +180,8 @@ int main(int argc, char** argv) {
   for (const char* name : {"gpt2-facts-tiny", "llama-facts-tiny"}) {
     const std::string dir = std::string(FACTLENS_SOURCE_DIR) + "/models/" + name;
     absl::StatusOr<std::shared_ptr<const factlens::Model>> model = factlens::Model::Load(dir);
-    absl::StatusOr<std::unique_ptr<factlens::Tokenizer>> tokenizer = factlens::Tokenizer::FromModelDirectory(dir);
+    absl::StatusOr<std::unique_ptr<factlens::Tokenizer>> tokenizer =
+        factlens::Tokenizer::FromModelDirectory(dir);
     std::ifstream in(dir + "/facts.json");
     if (!model.ok() || !tokenizer.ok() || !in) {
       std::printf("%s: skipped (model, tokenizer or facts.json missing)\n", name);
@@ -186,7 +197,8 @@ int main(int argc, char** argv) {
       if (!ids.ok()) continue;
       factlens::RunOne(**model, *ids, fact["target_id"].get<int64_t>(), k, c);
     }
-    factlens::PrintAll(std::string(name) + " (" + std::to_string(std::min<int64_t>(n, facts)) + " facts)", c);
+    factlens::PrintAll(
+        std::string(name) + " (" + std::to_string(std::min<int64_t>(n, facts)) + " facts)", c);
   }
   return 0;
 }

@@ -32,22 +32,25 @@ absl::StatusOr<std::vector<int64_t>> PromptIds(const ServedModel& model, const v
       return absl::InvalidArgumentError("prompt: give text or token_ids");
   }
   if (static_cast<int64_t>(ids.size()) > max_prompt_tokens) {
-    return absl::ResourceExhaustedError(absl::StrCat("prompt: ", ids.size(), " tokens exceed the server's limit of ",
+    return absl::ResourceExhaustedError(absl::StrCat("prompt: ", ids.size(),
+                                                     " tokens exceed the server's limit of ",
                                                      max_prompt_tokens, " (--max_prompt_tokens)"));
   }
   if (static_cast<int64_t>(ids.size()) > model.model->config().max_positions) {
-    return absl::InvalidArgumentError(absl::StrCat("prompt: ", ids.size(), " tokens exceed the model's ",
-                                                   model.model->config().max_positions, " positions"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("prompt: ", ids.size(), " tokens exceed the model's ",
+                     model.model->config().max_positions, " positions"));
   }
   return ids;
 }
 
-absl::StatusOr<int64_t> TargetId(const ServedModel& model, const v1::Target& target, const v1::Prompt& prompt) {
+absl::StatusOr<int64_t> TargetId(const ServedModel& model, const v1::Target& target,
+                                 const v1::Prompt& prompt) {
   switch (target.target_case()) {
     case v1::Target::kTokenId:
       if (target.token_id() < 0 || target.token_id() >= model.model->config().vocab_size) {
-        return absl::InvalidArgumentError(absl::StrCat("target.token_id: ", target.token_id(),
-                                                       " is outside the vocabulary"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("target.token_id: ", target.token_id(), " is outside the vocabulary"));
       }
       return target.token_id();
     case v1::Target::kText:
@@ -55,12 +58,15 @@ absl::StatusOr<int64_t> TargetId(const ServedModel& model, const v1::Target& tar
         return ResolveTarget(*model.tokenizer, prompt.text(), target.text(), target.first_token());
       } else {
         // Without prompt text, the target text is tokenized on its own.
-        absl::StatusOr<Encoding> encoding = model.tokenizer->Encode(target.text(), /*add_special_tokens=*/false);
-        if (!encoding.ok()) return absl::InvalidArgumentError(absl::StrCat("target: ", encoding.status().message()));
+        absl::StatusOr<Encoding> encoding =
+            model.tokenizer->Encode(target.text(), /*add_special_tokens=*/false);
+        if (!encoding.ok())
+          return absl::InvalidArgumentError(absl::StrCat("target: ", encoding.status().message()));
         if (encoding->ids.empty()) return absl::InvalidArgumentError("target: is empty");
         if (encoding->ids.size() > 1 && !target.first_token()) {
-          return absl::InvalidArgumentError(absl::StrCat("target: \"", target.text(), "\" is ", encoding->ids.size(),
-                                                         " tokens, not one; pass one token or set first_token"));
+          return absl::InvalidArgumentError(
+              absl::StrCat("target: \"", target.text(), "\" is ", encoding->ids.size(),
+                           " tokens, not one; pass one token or set first_token"));
         }
         return encoding->ids[0];
       }
@@ -70,19 +76,22 @@ absl::StatusOr<int64_t> TargetId(const ServedModel& model, const v1::Target& tar
 }
 
 absl::StatusOr<int64_t> TopK(const char* field, int64_t top_k, int64_t fallback, int64_t limit) {
-  if (top_k < 0) return absl::InvalidArgumentError(absl::StrCat(field, ": ", top_k, " is negative"));
+  if (top_k < 0)
+    return absl::InvalidArgumentError(absl::StrCat(field, ": ", top_k, " is negative"));
   if (top_k > limit) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat(field, ": ", top_k, " exceeds the server's limit of ", limit, " (--max_top_k)"));
+    return absl::ResourceExhaustedError(absl::StrCat(
+        field, ": ", top_k, " exceeds the server's limit of ", limit, " (--max_top_k)"));
   }
   return top_k == 0 ? fallback : top_k;
 }
 
-absl::StatusOr<int64_t> ResolvePosition(const std::optional<int32_t>& position, int64_t num_tokens) {
+absl::StatusOr<int64_t> ResolvePosition(const std::optional<int32_t>& position,
+                                        int64_t num_tokens) {
   const int64_t p = position.value_or(-1);
   const int64_t resolved = p < 0 ? p + num_tokens : p;
   if (resolved < 0 || resolved >= num_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat("position: ", p, " is out of range for ", num_tokens, " tokens"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("position: ", p, " is out of range for ", num_tokens, " tokens"));
   }
   return resolved;
 }
@@ -117,7 +126,8 @@ absl::StatusOr<ComponentRef> ToComponentRef(const v1::Component& component) {
   for (const KindPair& k : kKinds) {
     if (k.proto == component.kind()) ref.kind = k.kind, found = true;
   }
-  if (!found) return absl::InvalidArgumentError("component.kind: unspecified or not supported here");
+  if (!found)
+    return absl::InvalidArgumentError("component.kind: unspecified or not supported here");
   ref.layer = component.layer();
   ref.head = component.head();
   ref.source_position = component.source_position();
@@ -141,25 +151,34 @@ v1::Component ToProto(const ComponentRef& ref) {
 
 Metric ToMetric(v1::Metric metric) {
   switch (metric) {
-    case v1::PROB_INCREASE: return Metric::kProbIncrease;
-    case v1::LOGIT_INCREASE: return Metric::kLogitIncrease;
-    default: return Metric::kLogProbIncrease;
+    case v1::PROB_INCREASE:
+      return Metric::kProbIncrease;
+    case v1::LOGIT_INCREASE:
+      return Metric::kLogitIncrease;
+    default:
+      return Metric::kLogProbIncrease;
   }
 }
 
 RankMode ToRankMode(v1::RankMode mode) {
   switch (mode) {
-    case v1::EXHAUSTIVE: return RankMode::kExhaustive;
-    case v1::APPROXIMATE: return RankMode::kApproximate;
-    default: return RankMode::kExact;
+    case v1::EXHAUSTIVE:
+      return RankMode::kExhaustive;
+    case v1::APPROXIMATE:
+      return RankMode::kApproximate;
+    default:
+      return RankMode::kExact;
   }
 }
 
 v1::RankMode ToProto(RankMode mode) {
   switch (mode) {
-    case RankMode::kExhaustive: return v1::EXHAUSTIVE;
-    case RankMode::kApproximate: return v1::APPROXIMATE;
-    default: return v1::EXACT;
+    case RankMode::kExhaustive:
+      return v1::EXHAUSTIVE;
+    case RankMode::kApproximate:
+      return v1::APPROXIMATE;
+    default:
+      return v1::EXACT;
   }
 }
 
@@ -177,7 +196,8 @@ void FillOutcome(const TargetOutcome& outcome, v1::TargetOutcome* out) {
 
 namespace {
 
-void FillNeuron(const ServedModel& model, const FactReport& report, const NeuronReport& n, v1::NeuronScore* out) {
+void FillNeuron(const ServedModel& model, const FactReport& report, const NeuronReport& n,
+                v1::NeuronScore* out) {
   out->set_layer(static_cast<int32_t>(n.layer));
   out->set_neuron(static_cast<int32_t>(n.neuron));
   out->set_head(static_cast<int32_t>(n.head));
@@ -185,7 +205,8 @@ void FillNeuron(const ServedModel& model, const FactReport& report, const Neuron
   if (n.source_position >= 0) out->set_source_token_id(report.input_ids[n.source_position]);
   out->set_score(n.score);
   out->set_coefficient(n.coefficient);
-  for (const TokenScore& t : n.top_tokens) FillTokenScore(model, t.token_id, t.score, out->add_top_tokens());
+  for (const TokenScore& t : n.top_tokens)
+    FillTokenScore(model, t.token_id, t.score, out->add_top_tokens());
 }
 
 void FillHead(const FactReport& report, const HeadScore& h, v1::HeadScore* out) {
@@ -206,14 +227,16 @@ void FillFactReport(const ServedModel& model, const FactReport& r, v1::FactRepor
   out->set_position(static_cast<int32_t>(r.position));
   FillTokenScore(model, r.target, r.outcome.prob, out->mutable_target());
   FillOutcome(r.outcome, out->mutable_outcome());
-  for (const TokenScore& t : r.predictions) FillTokenScore(model, t.token_id, t.score, out->add_predictions());
+  for (const TokenScore& t : r.predictions)
+    FillTokenScore(model, t.token_id, t.score, out->add_predictions());
   out->set_final_scale(r.final_scale);
   for (double v : r.attention_layer_increase) out->add_attention_layer_increase(v);
   for (double v : r.ffn_layer_increase) out->add_ffn_layer_increase(v);
   for (const HeadScore& h : r.top_heads) FillHead(r, h, out->add_top_heads());
   for (const HeadScore& h : r.top_head_positions) FillHead(r, h, out->add_top_head_positions());
   for (const NeuronReport& n : r.ffn_neurons) FillNeuron(model, r, n, out->add_ffn_neurons());
-  for (const NeuronReport& n : r.attention_neurons) FillNeuron(model, r, n, out->add_attention_neurons());
+  for (const NeuronReport& n : r.attention_neurons)
+    FillNeuron(model, r, n, out->add_attention_neurons());
   out->set_mode(ToProto(r.ffn_ranking_stats.mode));
   out->set_ffn_evaluated(r.ffn_ranking_stats.evaluated);
   out->set_ffn_total(r.ffn_ranking_stats.total);
@@ -226,7 +249,8 @@ void FillFactReport(const ServedModel& model, const FactReport& r, v1::FactRepor
   }
   out->mutable_query_layers_attention()->set_key_name("value");
   for (double v : r.query_layers_attention) out->mutable_query_layers_attention()->add_scores(v);
-  for (const NeuronReport& n : r.query_ffn_neurons) FillNeuron(model, r, n, out->add_query_ffn_neurons());
+  for (const NeuronReport& n : r.query_ffn_neurons)
+    FillNeuron(model, r, n, out->add_query_ffn_neurons());
   out->set_ablated_ffn_neurons(static_cast<int32_t>(r.ablation.removed));
   FillOutcome(r.ablation.after, out->mutable_ablated());
   out->set_metric(r.metric == Metric::kProbIncrease    ? v1::PROB_INCREASE

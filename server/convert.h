@@ -27,10 +27,12 @@ absl::StatusOr<std::vector<int64_t>> PromptIds(const ServedModel& model, const v
 absl::StatusOr<int64_t> TargetId(const ServedModel& model, const v1::Target& target,
                                  const v1::Prompt& prompt);
 
-// `top_k` with 0 meaning `fallback`; InvalidArgument when negative, ResourceExhausted above `limit`.
+// `top_k` with 0 meaning `fallback`; InvalidArgument when negative, ResourceExhausted above
+// `limit`.
 absl::StatusOr<int64_t> TopK(const char* field, int64_t top_k, int64_t fallback, int64_t limit);
 
-// A request position (absent = -1) resolved against `num_tokens`; InvalidArgument naming `position`.
+// A request position (absent = -1) resolved against `num_tokens`; InvalidArgument naming
+// `position`.
 absl::StatusOr<int64_t> ResolvePosition(const std::optional<int32_t>& position, int64_t num_tokens);
 
 absl::StatusOr<ComponentRef> ToComponentRef(const v1::Component& component);

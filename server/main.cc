@@ -20,14 +20,15 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
-#include "torch/csrc/api/include/torch/version.h"
 #include "analysis/cpu_threads.h"
 #include "server/http_endpoint.h"
 #include "server/metrics.h"
 #include "server/model_registry.h"
 #include "server/service.h"
+#include "torch/csrc/api/include/torch/version.h"
 
-ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC address (host:port; port 0 picks a free one)");
+ABSL_FLAG(std::string, listen, "0.0.0.0:50051",
+          "gRPC address (host:port; port 0 picks a free one)");
 ABSL_FLAG(std::vector<std::string>, model, {},
           "NAME=DIR_OR_REPO_ID[,device=cpu|cuda[:N]][,dtype=float32|float16|bfloat16]; repeatable "
           "(comma-separated lists also work). Default: the embedded demo model gpt2-facts-tiny");
@@ -36,14 +37,17 @@ ABSL_FLAG(int, max_top_k, 1000, "Largest top_k (and ablation count) accepted");
 ABSL_FLAG(int, max_batch_items, 256, "Most items in one LocateFacts request");
 ABSL_FLAG(int, max_message_bytes, 16 << 20, "Largest gRPC message received or sent");
 ABSL_FLAG(int, max_concurrent, 2, "Requests running at once per model");
-ABSL_FLAG(int, max_queued, 16, "Requests waiting per model; beyond that RESOURCE_EXHAUSTED at once");
+ABSL_FLAG(int, max_queued, 16,
+          "Requests waiting per model; beyond that RESOURCE_EXHAUSTED at once");
 ABSL_FLAG(int, default_deadline_seconds, 600, "Deadline for requests that set none");
 ABSL_FLAG(int, drain_seconds, 30, "On SIGTERM/SIGINT: how long in-flight requests may finish");
 ABSL_FLAG(int, threads, 0, "CPU threads for libtorch and BLIS (0 = one per core)");
-ABSL_FLAG(std::string, auth_token_file, "", "File of accepted bearer tokens, one per line; empty: no auth");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "File of accepted bearer tokens, one per line; empty: no auth");
 ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate chain (enables TLS)");
 ABSL_FLAG(std::string, tls_key, "", "PEM server private key");
-ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA bundle; when set, clients must present a certificate (mTLS)");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle; when set, clients must present a certificate (mTLS)");
 ABSL_FLAG(std::string, http_listen, "0.0.0.0:9090",
           "HTTP address for /metrics, /healthz, /readyz (port 0 picks one; empty disables)");
 ABSL_FLAG(std::string, port_file, "", "Once serving, write '<grpc port> <http port>' to this file");
@@ -67,7 +71,8 @@ absl::StatusOr<std::vector<std::string>> ReadTokens(const std::string& path) {
     const std::string token(absl::StripAsciiWhitespace(line));
     if (!token.empty() && token[0] != '#') tokens.push_back(token);
   }
-  if (tokens.empty()) return absl::InvalidArgumentError(absl::StrCat("'", path, "' holds no tokens"));
+  if (tokens.empty())
+    return absl::InvalidArgumentError(absl::StrCat("'", path, "' holds no tokens"));
   return tokens;
 }
 
@@ -75,12 +80,15 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials() {
   const std::string cert = absl::GetFlag(FLAGS_tls_cert), key = absl::GetFlag(FLAGS_tls_key);
   const std::string ca = absl::GetFlag(FLAGS_tls_client_ca);
   if (cert.empty() && key.empty()) {
-    if (!ca.empty()) return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert and --tls_key");
+    if (!ca.empty())
+      return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert and --tls_key");
     return grpc::InsecureServerCredentials();
   }
-  if (cert.empty() || key.empty()) return absl::InvalidArgumentError("TLS needs both --tls_cert and --tls_key");
-  grpc::SslServerCredentialsOptions options(ca.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
-                                                       : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  if (cert.empty() || key.empty())
+    return absl::InvalidArgumentError("TLS needs both --tls_cert and --tls_key");
+  grpc::SslServerCredentialsOptions options(
+      ca.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                 : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
   absl::StatusOr<std::string> cert_pem = ReadFile(cert), key_pem = ReadFile(key);
   if (!cert_pem.ok()) return cert_pem.status();
   if (!key_pem.ok()) return key_pem.status();
@@ -95,11 +103,12 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials() {
 
 void LogRequest(const factlens::RequestRecord& r) {
   // One structured line per request.
-  std::fprintf(stderr,
-               "{\"event\":\"request\",\"rpc\":\"%s\",\"model\":\"%s\",\"code\":%d,\"latency_ms\":%.3f,"
-               "\"queue_wait_ms\":%.3f,\"peer\":\"%s\"}\n",
-               r.rpc.c_str(), r.model.c_str(), static_cast<int>(r.code), 1000 * r.latency_seconds,
-               1000 * r.queue_wait_seconds, r.peer.c_str());
+  std::fprintf(
+      stderr,
+      "{\"event\":\"request\",\"rpc\":\"%s\",\"model\":\"%s\",\"code\":%d,\"latency_ms\":%.3f,"
+      "\"queue_wait_ms\":%.3f,\"peer\":\"%s\"}\n",
+      r.rpc.c_str(), r.model.c_str(), static_cast<int>(r.code), 1000 * r.latency_seconds,
+      1000 * r.queue_wait_seconds, r.peer.c_str());
 }
 
 int Fail(const absl::Status& status) {
@@ -122,7 +131,8 @@ int main(int argc, char** argv) {
 
   std::vector<factlens::ModelSpec> specs;
   std::vector<std::string> model_flags = absl::GetFlag(FLAGS_model);
-  if (model_flags.empty()) model_flags.push_back(std::string("gpt2-facts-tiny=") + FACTLENS_DEFAULT_MODEL);
+  if (model_flags.empty())
+    model_flags.push_back(std::string("gpt2-facts-tiny=") + FACTLENS_DEFAULT_MODEL);
   for (const std::string& text : model_flags) {
     absl::StatusOr<factlens::ModelSpec> spec = factlens::ParseModelSpec(text);
     if (!spec.ok()) return Fail(spec.status());
@@ -134,24 +144,29 @@ int main(int argc, char** argv) {
   options.max_batch_items = absl::GetFlag(FLAGS_max_batch_items);
   options.default_deadline = absl::Seconds(absl::GetFlag(FLAGS_default_deadline_seconds));
   if (!absl::GetFlag(FLAGS_auth_token_file).empty()) {
-    absl::StatusOr<std::vector<std::string>> tokens = ReadTokens(absl::GetFlag(FLAGS_auth_token_file));
+    absl::StatusOr<std::vector<std::string>> tokens =
+        ReadTokens(absl::GetFlag(FLAGS_auth_token_file));
     if (!tokens.ok()) return Fail(tokens.status());
     options.bearer_tokens = *tokens;
   }
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = Credentials();
   if (!credentials.ok()) return Fail(credentials.status());
 
-  factlens::ModelRegistry registry(specs, absl::GetFlag(FLAGS_max_concurrent), absl::GetFlag(FLAGS_max_queued));
+  factlens::ModelRegistry registry(specs, absl::GetFlag(FLAGS_max_concurrent),
+                                   absl::GetFlag(FLAGS_max_queued));
   factlens::MetricsRegistry metrics_registry;
   absl::StatusOr<factlens::ServerMetrics> metrics = factlens::ServerMetrics::Create(
       &metrics_registry, {FACTLENS_VERSION, FACTLENS_COMMIT, TORCH_VERSION});
   if (!metrics.ok()) return Fail(metrics.status());
-  for (const factlens::ModelSpec& spec : specs) metrics->model_ready->WithLabels({spec.name}).Set(0);
+  for (const factlens::ModelSpec& spec : specs)
+    metrics->model_ready->WithLabels({spec.name}).Set(0);
   factlens::FactLensService service(&registry, options, LogRequest, &*metrics);
   std::atomic<bool> stopping{false};
   factlens::HttpEndpoint http(&metrics_registry, [&](std::string* reason) {
-    if (stopping) *reason = "shutting down";
-    else if (!registry.ready()) *reason = "models are loading";
+    if (stopping)
+      *reason = "shutting down";
+    else if (!registry.ready())
+      *reason = "models are loading";
     return !stopping && registry.ready();
   });
   int http_port = 0;
@@ -171,12 +186,13 @@ int main(int argc, char** argv) {
   builder.SetMaxSendMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) {
-    return Fail(absl::UnavailableError(absl::StrCat("cannot listen on ", absl::GetFlag(FLAGS_listen))));
+    return Fail(
+        absl::UnavailableError(absl::StrCat("cannot listen on ", absl::GetFlag(FLAGS_listen))));
   }
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   health->SetServingStatus(false);  // not ready until the models are loaded
-  std::fprintf(stderr, "{\"event\":\"listening\",\"port\":%d,\"http_port\":%d,\"models\":%zu}\n", port,
-               http_port, specs.size());
+  std::fprintf(stderr, "{\"event\":\"listening\",\"port\":%d,\"http_port\":%d,\"models\":%zu}\n",
+               port, http_port, specs.size());
 
   registry.StartLoading();
   std::thread signal_thread([&] {
@@ -187,7 +203,8 @@ int main(int argc, char** argv) {
                  absl::GetFlag(FLAGS_drain_seconds));
     health->Shutdown();
     // Stops accepting, lets in-flight calls finish until the deadline, then cancels them.
-    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(absl::GetFlag(FLAGS_drain_seconds)));
+    server->Shutdown(std::chrono::system_clock::now() +
+                     std::chrono::seconds(absl::GetFlag(FLAGS_drain_seconds)));
   });
   const absl::Status loaded = registry.WaitUntilLoaded();
   if (!loaded.ok()) {
@@ -205,7 +222,9 @@ int main(int argc, char** argv) {
       metrics->model_resident_bytes->WithLabels({spec.name, served->model->device().str()})
           .Set(static_cast<double>(served->model->resident_bytes()));
       metrics->model_ready->WithLabels({spec.name}).Set(1);
-      std::fprintf(stderr, "{\"event\":\"model_ready\",\"model\":\"%s\",\"load_seconds\":%.3f,\"resident_bytes\":%llu}\n",
+      std::fprintf(stderr,
+                   "{\"event\":\"model_ready\",\"model\":\"%s\",\"load_seconds\":%.3f,\"resident_"
+                   "bytes\":%llu}\n",
                    spec.name.c_str(), served->load_seconds,
                    static_cast<unsigned long long>(served->model->resident_bytes()));
     }

@@ -9,8 +9,9 @@ namespace factlens {
 
 absl::StatusOr<ModelSpec> ParseModelSpec(const std::string& text) {
   const auto bad = [&](const std::string& why) {
-    return absl::InvalidArgumentError(absl::StrCat("--model '", text, "': ", why,
-                                                   " (expected NAME=DIR_OR_REPO_ID[,device=cpu|cuda[:N]][,dtype=float32|float16|bfloat16])"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--model '", text, "': ", why,
+        " (expected NAME=DIR_OR_REPO_ID[,device=cpu|cuda[:N]][,dtype=float32|float16|bfloat16])"));
   };
   const size_t eq = text.find('=');
   if (eq == std::string::npos || eq == 0) return bad("missing NAME=");
@@ -21,14 +22,19 @@ absl::StatusOr<ModelSpec> ParseModelSpec(const std::string& text) {
   if (spec.source.empty()) return bad("empty source");
   for (size_t i = 1; i < parts.size(); ++i) {
     const size_t e = parts[i].find('=');
-    const std::string key = parts[i].substr(0, e), value = e == std::string::npos ? "" : parts[i].substr(e + 1);
+    const std::string key = parts[i].substr(0, e),
+                      value = e == std::string::npos ? "" : parts[i].substr(e + 1);
     if (key == "device") {
       spec.load.device = value;
     } else if (key == "dtype") {
-      if (value == "float32") spec.load.dtype = c10::ScalarType::Float;
-      else if (value == "float16") spec.load.dtype = c10::ScalarType::Half;
-      else if (value == "bfloat16") spec.load.dtype = c10::ScalarType::BFloat16;
-      else return bad(absl::StrCat("unknown dtype '", value, "'"));
+      if (value == "float32")
+        spec.load.dtype = c10::ScalarType::Float;
+      else if (value == "float16")
+        spec.load.dtype = c10::ScalarType::Half;
+      else if (value == "bfloat16")
+        spec.load.dtype = c10::ScalarType::BFloat16;
+      else
+        return bad(absl::StrCat("unknown dtype '", value, "'"));
     } else {
       return bad(absl::StrCat("unknown option '", key, "'"));
     }
@@ -54,13 +60,15 @@ void ModelRegistry::LoadAll() {
     absl::Status status = model.status();
     std::unique_ptr<Tokenizer> tokenizer;
     if (status.ok()) {
-      absl::StatusOr<std::unique_ptr<Tokenizer>> loaded = Tokenizer::FromModelDirectory((*model)->directory());
+      absl::StatusOr<std::unique_ptr<Tokenizer>> loaded =
+          Tokenizer::FromModelDirectory((*model)->directory());
       status = loaded.status();
       if (loaded.ok()) tokenizer = *std::move(loaded);
     }
     absl::MutexLock lock(&mu_);
     if (!status.ok()) {
-      failed_[spec.name] = absl::Status(status.code(), absl::StrCat("model '", spec.name, "': ", status.message()));
+      failed_[spec.name] =
+          absl::Status(status.code(), absl::StrCat("model '", spec.name, "': ", status.message()));
       continue;
     }
     auto served = std::make_shared<ServedModel>(max_concurrent_, max_queued_);
@@ -68,7 +76,8 @@ void ModelRegistry::LoadAll() {
     served->source = spec.source;
     served->model = *std::move(model);
     served->tokenizer = std::move(tokenizer);
-    served->load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    served->load_seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     loaded_[spec.name] = std::move(served);
   }
   absl::MutexLock lock(&mu_);
@@ -86,7 +95,8 @@ bool ModelRegistry::ready() const {
   return done_ && failed_.empty();
 }
 
-absl::StatusOr<std::shared_ptr<const ServedModel>> ModelRegistry::Get(const std::string& requested) const {
+absl::StatusOr<std::shared_ptr<const ServedModel>> ModelRegistry::Get(
+    const std::string& requested) const {
   // An empty name means the only model, when there is exactly one.
   const std::string& name = requested.empty() && specs_.size() == 1 ? specs_[0].name : requested;
   absl::MutexLock lock(&mu_);
@@ -95,11 +105,14 @@ absl::StatusOr<std::shared_ptr<const ServedModel>> ModelRegistry::Get(const std:
     return absl::FailedPreconditionError(absl::StrCat("model '", name, "' failed to load"));
   }
   for (const ModelSpec& spec : specs_) {
-    if (spec.name == name) return absl::UnavailableError(absl::StrCat("model '", name, "' is still loading"));
+    if (spec.name == name)
+      return absl::UnavailableError(absl::StrCat("model '", name, "' is still loading"));
   }
   std::string names;
-  for (const ModelSpec& spec : specs_) absl::StrAppend(&names, names.empty() ? "" : ", ", spec.name);
-  return absl::NotFoundError(absl::StrCat("model: '", name, "' is not served (served: ", names, ")"));
+  for (const ModelSpec& spec : specs_)
+    absl::StrAppend(&names, names.empty() ? "" : ", ", spec.name);
+  return absl::NotFoundError(
+      absl::StrCat("model: '", name, "' is not served (served: ", names, ")"));
 }
 
 std::shared_ptr<const ServedModel> ModelRegistry::Loaded(const std::string& name) const {

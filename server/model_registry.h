@@ -17,7 +17,8 @@
 
 namespace factlens {
 
-// One model as given on the command line: --model NAME=DIR_OR_REPO_ID[,device=cuda:0][,dtype=bfloat16].
+// One model as given on the command line: --model
+// NAME=DIR_OR_REPO_ID[,device=cuda:0][,dtype=bfloat16].
 struct ModelSpec {
   std::string name;
   std::string source;

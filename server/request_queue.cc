@@ -8,7 +8,8 @@ Slot::~Slot() {
   if (queue_ != nullptr) queue_->Release();
 }
 
-absl::StatusOr<Slot> RequestQueue::Acquire(absl::Time deadline, const std::function<bool()>& cancelled) {
+absl::StatusOr<Slot> RequestQueue::Acquire(absl::Time deadline,
+                                           const std::function<bool()>& cancelled) {
   const absl::Time start = absl::Now();
   absl::MutexLock lock(&mu_);
   if (running_ < max_concurrent_ && waiting_ == 0) {
@@ -16,12 +17,15 @@ absl::StatusOr<Slot> RequestQueue::Acquire(absl::Time deadline, const std::funct
     return Slot(this, absl::ZeroDuration());
   }
   if (waiting_ >= max_queued_) {
-    return absl::ResourceExhaustedError(absl::StrCat("the model's queue is full (", running_, " running, ",
-                                                     waiting_, " waiting); retry later with backoff"));
+    return absl::ResourceExhaustedError(absl::StrCat("the model's queue is full (", running_,
+                                                     " running, ", waiting_,
+                                                     " waiting); retry later with backoff"));
   }
   ++waiting_;
   const absl::Condition slot_free(
-      +[](RequestQueue* q) ABSL_NO_THREAD_SAFETY_ANALYSIS { return q->running_ < q->max_concurrent_; }, this);
+      +[](RequestQueue* q)
+           ABSL_NO_THREAD_SAFETY_ANALYSIS { return q->running_ < q->max_concurrent_; },
+      this);
   while (true) {
     const absl::Time now = absl::Now();
     if (slot_free.Eval()) break;

@@ -17,7 +17,9 @@ class RequestQueue;
 // A running request's slot; releases it when destroyed.
 class Slot {
  public:
-  Slot(Slot&& other) noexcept : queue_(other.queue_), queue_wait_(other.queue_wait_) { other.queue_ = nullptr; }
+  Slot(Slot&& other) noexcept : queue_(other.queue_), queue_wait_(other.queue_wait_) {
+    other.queue_ = nullptr;
+  }
   Slot(const Slot&) = delete;
   Slot& operator=(const Slot&) = delete;
   ~Slot();

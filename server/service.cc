@@ -13,19 +13,22 @@
 #include "analysis/locate.h"
 #include "analysis/projection.h"
 #include "analysis/report_format.h"
+#include "analysis/status_macros.h"
 #include "analysis/tracing.h"
 #include "server/convert.h"
 #include "server/status_mapping.h"
-#include "analysis/status_macros.h"
 
 namespace factlens {
 namespace {
 
 std::string DTypeName(c10::ScalarType t) {
   switch (t) {
-    case c10::ScalarType::Half: return "float16";
-    case c10::ScalarType::BFloat16: return "bfloat16";
-    default: return "float32";
+    case c10::ScalarType::Half:
+      return "float16";
+    case c10::ScalarType::BFloat16:
+      return "bfloat16";
+    default:
+      return "float32";
   }
 }
 
@@ -42,7 +45,8 @@ std::vector<std::pair<int64_t, double>> Best(const at::Tensor& scores, int64_t k
   const at::Tensor flat = scores.reshape({-1}).to(at::kDouble);
   const auto [values, indices] = at::topk(flat, std::min<int64_t>(k, flat.numel()), -1, !bottom);
   std::vector<std::pair<int64_t, double>> out;
-  for (int64_t i = 0; i < values.size(0); ++i) out.emplace_back(indices[i].item<int64_t>(), values[i].item<double>());
+  for (int64_t i = 0; i < values.size(0); ++i)
+    out.emplace_back(indices[i].item<int64_t>(), values[i].item<double>());
   return out;
 }
 
@@ -60,9 +64,10 @@ LocateOptions ToLocateOptions(const v1::LocateOptions& o, std::optional<int32_t>
 }
 
 absl::Status CheckLocateLimits(const v1::LocateOptions& o, int max_top_k) {
-  for (const auto& [field, value] : {std::pair<const char*, int64_t>{"options.top_ffn_neurons", o.top_ffn_neurons()},
-                                     {"options.top_attention_neurons", o.top_attention_neurons()},
-                                     {"options.top_tokens", o.top_tokens()}}) {
+  for (const auto& [field, value] :
+       {std::pair<const char*, int64_t>{"options.top_ffn_neurons", o.top_ffn_neurons()},
+        {"options.top_attention_neurons", o.top_attention_neurons()},
+        {"options.top_tokens", o.top_tokens()}}) {
     absl::StatusOr<int64_t> k = TopK(field, value, 1, max_top_k);
     if (!k.ok()) return k.status();
   }
@@ -77,46 +82,66 @@ struct PromptAt {
 };
 
 template <typename Request>
-absl::StatusOr<PromptAt> ParsePromptAt(const ServedModel& m, const Request& request, const ServiceOptions& options) {
+absl::StatusOr<PromptAt> ParsePromptAt(const ServedModel& m, const Request& request,
+                                       const ServiceOptions& options) {
   PromptAt out;
   FACTLENS_ASSIGN_OR_RETURN(out.ids, PromptIds(m, request.prompt(), options.max_prompt_tokens));
   FACTLENS_ASSIGN_OR_RETURN(out.top_k, TopK("top_k", request.top_k(), 10, options.max_top_k));
   FACTLENS_ASSIGN_OR_RETURN(
-      out.position,
-      ResolvePosition(OptionalPosition(request.has_position(), request.position()), out.ids.size()));
+      out.position, ResolvePosition(OptionalPosition(request.has_position(), request.position()),
+                                    out.ids.size()));
   return out;
 }
 
 }  // namespace
 
 std::string StatusCodeName(grpc::StatusCode code) {
-  static const char* const kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
-                                       "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
-                                       "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED",
-                                       "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
+  static const char* const kNames[] = {"OK",
+                                       "CANCELLED",
+                                       "UNKNOWN",
+                                       "INVALID_ARGUMENT",
+                                       "DEADLINE_EXCEEDED",
+                                       "NOT_FOUND",
+                                       "ALREADY_EXISTS",
+                                       "PERMISSION_DENIED",
+                                       "RESOURCE_EXHAUSTED",
+                                       "FAILED_PRECONDITION",
+                                       "ABORTED",
+                                       "OUT_OF_RANGE",
+                                       "UNIMPLEMENTED",
+                                       "INTERNAL",
+                                       "UNAVAILABLE",
+                                       "DATA_LOSS",
+                                       "UNAUTHENTICATED"};
   const int index = static_cast<int>(code);
   return index >= 0 && index < 17 ? kNames[index] : absl::StrCat("CODE_", index);
 }
 
-FactLensService::FactLensService(const ModelRegistry* registry, ServiceOptions options, RequestObserver observer,
-                                 const ServerMetrics* metrics)
-    : registry_(registry), options_(std::move(options)), observer_(std::move(observer)), metrics_(metrics) {}
+FactLensService::FactLensService(const ModelRegistry* registry, ServiceOptions options,
+                                 RequestObserver observer, const ServerMetrics* metrics)
+    : registry_(registry),
+      options_(std::move(options)),
+      observer_(std::move(observer)),
+      metrics_(metrics) {}
 
 absl::Status FactLensService::Authenticate(const grpc::ServerContext& context) const {
   if (options_.bearer_tokens.empty()) return absl::OkStatus();
   const auto& metadata = context.client_metadata();
   const auto it = metadata.find("authorization");
-  if (it == metadata.end()) return absl::UnauthenticatedError("missing 'authorization: Bearer <token>' metadata");
+  if (it == metadata.end())
+    return absl::UnauthenticatedError("missing 'authorization: Bearer <token>' metadata");
   const std::string value(it->second.data(), it->second.size());
   constexpr absl::string_view kPrefix = "Bearer ";
-  if (value.size() > kPrefix.size() && value.compare(0, kPrefix.size(), std::string(kPrefix)) == 0) {
+  if (value.size() > kPrefix.size() &&
+      value.compare(0, kPrefix.size(), std::string(kPrefix)) == 0) {
     const std::string token = value.substr(kPrefix.size());
     bool match = false;
     for (const std::string& allowed : options_.bearer_tokens) {
       // Constant-time comparison of equal-length tokens.
       if (allowed.size() != token.size()) continue;
       unsigned char diff = 0;
-      for (size_t i = 0; i < token.size(); ++i) diff |= static_cast<unsigned char>(allowed[i] ^ token[i]);
+      for (size_t i = 0; i < token.size(); ++i)
+        diff |= static_cast<unsigned char>(allowed[i] ^ token[i]);
       match = match || diff == 0;
     }
     if (match) return absl::OkStatus();
@@ -124,8 +149,8 @@ absl::Status FactLensService::Authenticate(const grpc::ServerContext& context) c
   return absl::UnauthenticatedError("invalid bearer token");
 }
 
-grpc::Status FactLensService::Serve(grpc::ServerContext* context, const char* rpc, const std::string& model,
-                                    bool queued, const Work& work) {
+grpc::Status FactLensService::Serve(grpc::ServerContext* context, const char* rpc,
+                                    const std::string& model, bool queued, const Work& work) {
   const auto start = std::chrono::steady_clock::now();
   RequestRecord record;
   record.rpc = rpc;
@@ -137,7 +162,8 @@ grpc::Status FactLensService::Serve(grpc::ServerContext* context, const char* rp
     status = served.status();
     if (served.ok()) {
       record.model = (*served)->name;
-      Gauge* in_flight = metrics_ ? &metrics_->requests_in_flight->WithLabels({record.model}) : nullptr;
+      Gauge* in_flight =
+          metrics_ ? &metrics_->requests_in_flight->WithLabels({record.model}) : nullptr;
       if (in_flight) in_flight->Increment();
       const auto client_deadline = context->deadline();
       const absl::Time deadline = client_deadline == std::chrono::system_clock::time_point::max()
@@ -145,7 +171,8 @@ grpc::Status FactLensService::Serve(grpc::ServerContext* context, const char* rp
                                       : absl::FromChrono(client_deadline);
       std::optional<Slot> slot;
       if (queued) {
-        absl::StatusOr<Slot> acquired = (*served)->queue.Acquire(deadline, [context] { return context->IsCancelled(); });
+        absl::StatusOr<Slot> acquired =
+            (*served)->queue.Acquire(deadline, [context] { return context->IsCancelled(); });
         status = acquired.status();
         if (acquired.ok()) slot.emplace(*std::move(acquired));
       }
@@ -166,18 +193,22 @@ grpc::Status FactLensService::Serve(grpc::ServerContext* context, const char* rp
   }
   const grpc::Status result = ToGrpcStatus(status);
   record.code = result.error_code();
-  record.latency_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  record.latency_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (metrics_) {
     // Only served model names become label values, so cardinality stays bounded.
     const std::string model_label = registry_->Loaded(record.model) ? record.model : "";
-    metrics_->requests_total->WithLabels({record.rpc, model_label, StatusCodeName(record.code)}).Increment();
-    metrics_->request_duration_seconds->WithLabels({record.rpc, model_label}).Observe(record.latency_seconds);
+    metrics_->requests_total->WithLabels({record.rpc, model_label, StatusCodeName(record.code)})
+        .Increment();
+    metrics_->request_duration_seconds->WithLabels({record.rpc, model_label})
+        .Observe(record.latency_seconds);
     if (queued && !model_label.empty()) {
       metrics_->queue_wait_seconds->WithLabels({model_label}).Observe(record.queue_wait_seconds);
     }
   }
   if (observer_) observer_(record);
-  if (!status.ok() && (status.code() == absl::StatusCode::kInternal || status.code() == absl::StatusCode::kDataLoss ||
+  if (!status.ok() && (status.code() == absl::StatusCode::kInternal ||
+                       status.code() == absl::StatusCode::kDataLoss ||
                        status.code() == absl::StatusCode::kUnknown)) {
     std::fprintf(stderr, "factlens: %s on %s failed internally: %s\n", rpc, record.model.c_str(),
                  std::string(status.message()).c_str());
@@ -212,157 +243,181 @@ grpc::Status FactLensService::ListModels(grpc::ServerContext* context, const v1:
   return grpc::Status::OK;
 }
 
-grpc::Status FactLensService::Tokenize(grpc::ServerContext* context, const v1::TokenizeRequest* request,
+grpc::Status FactLensService::Tokenize(grpc::ServerContext* context,
+                                       const v1::TokenizeRequest* request,
                                        v1::TokenizeResponse* response) {
-  return Serve(context, "Tokenize", request->model(), false, [&](const ServedModel& m) -> absl::Status {
-    absl::StatusOr<Encoding> encoding = m.tokenizer->Encode(request->text(), request->add_special_tokens());
-    if (!encoding.ok()) return absl::InvalidArgumentError(absl::StrCat("text: ", encoding.status().message()));
-    for (size_t i = 0; i < encoding->ids.size(); ++i) {
-      response->add_ids(encoding->ids[i]);
-      response->add_tokens(encoding->tokens[i]);
-      response->add_display_tokens(ShowToken(*m.tokenizer, encoding->ids[i]));
-      response->add_offset_begin(static_cast<int64_t>(encoding->offsets[i].first));
-      response->add_offset_end(static_cast<int64_t>(encoding->offsets[i].second));
-    }
-    return absl::OkStatus();
-  });
+  return Serve(
+      context, "Tokenize", request->model(), false, [&](const ServedModel& m) -> absl::Status {
+        absl::StatusOr<Encoding> encoding =
+            m.tokenizer->Encode(request->text(), request->add_special_tokens());
+        if (!encoding.ok())
+          return absl::InvalidArgumentError(absl::StrCat("text: ", encoding.status().message()));
+        for (size_t i = 0; i < encoding->ids.size(); ++i) {
+          response->add_ids(encoding->ids[i]);
+          response->add_tokens(encoding->tokens[i]);
+          response->add_display_tokens(ShowToken(*m.tokenizer, encoding->ids[i]));
+          response->add_offset_begin(static_cast<int64_t>(encoding->offsets[i].first));
+          response->add_offset_end(static_cast<int64_t>(encoding->offsets[i].second));
+        }
+        return absl::OkStatus();
+      });
 }
 
-grpc::Status FactLensService::Detokenize(grpc::ServerContext* context, const v1::DetokenizeRequest* request,
+grpc::Status FactLensService::Detokenize(grpc::ServerContext* context,
+                                         const v1::DetokenizeRequest* request,
                                          v1::DetokenizeResponse* response) {
-  return Serve(context, "Detokenize", request->model(), false, [&](const ServedModel& m) -> absl::Status {
-    std::vector<int32_t> ids;
-    for (int64_t id : request->ids()) {
-      if (id < 0 || id >= m.model->config().vocab_size) {
-        return absl::InvalidArgumentError(absl::StrCat("ids: ", id, " is outside the vocabulary"));
-      }
-      ids.push_back(static_cast<int32_t>(id));
-    }
-    absl::StatusOr<std::string> text = m.tokenizer->Decode(ids, request->skip_special_tokens());
-    if (!text.ok()) return absl::InvalidArgumentError(absl::StrCat("ids: ", text.status().message()));
-    response->set_text(*text);
-    return absl::OkStatus();
-  });
+  return Serve(
+      context, "Detokenize", request->model(), false, [&](const ServedModel& m) -> absl::Status {
+        std::vector<int32_t> ids;
+        for (int64_t id : request->ids()) {
+          if (id < 0 || id >= m.model->config().vocab_size) {
+            return absl::InvalidArgumentError(
+                absl::StrCat("ids: ", id, " is outside the vocabulary"));
+          }
+          ids.push_back(static_cast<int32_t>(id));
+        }
+        absl::StatusOr<std::string> text = m.tokenizer->Decode(ids, request->skip_special_tokens());
+        if (!text.ok())
+          return absl::InvalidArgumentError(absl::StrCat("ids: ", text.status().message()));
+        response->set_text(*text);
+        return absl::OkStatus();
+      });
 }
 
-grpc::Status FactLensService::Predict(grpc::ServerContext* context, const v1::PredictRequest* request,
+grpc::Status FactLensService::Predict(grpc::ServerContext* context,
+                                      const v1::PredictRequest* request,
                                       v1::PredictResponse* response) {
-  return Serve(context, "Predict", request->model(), true, [&](const ServedModel& m) -> absl::Status {
-    absl::StatusOr<PromptAt> at = ParsePromptAt(m, *request, options_);
-    if (!at.ok()) return at.status();
-    const std::vector<int64_t>* ids = &at->ids;
-    const int64_t* k = &at->top_k;
-    const int64_t* position = &at->position;
-    CaptureOptions capture;
-    capture.residuals = false;
-    capture.positions = {*position};
-    absl::StatusOr<ForwardTrace> trace = Forward(*m.model, *ids, capture);
-    if (!trace.ok()) return trace.status();
-    const at::Tensor probs = at::softmax(trace->logits[0].to(at::kDouble), -1);
-    for (const auto& [id, p] : Best(probs, *k, false)) FillTokenScore(m, id, p, response->add_predictions());
-    for (int64_t id : *ids) response->add_input_ids(id);
-    return absl::OkStatus();
-  });
+  return Serve(context, "Predict", request->model(), true,
+               [&](const ServedModel& m) -> absl::Status {
+                 absl::StatusOr<PromptAt> at = ParsePromptAt(m, *request, options_);
+                 if (!at.ok()) return at.status();
+                 const std::vector<int64_t>* ids = &at->ids;
+                 const int64_t* k = &at->top_k;
+                 const int64_t* position = &at->position;
+                 CaptureOptions capture;
+                 capture.residuals = false;
+                 capture.positions = {*position};
+                 absl::StatusOr<ForwardTrace> trace = Forward(*m.model, *ids, capture);
+                 if (!trace.ok()) return trace.status();
+                 const at::Tensor probs = at::softmax(trace->logits[0].to(at::kDouble), -1);
+                 for (const auto& [id, p] : Best(probs, *k, false))
+                   FillTokenScore(m, id, p, response->add_predictions());
+                 for (int64_t id : *ids) response->add_input_ids(id);
+                 return absl::OkStatus();
+               });
 }
 
-grpc::Status FactLensService::Decompose(grpc::ServerContext* context, const v1::DecomposeRequest* request,
+grpc::Status FactLensService::Decompose(grpc::ServerContext* context,
+                                        const v1::DecomposeRequest* request,
                                         v1::DecomposeResponse* response) {
-  return Serve(context, "Decompose", request->model(), true, [&](const ServedModel& m) -> absl::Status {
-    absl::StatusOr<std::vector<int64_t>> ids = PromptIds(m, request->prompt(), options_.max_prompt_tokens);
-    if (!ids.ok()) return ids.status();
-    absl::StatusOr<int64_t> lens_k = TopK("logit_lens_top_k", request->logit_lens_top_k(), 0, options_.max_top_k);
-    if (!lens_k.ok()) return lens_k.status();
-    std::optional<int64_t> target;
-    if (request->target().target_case() != v1::Target::TARGET_NOT_SET) {
-      absl::StatusOr<int64_t> t = TargetId(m, request->target(), request->prompt());
-      if (!t.ok()) return t.status();
-      target = *t;
-    }
-    std::vector<int64_t> positions;
-    std::vector<int32_t> requested(request->positions().begin(), request->positions().end());
-    if (requested.empty()) requested.push_back(-1);
-    if (static_cast<int64_t>(requested.size()) > static_cast<int64_t>(ids->size())) {
-      return absl::InvalidArgumentError("positions: more positions than tokens");
-    }
-    for (int32_t p : requested) {
-      absl::StatusOr<int64_t> resolved = ResolvePosition(p, ids->size());
-      if (!resolved.ok()) return absl::InvalidArgumentError(absl::StrCat("positions: ", resolved.status().message()));
-      positions.push_back(*resolved);
-    }
-    absl::StatusOr<ForwardTrace> trace = FullTrace(m, *ids);
-    if (!trace.ok()) return trace.status();
-    const ModelConfig& c = m.model->config();
-    for (int64_t id : *ids) response->add_input_ids(id);
-    if (target) response->set_target_id(*target);
-    for (int64_t position : positions) {
-      v1::PositionDecomposition* out = response->add_positions();
-      out->set_position(static_cast<int32_t>(position));
-      out->set_token_id((*ids)[position]);
-      const VocabProjector projector(*m.model, trace->final_residual[position]);
-      out->set_final_scale(projector.final_scale());
-      std::unique_ptr<Attribution> attribution;
-      at::Tensor attn_inc, ffn_inc, head_inc;
-      if (target) {
-        absl::StatusOr<std::unique_ptr<Attribution>> a = Attribution::Create(
-            *m.model, *trace,
-            {*target, position, ToMetric(request->options().metric()), request->options().include_final_norm_bias()});
-        if (!a.ok()) return a.status();
-        attribution = *std::move(a);
-        attn_inc = attribution->AttentionLayerIncrease();
-        ffn_inc = attribution->FfnLayerIncrease();
-        if (request->include_heads()) head_inc = attribution->HeadIncrease();
-      }
-      at::Tensor sum = at::zeros({c.d_model}, at::kDouble);
-      auto add = [&](const ComponentRef& ref, const at::Tensor& vector, std::optional<double> increase) {
-        v1::DecomposedComponent* component = out->add_components();
-        *component->mutable_component() = ToProto(ref);
-        if (increase) component->set_increase(*increase);
-        component->set_norm(vector.norm().item<double>());
-        if (request->include_vectors()) {
-          const at::Tensor v = vector.to(at::kFloat).contiguous();
-          component->mutable_vector()->Add(v.data_ptr<float>(), v.data_ptr<float>() + v.numel());
+  return Serve(
+      context, "Decompose", request->model(), true, [&](const ServedModel& m) -> absl::Status {
+        absl::StatusOr<std::vector<int64_t>> ids =
+            PromptIds(m, request->prompt(), options_.max_prompt_tokens);
+        if (!ids.ok()) return ids.status();
+        absl::StatusOr<int64_t> lens_k =
+            TopK("logit_lens_top_k", request->logit_lens_top_k(), 0, options_.max_top_k);
+        if (!lens_k.ok()) return lens_k.status();
+        std::optional<int64_t> target;
+        if (request->target().target_case() != v1::Target::TARGET_NOT_SET) {
+          absl::StatusOr<int64_t> t = TargetId(m, request->target(), request->prompt());
+          if (!t.ok()) return t.status();
+          target = *t;
         }
-        if (*lens_k > 0) {
-          for (const TokenScore& t : projector.TopAndBottom(vector, *lens_k).first) {
-            FillTokenScore(m, t.token_id, t.score, component->add_top_tokens());
+        std::vector<int64_t> positions;
+        std::vector<int32_t> requested(request->positions().begin(), request->positions().end());
+        if (requested.empty()) requested.push_back(-1);
+        if (static_cast<int64_t>(requested.size()) > static_cast<int64_t>(ids->size())) {
+          return absl::InvalidArgumentError("positions: more positions than tokens");
+        }
+        for (int32_t p : requested) {
+          absl::StatusOr<int64_t> resolved = ResolvePosition(p, ids->size());
+          if (!resolved.ok())
+            return absl::InvalidArgumentError(
+                absl::StrCat("positions: ", resolved.status().message()));
+          positions.push_back(*resolved);
+        }
+        absl::StatusOr<ForwardTrace> trace = FullTrace(m, *ids);
+        if (!trace.ok()) return trace.status();
+        const ModelConfig& c = m.model->config();
+        for (int64_t id : *ids) response->add_input_ids(id);
+        if (target) response->set_target_id(*target);
+        for (int64_t position : positions) {
+          v1::PositionDecomposition* out = response->add_positions();
+          out->set_position(static_cast<int32_t>(position));
+          out->set_token_id((*ids)[position]);
+          const VocabProjector projector(*m.model, trace->final_residual[position]);
+          out->set_final_scale(projector.final_scale());
+          std::unique_ptr<Attribution> attribution;
+          at::Tensor attn_inc, ffn_inc, head_inc;
+          if (target) {
+            absl::StatusOr<std::unique_ptr<Attribution>> a =
+                Attribution::Create(*m.model, *trace,
+                                    {*target, position, ToMetric(request->options().metric()),
+                                     request->options().include_final_norm_bias()});
+            if (!a.ok()) return a.status();
+            attribution = *std::move(a);
+            attn_inc = attribution->AttentionLayerIncrease();
+            ffn_inc = attribution->FfnLayerIncrease();
+            if (request->include_heads()) head_inc = attribution->HeadIncrease();
           }
-        }
-        sum += vector.to(at::kDouble);
-      };
-      add({ComponentKind::kEmbedding}, trace->embedding[position], std::nullopt);
-      for (int64_t l = 0; l < c.n_layers; ++l) {
-        auto inc = [&](const at::Tensor& t, std::vector<int64_t> index) -> std::optional<double> {
-          if (!t.defined()) return std::nullopt;
-          at::Tensor v = t;
-          for (int64_t i : index) v = v[i];
-          return v.item<double>();
-        };
-        if (request->include_heads()) {
-          at::Tensor heads_total = at::zeros({c.d_model}, at::kFloat);
-          for (int64_t h = 0; h < c.n_heads; ++h) {
-            ComponentRef ref{ComponentKind::kHead, l, h};
-            absl::StatusOr<at::Tensor> v = ComponentVector(*m.model, *trace, position, ref);
-            if (!v.ok()) return v.status();
-            heads_total += *v;
-            add(ref, *v, inc(head_inc, {l, h}));
+          at::Tensor sum = at::zeros({c.d_model}, at::kDouble);
+          auto add = [&](const ComponentRef& ref, const at::Tensor& vector,
+                         std::optional<double> increase) {
+            v1::DecomposedComponent* component = out->add_components();
+            *component->mutable_component() = ToProto(ref);
+            if (increase) component->set_increase(*increase);
+            component->set_norm(vector.norm().item<double>());
+            if (request->include_vectors()) {
+              const at::Tensor v = vector.to(at::kFloat).contiguous();
+              component->mutable_vector()->Add(v.data_ptr<float>(),
+                                               v.data_ptr<float>() + v.numel());
+            }
+            if (*lens_k > 0) {
+              for (const TokenScore& t : projector.TopAndBottom(vector, *lens_k).first) {
+                FillTokenScore(m, t.token_id, t.score, component->add_top_tokens());
+              }
+            }
+            sum += vector.to(at::kDouble);
+          };
+          add({ComponentKind::kEmbedding}, trace->embedding[position], std::nullopt);
+          for (int64_t l = 0; l < c.n_layers; ++l) {
+            auto inc = [&](const at::Tensor& t,
+                           std::vector<int64_t> index) -> std::optional<double> {
+              if (!t.defined()) return std::nullopt;
+              at::Tensor v = t;
+              for (int64_t i : index) v = v[i];
+              return v.item<double>();
+            };
+            if (request->include_heads()) {
+              at::Tensor heads_total = at::zeros({c.d_model}, at::kFloat);
+              for (int64_t h = 0; h < c.n_heads; ++h) {
+                ComponentRef ref{ComponentKind::kHead, l, h};
+                absl::StatusOr<at::Tensor> v = ComponentVector(*m.model, *trace, position, ref);
+                if (!v.ok()) return v.status();
+                heads_total += *v;
+                add(ref, *v, inc(head_inc, {l, h}));
+              }
+              // The remainder of the attention output is its bias (GPT-2); zero for bias-free
+              // models.
+              const at::Tensor bias = trace->layers[l].attn_out[position] - heads_total;
+              v1::DecomposedComponent* component = out->add_components();
+              component->mutable_component()->set_kind(v1::Component::ATTENTION_BIAS);
+              component->mutable_component()->set_layer(static_cast<int32_t>(l));
+              component->set_norm(bias.norm().item<double>());
+              sum += bias.to(at::kDouble);
+            } else {
+              add({ComponentKind::kAttentionLayer, l}, trace->layers[l].attn_out[position],
+                  inc(attn_inc, {l}));
+            }
+            add({ComponentKind::kFfnLayer, l}, trace->layers[l].ffn_out[position],
+                inc(ffn_inc, {l}));
           }
-          // The remainder of the attention output is its bias (GPT-2); zero for bias-free models.
-          const at::Tensor bias = trace->layers[l].attn_out[position] - heads_total;
-          v1::DecomposedComponent* component = out->add_components();
-          component->mutable_component()->set_kind(v1::Component::ATTENTION_BIAS);
-          component->mutable_component()->set_layer(static_cast<int32_t>(l));
-          component->set_norm(bias.norm().item<double>());
-          sum += bias.to(at::kDouble);
-        } else {
-          add({ComponentKind::kAttentionLayer, l}, trace->layers[l].attn_out[position], inc(attn_inc, {l}));
+          out->set_reconstruction_error(
+              (sum - trace->final_residual[position].to(at::kDouble)).abs().max().item<double>());
         }
-        add({ComponentKind::kFfnLayer, l}, trace->layers[l].ffn_out[position], inc(ffn_inc, {l}));
-      }
-      out->set_reconstruction_error(
-          (sum - trace->final_residual[position].to(at::kDouble)).abs().max().item<double>());
-    }
-    return absl::OkStatus();
-  });
+        return absl::OkStatus();
+      });
 }
 
 grpc::Status FactLensService::Rank(grpc::ServerContext* context, const v1::RankRequest* request,
@@ -375,12 +430,14 @@ grpc::Status FactLensService::Rank(grpc::ServerContext* context, const v1::RankR
     const int64_t* position = &at->position;
     absl::StatusOr<int64_t> target = TargetId(m, request->target(), request->prompt());
     if (!target.ok()) return target.status();
-    if (request->level() == v1::RankRequest::LEVEL_UNSPECIFIED) return absl::InvalidArgumentError("level: unspecified");
+    if (request->level() == v1::RankRequest::LEVEL_UNSPECIFIED)
+      return absl::InvalidArgumentError("level: unspecified");
     absl::StatusOr<ForwardTrace> trace = FullTrace(m, *ids);
     if (!trace.ok()) return trace.status();
-    absl::StatusOr<std::unique_ptr<Attribution>> a = Attribution::Create(
-        *m.model, *trace,
-        {*target, *position, ToMetric(request->options().metric()), request->options().include_final_norm_bias()});
+    absl::StatusOr<std::unique_ptr<Attribution>> a =
+        Attribution::Create(*m.model, *trace,
+                            {*target, *position, ToMetric(request->options().metric()),
+                             request->options().include_final_norm_bias()});
     if (!a.ok()) return a.status();
     for (int64_t id : *ids) response->add_input_ids(id);
     response->set_target_id(*target);
@@ -395,7 +452,8 @@ grpc::Status FactLensService::Rank(grpc::ServerContext* context, const v1::RankR
         out->set_source_token_id((*ids)[ref.source_position]);
       }
     };
-    auto small_level = [&](const at::Tensor& scores, const std::function<ComponentRef(int64_t)>& ref_of) {
+    auto small_level = [&](const at::Tensor& scores,
+                           const std::function<ComponentRef(int64_t)>& ref_of) {
       for (const auto& [flat, value] : Best(scores, *k, bottom)) add(ref_of(flat), value, 0);
       response->set_mode(v1::EXHAUSTIVE);
       response->set_evaluated(scores.numel());
@@ -404,18 +462,24 @@ grpc::Status FactLensService::Rank(grpc::ServerContext* context, const v1::RankR
     const int64_t t = static_cast<int64_t>(ids->size());
     switch (request->level()) {
       case v1::RankRequest::ATTENTION_LAYER:
-        small_level((*a)->AttentionLayerIncrease(), [](int64_t f) { return ComponentRef{ComponentKind::kAttentionLayer, f}; });
+        small_level((*a)->AttentionLayerIncrease(), [](int64_t f) {
+          return ComponentRef{ComponentKind::kAttentionLayer, f};
+        });
         break;
       case v1::RankRequest::FFN_LAYER:
-        small_level((*a)->FfnLayerIncrease(), [](int64_t f) { return ComponentRef{ComponentKind::kFfnLayer, f}; });
+        small_level((*a)->FfnLayerIncrease(), [](int64_t f) {
+          return ComponentRef{ComponentKind::kFfnLayer, f};
+        });
         break;
       case v1::RankRequest::HEAD:
-        small_level((*a)->HeadIncrease(),
-                    [&](int64_t f) { return ComponentRef{ComponentKind::kHead, f / c.n_heads, f % c.n_heads}; });
+        small_level((*a)->HeadIncrease(), [&](int64_t f) {
+          return ComponentRef{ComponentKind::kHead, f / c.n_heads, f % c.n_heads};
+        });
         break;
       case v1::RankRequest::HEAD_POSITION:
         small_level((*a)->HeadPositionIncrease(), [&](int64_t f) {
-          return ComponentRef{ComponentKind::kHeadPosition, f / (c.n_heads * t), (f / t) % c.n_heads, f % t};
+          return ComponentRef{ComponentKind::kHeadPosition, f / (c.n_heads * t),
+                              (f / t) % c.n_heads, f % t};
         });
         break;
       case v1::RankRequest::FFN_NEURON:
@@ -423,14 +487,15 @@ grpc::Status FactLensService::Rank(grpc::ServerContext* context, const v1::RankR
         const bool ffn = request->level() == v1::RankRequest::FFN_NEURON;
         const RankOrder order = bottom ? RankOrder::kBottom : RankOrder::kTop;
         const RankMode mode = ToRankMode(request->mode());
-        const NeuronRanking ranking =
-            ffn ? (*a)->RankFfnNeurons(*k, order, mode) : (*a)->RankAttentionNeurons(*k, order, mode);
+        const NeuronRanking ranking = ffn ? (*a)->RankFfnNeurons(*k, order, mode)
+                                          : (*a)->RankAttentionNeurons(*k, order, mode);
         for (const RankedNeuron& n : ranking.neurons) {
           if (ffn) {
             add({ComponentKind::kFfnNeuron, n.layer, 0, 0, n.index}, n.score, n.coefficient);
           } else {
             const AttentionNeuronIndex i = SplitAttentionNeuronIndex(c, n.index);
-            add({ComponentKind::kAttentionNeuron, n.layer, i.head, i.source_position, i.dim}, n.score, n.coefficient);
+            add({ComponentKind::kAttentionNeuron, n.layer, i.head, i.source_position, i.dim},
+                n.score, n.coefficient);
           }
         }
         response->set_mode(ToProto(ranking.mode));
@@ -460,19 +525,23 @@ grpc::Status FactLensService::Trace(grpc::ServerContext* context, const v1::Trac
     if (n.kind() == v1::Component::FFN_NEURON) {
       traced = TraceFfnNeuron(*m.model, *trace, n.layer(), n.neuron(), *position, *k);
     } else if (n.kind() == v1::Component::ATTENTION_NEURON) {
-      traced = TraceAttentionNeuron(*m.model, *trace, n.layer(), n.source_position(), n.head(), n.neuron(), *k);
+      traced = TraceAttentionNeuron(*m.model, *trace, n.layer(), n.source_position(), n.head(),
+                                    n.neuron(), *k);
     } else {
       return absl::InvalidArgumentError("neuron.kind: must be FFN_NEURON or ATTENTION_NEURON");
     }
-    if (!traced.ok()) return absl::InvalidArgumentError(absl::StrCat("neuron.", traced.status().message()));
+    if (!traced.ok())
+      return absl::InvalidArgumentError(absl::StrCat("neuron.", traced.status().message()));
     for (int64_t id : *ids) response->add_input_ids(id);
     response->set_position(static_cast<int32_t>(traced->position));
     for (const KeyTrace& key : traced->keys) {
       v1::KeyTrace* out = response->add_keys();
       out->set_key_name(key.key.name);
       const at::Tensor layers = key.layer_scores.contiguous(), heads = key.head_scores.contiguous();
-      out->mutable_layer_scores()->Add(layers.data_ptr<double>(), layers.data_ptr<double>() + layers.numel());
-      out->mutable_head_scores()->Add(heads.data_ptr<double>(), heads.data_ptr<double>() + heads.numel());
+      out->mutable_layer_scores()->Add(layers.data_ptr<double>(),
+                                       layers.data_ptr<double>() + layers.numel());
+      out->mutable_head_scores()->Add(heads.data_ptr<double>(),
+                                      heads.data_ptr<double>() + heads.numel());
       out->set_total(key.total);
       for (const SubvalueScore& s : key.top_subvalues) {
         v1::RankedComponent* sub = out->add_top_ffn_subvalues();
@@ -484,141 +553,164 @@ grpc::Status FactLensService::Trace(grpc::ServerContext* context, const v1::Trac
   });
 }
 
-grpc::Status FactLensService::ProjectToVocab(grpc::ServerContext* context, const v1::ProjectToVocabRequest* request,
+grpc::Status FactLensService::ProjectToVocab(grpc::ServerContext* context,
+                                             const v1::ProjectToVocabRequest* request,
                                              v1::ProjectToVocabResponse* response) {
-  return Serve(context, "ProjectToVocab", request->model(), true, [&](const ServedModel& m) -> absl::Status {
-    absl::StatusOr<PromptAt> at = ParsePromptAt(m, *request, options_);
-    if (!at.ok()) return at.status();
-    const std::vector<int64_t>* ids = &at->ids;
-    const int64_t* k = &at->top_k;
-    const int64_t* position = &at->position;
-    absl::StatusOr<ComponentRef> ref = ToComponentRef(request->component());
-    if (!ref.ok()) return ref.status();
-    absl::StatusOr<ForwardTrace> trace = FullTrace(m, *ids);
-    if (!trace.ok()) return trace.status();
-    absl::StatusOr<at::Tensor> vector = ComponentVector(*m.model, *trace, *position, *ref);
-    if (!vector.ok()) return vector.status();
-    const VocabProjector projector(*m.model, trace->final_residual[*position]);
-    const auto [top, bottom] = projector.TopAndBottom(*vector, *k);
-    for (const TokenScore& t : top) FillTokenScore(m, t.token_id, t.score, response->add_top());
-    for (const TokenScore& t : bottom) FillTokenScore(m, t.token_id, t.score, response->add_bottom());
-    response->set_final_scale(projector.final_scale());
-    return absl::OkStatus();
-  });
+  return Serve(
+      context, "ProjectToVocab", request->model(), true, [&](const ServedModel& m) -> absl::Status {
+        absl::StatusOr<PromptAt> at = ParsePromptAt(m, *request, options_);
+        if (!at.ok()) return at.status();
+        const std::vector<int64_t>* ids = &at->ids;
+        const int64_t* k = &at->top_k;
+        const int64_t* position = &at->position;
+        absl::StatusOr<ComponentRef> ref = ToComponentRef(request->component());
+        if (!ref.ok()) return ref.status();
+        absl::StatusOr<ForwardTrace> trace = FullTrace(m, *ids);
+        if (!trace.ok()) return trace.status();
+        absl::StatusOr<at::Tensor> vector = ComponentVector(*m.model, *trace, *position, *ref);
+        if (!vector.ok()) return vector.status();
+        const VocabProjector projector(*m.model, trace->final_residual[*position]);
+        const auto [top, bottom] = projector.TopAndBottom(*vector, *k);
+        for (const TokenScore& t : top) FillTokenScore(m, t.token_id, t.score, response->add_top());
+        for (const TokenScore& t : bottom)
+          FillTokenScore(m, t.token_id, t.score, response->add_bottom());
+        response->set_final_scale(projector.final_scale());
+        return absl::OkStatus();
+      });
 }
 
 grpc::Status FactLensService::Ablate(grpc::ServerContext* context, const v1::AblateRequest* request,
                                      v1::AblateResponse* response) {
-  return Serve(context, "Ablate", request->model(), true, [&](const ServedModel& m) -> absl::Status {
-    absl::StatusOr<std::vector<int64_t>> ids = PromptIds(m, request->prompt(), options_.max_prompt_tokens);
-    if (!ids.ok()) return ids.status();
-    absl::StatusOr<int64_t> target = TargetId(m, request->target(), request->prompt());
-    if (!target.ok()) return target.status();
-    absl::StatusOr<int64_t> position =
-        ResolvePosition(OptionalPosition(request->has_position(), request->position()), ids->size());
-    if (!position.ok()) return position.status();
-    if (request->ablations().empty()) return absl::InvalidArgumentError("ablations: is empty");
-    if (request->ablations_size() > options_.max_top_k) {
-      return absl::ResourceExhaustedError(absl::StrCat("ablations: more than the server's limit of ", options_.max_top_k));
-    }
-    std::vector<Ablation> ablations;
-    for (const v1::AblationSpec& spec : request->ablations()) {
-      absl::StatusOr<ComponentRef> ref = ToComponentRef(spec.component());
-      if (!ref.ok()) return absl::InvalidArgumentError(absl::StrCat("ablations: ", ref.status().message()));
-      absl::StatusOr<Ablation> a =
-          ToAblation(*ref, spec.all_positions() ? std::nullopt : std::optional<int64_t>(*position), spec.scale());
-      if (!a.ok()) return absl::InvalidArgumentError(absl::StrCat("ablations: ", a.status().message()));
-      ablations.push_back(*a);
-    }
-    CaptureOptions capture;
-    capture.residuals = false;
-    capture.positions = {*position};
-    absl::StatusOr<ForwardTrace> before = Forward(*m.model, *ids, capture);
-    if (!before.ok()) return before.status();
-    absl::StatusOr<ForwardTrace> after = Forward(*m.model, *ids, capture, ablations);
-    if (!after.ok()) return after.status();
-    for (int64_t id : *ids) response->add_input_ids(id);
-    response->set_target_id(*target);
-    FillOutcome(OutcomeOf(before->logits[0], *target), response->mutable_before());
-    FillOutcome(OutcomeOf(after->logits[0], *target), response->mutable_after());
-    const at::Tensor probs = at::softmax(after->logits[0].to(at::kDouble), -1);
-    for (const auto& [id, p] : Best(probs, 10, false)) FillTokenScore(m, id, p, response->add_predictions_after());
-    return absl::OkStatus();
-  });
-}
-
-grpc::Status FactLensService::LocateFact(grpc::ServerContext* context, const v1::LocateFactRequest* request,
-                                         grpc::ServerWriter<v1::LocateFactEvent>* writer) {
-  return Serve(context, "LocateFact", request->model(), true, [&](const ServedModel& m) -> absl::Status {
-    absl::StatusOr<std::vector<int64_t>> ids = PromptIds(m, request->prompt(), options_.max_prompt_tokens);
-    if (!ids.ok()) return ids.status();
-    absl::StatusOr<int64_t> target = TargetId(m, request->target(), request->prompt());
-    if (!target.ok()) return target.status();
-    if (absl::Status s = CheckLocateLimits(request->options(), options_.max_top_k); !s.ok()) return s;
-    const LocateOptions options =
-        ToLocateOptions(request->options(), OptionalPosition(request->has_position(), request->position()));
-    absl::StatusOr<FactReport> report =
-        factlens::LocateFact(*m.model, *ids, *target, options, [&](const std::string& stage, double fraction) {
-          v1::LocateFactEvent event;
-          event.mutable_progress()->set_stage(stage);
-          event.mutable_progress()->set_fraction(fraction);
-          return !context->IsCancelled() && writer->Write(event);
-        });
-    if (!report.ok()) return report.status();
-    v1::LocateFactEvent event;
-    FillFactReport(m, *report, event.mutable_report());
-    if (!writer->Write(event)) return absl::CancelledError("the client went away");
-    return absl::OkStatus();
-  });
-}
-
-grpc::Status FactLensService::LocateFacts(grpc::ServerContext* context, const v1::LocateFactsRequest* request,
-                                          grpc::ServerWriter<v1::LocateFactsEvent>* writer) {
-  return Serve(context, "LocateFacts", request->model(), true, [&](const ServedModel& m) -> absl::Status {
-    if (request->items().empty()) return absl::InvalidArgumentError("items: is empty");
-    if (request->items_size() > options_.max_batch_items) {
-      return absl::ResourceExhaustedError(absl::StrCat("items: ", request->items_size(), " exceed the server's limit of ",
-                                                       options_.max_batch_items, " (--max_batch_items)"));
-    }
-    if (absl::Status s = CheckLocateLimits(request->options(), options_.max_top_k); !s.ok()) return s;
-    const LocateOptions options = ToLocateOptions(request->options(), std::nullopt);
-    BatchAggregate aggregate;
-    int failed = 0;
-    for (int i = 0; i < request->items_size(); ++i) {
-      if (context->IsCancelled()) return absl::CancelledError("cancelled by the client");
-      const v1::FactItem& item = request->items(i);
-      absl::StatusOr<FactReport> report = [&]() -> absl::StatusOr<FactReport> {
-        absl::StatusOr<std::vector<int64_t>> ids = PromptIds(m, item.prompt(), options_.max_prompt_tokens);
+  return Serve(
+      context, "Ablate", request->model(), true, [&](const ServedModel& m) -> absl::Status {
+        absl::StatusOr<std::vector<int64_t>> ids =
+            PromptIds(m, request->prompt(), options_.max_prompt_tokens);
         if (!ids.ok()) return ids.status();
-        absl::StatusOr<int64_t> target = TargetId(m, item.target(), item.prompt());
+        absl::StatusOr<int64_t> target = TargetId(m, request->target(), request->prompt());
         if (!target.ok()) return target.status();
-        return factlens::LocateFact(*m.model, *ids, *target, options,
-                                    [&](const std::string&, double) { return !context->IsCancelled(); });
-      }();
-      v1::LocateFactsEvent event;
-      event.mutable_item()->set_index(i);
-      if (report.ok()) {
-        Accumulate(*report, aggregate);
-        FillFactReport(m, *report, event.mutable_item()->mutable_report());
-      } else {
-        ++failed;
-        const grpc::Status mapped = ToGrpcStatus(report.status());
-        event.mutable_item()->mutable_error()->set_code(mapped.error_code());
-        event.mutable_item()->mutable_error()->set_message(absl::StrCat("items[", i, "].", mapped.error_message()));
-      }
-      if (!writer->Write(event)) return absl::CancelledError("the client went away");
-    }
-    v1::LocateFactsEvent event;
-    v1::BatchAggregate* out = event.mutable_aggregate();
-    for (int64_t v : aggregate.ffn_neurons_per_layer) out->add_ffn_neurons_per_layer(v);
-    for (int64_t v : aggregate.attention_neurons_per_layer) out->add_attention_neurons_per_layer(v);
-    for (double v : aggregate.mean_attention_layer_increase) out->add_mean_attention_layer_increase(v);
-    for (double v : aggregate.mean_ffn_layer_increase) out->add_mean_ffn_layer_increase(v);
-    out->set_facts(static_cast<int32_t>(aggregate.facts));
-    out->set_failed(failed);
-    if (!writer->Write(event)) return absl::CancelledError("the client went away");
-    return absl::OkStatus();
-  });
+        absl::StatusOr<int64_t> position = ResolvePosition(
+            OptionalPosition(request->has_position(), request->position()), ids->size());
+        if (!position.ok()) return position.status();
+        if (request->ablations().empty()) return absl::InvalidArgumentError("ablations: is empty");
+        if (request->ablations_size() > options_.max_top_k) {
+          return absl::ResourceExhaustedError(
+              absl::StrCat("ablations: more than the server's limit of ", options_.max_top_k));
+        }
+        std::vector<Ablation> ablations;
+        for (const v1::AblationSpec& spec : request->ablations()) {
+          absl::StatusOr<ComponentRef> ref = ToComponentRef(spec.component());
+          if (!ref.ok())
+            return absl::InvalidArgumentError(absl::StrCat("ablations: ", ref.status().message()));
+          absl::StatusOr<Ablation> a = ToAblation(
+              *ref, spec.all_positions() ? std::nullopt : std::optional<int64_t>(*position),
+              spec.scale());
+          if (!a.ok())
+            return absl::InvalidArgumentError(absl::StrCat("ablations: ", a.status().message()));
+          ablations.push_back(*a);
+        }
+        CaptureOptions capture;
+        capture.residuals = false;
+        capture.positions = {*position};
+        absl::StatusOr<ForwardTrace> before = Forward(*m.model, *ids, capture);
+        if (!before.ok()) return before.status();
+        absl::StatusOr<ForwardTrace> after = Forward(*m.model, *ids, capture, ablations);
+        if (!after.ok()) return after.status();
+        for (int64_t id : *ids) response->add_input_ids(id);
+        response->set_target_id(*target);
+        FillOutcome(OutcomeOf(before->logits[0], *target), response->mutable_before());
+        FillOutcome(OutcomeOf(after->logits[0], *target), response->mutable_after());
+        const at::Tensor probs = at::softmax(after->logits[0].to(at::kDouble), -1);
+        for (const auto& [id, p] : Best(probs, 10, false))
+          FillTokenScore(m, id, p, response->add_predictions_after());
+        return absl::OkStatus();
+      });
+}
+
+grpc::Status FactLensService::LocateFact(grpc::ServerContext* context,
+                                         const v1::LocateFactRequest* request,
+                                         grpc::ServerWriter<v1::LocateFactEvent>* writer) {
+  return Serve(
+      context, "LocateFact", request->model(), true, [&](const ServedModel& m) -> absl::Status {
+        absl::StatusOr<std::vector<int64_t>> ids =
+            PromptIds(m, request->prompt(), options_.max_prompt_tokens);
+        if (!ids.ok()) return ids.status();
+        absl::StatusOr<int64_t> target = TargetId(m, request->target(), request->prompt());
+        if (!target.ok()) return target.status();
+        if (absl::Status s = CheckLocateLimits(request->options(), options_.max_top_k); !s.ok())
+          return s;
+        const LocateOptions options = ToLocateOptions(
+            request->options(), OptionalPosition(request->has_position(), request->position()));
+        absl::StatusOr<FactReport> report = factlens::LocateFact(
+            *m.model, *ids, *target, options, [&](const std::string& stage, double fraction) {
+              v1::LocateFactEvent event;
+              event.mutable_progress()->set_stage(stage);
+              event.mutable_progress()->set_fraction(fraction);
+              return !context->IsCancelled() && writer->Write(event);
+            });
+        if (!report.ok()) return report.status();
+        v1::LocateFactEvent event;
+        FillFactReport(m, *report, event.mutable_report());
+        if (!writer->Write(event)) return absl::CancelledError("the client went away");
+        return absl::OkStatus();
+      });
+}
+
+grpc::Status FactLensService::LocateFacts(grpc::ServerContext* context,
+                                          const v1::LocateFactsRequest* request,
+                                          grpc::ServerWriter<v1::LocateFactsEvent>* writer) {
+  return Serve(
+      context, "LocateFacts", request->model(), true, [&](const ServedModel& m) -> absl::Status {
+        if (request->items().empty()) return absl::InvalidArgumentError("items: is empty");
+        if (request->items_size() > options_.max_batch_items) {
+          return absl::ResourceExhaustedError(
+              absl::StrCat("items: ", request->items_size(), " exceed the server's limit of ",
+                           options_.max_batch_items, " (--max_batch_items)"));
+        }
+        if (absl::Status s = CheckLocateLimits(request->options(), options_.max_top_k); !s.ok())
+          return s;
+        const LocateOptions options = ToLocateOptions(request->options(), std::nullopt);
+        BatchAggregate aggregate;
+        int failed = 0;
+        for (int i = 0; i < request->items_size(); ++i) {
+          if (context->IsCancelled()) return absl::CancelledError("cancelled by the client");
+          const v1::FactItem& item = request->items(i);
+          absl::StatusOr<FactReport> report = [&]() -> absl::StatusOr<FactReport> {
+            absl::StatusOr<std::vector<int64_t>> ids =
+                PromptIds(m, item.prompt(), options_.max_prompt_tokens);
+            if (!ids.ok()) return ids.status();
+            absl::StatusOr<int64_t> target = TargetId(m, item.target(), item.prompt());
+            if (!target.ok()) return target.status();
+            return factlens::LocateFact(
+                *m.model, *ids, *target, options,
+                [&](const std::string&, double) { return !context->IsCancelled(); });
+          }();
+          v1::LocateFactsEvent event;
+          event.mutable_item()->set_index(i);
+          if (report.ok()) {
+            Accumulate(*report, aggregate);
+            FillFactReport(m, *report, event.mutable_item()->mutable_report());
+          } else {
+            ++failed;
+            const grpc::Status mapped = ToGrpcStatus(report.status());
+            event.mutable_item()->mutable_error()->set_code(mapped.error_code());
+            event.mutable_item()->mutable_error()->set_message(
+                absl::StrCat("items[", i, "].", mapped.error_message()));
+          }
+          if (!writer->Write(event)) return absl::CancelledError("the client went away");
+        }
+        v1::LocateFactsEvent event;
+        v1::BatchAggregate* out = event.mutable_aggregate();
+        for (int64_t v : aggregate.ffn_neurons_per_layer) out->add_ffn_neurons_per_layer(v);
+        for (int64_t v : aggregate.attention_neurons_per_layer)
+          out->add_attention_neurons_per_layer(v);
+        for (double v : aggregate.mean_attention_layer_increase)
+          out->add_mean_attention_layer_increase(v);
+        for (double v : aggregate.mean_ffn_layer_increase) out->add_mean_ffn_layer_increase(v);
+        out->set_facts(static_cast<int32_t>(aggregate.facts));
+        out->set_failed(failed);
+        if (!writer->Write(event)) return absl::CancelledError("the client went away");
+        return absl::OkStatus();
+      });
 }
 
 }  // namespace factlens

@@ -16,9 +16,9 @@ namespace factlens {
 
 // Limits with reasons (README "Service limits").
 struct ServiceOptions {
-  int max_prompt_tokens = 512;   // beyond the demo models' 64 positions; bounds trace memory
-  int max_top_k = 1000;          // a ranking response of 1000 entries is ~100 KB
-  int max_batch_items = 256;     // one LocateFacts call holds one queue slot for all its items
+  int max_prompt_tokens = 512;  // beyond the demo models' 64 positions; bounds trace memory
+  int max_top_k = 1000;         // a ranking response of 1000 entries is ~100 KB
+  int max_batch_items = 256;    // one LocateFacts call holds one queue slot for all its items
   absl::Duration default_deadline = absl::Minutes(10);  // when the client sets none
   std::vector<std::string> bearer_tokens;               // empty: no authentication
 };
@@ -58,7 +58,8 @@ class FactLensService final : public v1::FactLens::Service {
                     v1::RankResponse* response) override;
   grpc::Status Trace(grpc::ServerContext* context, const v1::TraceRequest* request,
                      v1::TraceResponse* response) override;
-  grpc::Status ProjectToVocab(grpc::ServerContext* context, const v1::ProjectToVocabRequest* request,
+  grpc::Status ProjectToVocab(grpc::ServerContext* context,
+                              const v1::ProjectToVocabRequest* request,
                               v1::ProjectToVocabResponse* response) override;
   grpc::Status Ablate(grpc::ServerContext* context, const v1::AblateRequest* request,
                       v1::AblateResponse* response) override;

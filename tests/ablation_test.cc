@@ -33,9 +33,11 @@ class AblationTest : public ::testing::TestWithParam<std::string> {
   at::Tensor Change(const Ablation& ablation) {
     absl::StatusOr<ForwardTrace> ablated = Forward(*model_, kIds, {}, {ablation});
     EXPECT_TRUE(ablated.ok()) << ablated.status();
-    const bool ffn = ablation.target == AblationTarget::kFfnNeuron || ablation.target == AblationTarget::kFfnLayer;
+    const bool ffn = ablation.target == AblationTarget::kFfnNeuron ||
+                     ablation.target == AblationTarget::kFfnLayer;
     if (ffn) return ablated->final_residual[-1] - base_.final_residual[-1];
-    return ablated->layers[last_layer()].residual_mid[-1] - base_.layers[last_layer()].residual_mid[-1];
+    return ablated->layers[last_layer()].residual_mid[-1] -
+           base_.layers[last_layer()].residual_mid[-1];
   }
 
   int64_t last_layer() const { return model_->config().n_layers - 1; }
@@ -71,37 +73,64 @@ TEST_P(AblationTest, FfnNeuronRemovesItsSubvalue) {
 
 TEST_P(AblationTest, HeadRemovesItsOutput) {
   const int64_t h = 1;
-  const at::Tensor expected = -at::mv(OutputColumns(h), base_.layers[last_layer()].head_outputs[-1][h]);
+  const at::Tensor expected =
+      -at::mv(OutputColumns(h), base_.layers[last_layer()].head_outputs[-1][h]);
   EXPECT_LE((Change({AblationTarget::kHead, last_layer(), h, 0, 0, std::nullopt, 0.0}) - expected)
-                .abs().max().item<double>(), kTolerance);
+                .abs()
+                .max()
+                .item<double>(),
+            kTolerance);
 }
 
 TEST_P(AblationTest, HeadPositionAndAttentionNeuronRemoveTheirTerms) {
   const int64_t h = 2, s = 3, j = 1;
   const at::Tensor head_position = -Prob(h, s) * at::mv(OutputColumns(h), Value(s, h));
   EXPECT_LE((Change({AblationTarget::kHeadPosition, last_layer(), h, s, 0, std::nullopt, 0.0}) -
-             head_position).abs().max().item<double>(), kTolerance);
+             head_position)
+                .abs()
+                .max()
+                .item<double>(),
+            kTolerance);
   const at::Tensor neuron = -Prob(h, s) * Value(s, h)[j] * OutputColumns(h).select(1, j);
   EXPECT_LE((Change({AblationTarget::kAttentionNeuron, last_layer(), h, s, j, std::nullopt, 0.0}) -
-             neuron).abs().max().item<double>(), kTolerance);
+             neuron)
+                .abs()
+                .max()
+                .item<double>(),
+            kTolerance);
 }
 
 TEST_P(AblationTest, LayersAndIdentityScale) {
   EXPECT_LE((Change({AblationTarget::kAttentionLayer, last_layer(), 0, 0, 0, std::nullopt, 0.0}) +
-             base_.layers[last_layer()].attn_out[-1]).abs().max().item<double>(), kTolerance);
+             base_.layers[last_layer()].attn_out[-1])
+                .abs()
+                .max()
+                .item<double>(),
+            kTolerance);
   EXPECT_LE((Change({AblationTarget::kFfnLayer, last_layer(), 0, 0, 0, std::nullopt, 0.0}) +
-             base_.layers[last_layer()].ffn_out[-1]).abs().max().item<double>(), kTolerance);
-  EXPECT_EQ(Change({AblationTarget::kFfnLayer, 0, 0, 0, 0, std::nullopt, 1.0}).abs().max().item<double>(), 0.0);
+             base_.layers[last_layer()].ffn_out[-1])
+                .abs()
+                .max()
+                .item<double>(),
+            kTolerance);
+  EXPECT_EQ(
+      Change({AblationTarget::kFfnLayer, 0, 0, 0, 0, std::nullopt, 1.0}).abs().max().item<double>(),
+      0.0);
   // Ablating layer 0's FFN changes later layers too, not just its own output.
   const at::Tensor early = Change({AblationTarget::kFfnLayer, 0, 0, 0, 0, std::nullopt, 0.0});
   EXPECT_GT((early + base_.layers[0].ffn_out[-1]).abs().max().item<double>(), 1e-3);
   // Ablating the last layer's attention changes its FFN's input, hence the final residual by more
   // than the attention output alone.
   absl::StatusOr<ForwardTrace> no_attention =
-      Forward(*model_, kIds, {}, {{AblationTarget::kAttentionLayer, last_layer(), 0, 0, 0, std::nullopt, 0.0}});
+      Forward(*model_, kIds, {},
+              {{AblationTarget::kAttentionLayer, last_layer(), 0, 0, 0, std::nullopt, 0.0}});
   ASSERT_TRUE(no_attention.ok());
-  EXPECT_GT((no_attention->final_residual[-1] - base_.final_residual[-1] + base_.layers[last_layer()].attn_out[-1])
-                .abs().max().item<double>(), 1e-3);
+  EXPECT_GT((no_attention->final_residual[-1] - base_.final_residual[-1] +
+             base_.layers[last_layer()].attn_out[-1])
+                .abs()
+                .max()
+                .item<double>(),
+            1e-3);
 }
 
 TEST_P(AblationTest, OutOfRangeAblationsNameTheField) {
@@ -113,7 +142,8 @@ TEST_P(AblationTest, OutOfRangeAblationsNameTheField) {
       {{AblationTarget::kFfnNeuron, 99, 0, 0, 0, std::nullopt, 0.0}, "ablations[0].layer"},
       {{AblationTarget::kFfnNeuron, 0, 0, 0, 100000, std::nullopt, 0.0}, "ablations[0].index"},
       {{AblationTarget::kHead, 0, 64, 0, 0, std::nullopt, 0.0}, "ablations[0].head"},
-      {{AblationTarget::kHeadPosition, 0, 0, 7, 0, std::nullopt, 0.0}, "ablations[0].source_position"},
+      {{AblationTarget::kHeadPosition, 0, 0, 7, 0, std::nullopt, 0.0},
+       "ablations[0].source_position"},
       {{AblationTarget::kAttentionNeuron, 0, 0, 0, 64, std::nullopt, 0.0}, "ablations[0].index"},
       {{AblationTarget::kFfnLayer, 0, 0, 0, 0, 7, 0.0}, "ablations[0].position"},
       {{AblationTarget::kFfnLayer, 0, 0, 0, 0, std::nullopt, NAN}, "ablations[0].scale"},
@@ -125,8 +155,11 @@ TEST_P(AblationTest, OutOfRangeAblationsNameTheField) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, AblationTest, ::testing::Values("gpt2-tiny", "llama-gqa-tiny-bf16"),
-                         [](const auto& info) { return info.param == "gpt2-tiny" ? "gpt2" : "llama_gqa"; });
+INSTANTIATE_TEST_SUITE_P(Models, AblationTest,
+                         ::testing::Values("gpt2-tiny", "llama-gqa-tiny-bf16"),
+                         [](const auto& info) {
+                           return info.param == "gpt2-tiny" ? "gpt2" : "llama_gqa";
+                         });
 
 }  // namespace
 }  // namespace factlens

@@ -50,7 +50,8 @@ void ExpectClose(const at::Tensor& actual, const at::Tensor& expected, const std
   ASSERT_TRUE(actual.defined()) << what << " was not captured";
   ASSERT_EQ(actual.sizes(), expected.sizes()) << what;
   const double scale = std::max(1.0, expected.abs().max().item<double>());
-  const double error = (actual.to(at::kDouble) - expected.to(at::kDouble)).abs().max().item<double>();
+  const double error =
+      (actual.to(at::kDouble) - expected.to(at::kDouble)).abs().max().item<double>();
   std::printf("  %-28s max|err| %.3e  scale %.3e\n", what.c_str(), error, scale);
   EXPECT_LE(error, kRelativeTolerance * scale) << what;
 }
@@ -99,8 +100,8 @@ TEST_P(ForwardParityTest, EveryForwardTensorMatchesHuggingFace) {
       const LayerWeights& w = (*model)->weights().layers[l];
       const at::Tensor h = at::layer_norm(ref("forward.in." + s), {config.d_model},
                                           w.attn_norm_weight, w.attn_norm_bias, config.norm_eps);
-      const at::Tensor qkv = at::cat({at::linear(h, w.q_weight, w.q_bias),
-                                      at::linear(h, w.k_weight, w.k_bias), values}, 1);
+      const at::Tensor qkv = at::cat(
+          {at::linear(h, w.q_weight, w.q_bias), at::linear(h, w.k_weight, w.k_bias), values}, 1);
       ExpectClose(qkv, ref("forward.qkv." + s), "qkv." + s);
     } else {
       ExpectClose(values, ref("forward.v." + s), "v." + s);
@@ -112,7 +113,8 @@ TEST_P(ForwardParityTest, EveryForwardTensorMatchesHuggingFace) {
   ExpectClose(trace->logits, ref("forward.logits"), "logits");
   ExpectClose(trace->embedding, ref("forward.in.0"), "embedding");
   if (config.family == ModelFamily::kLlama) {
-    ExpectClose(RotaryInverseFrequencies(config), ref("forward.rotary_inv_freq"), "rotary_inv_freq");
+    ExpectClose(RotaryInverseFrequencies(config), ref("forward.rotary_inv_freq"),
+                "rotary_inv_freq");
   }
   // Every forward.* tensor of the reference file was compared.
   for (const auto& [key, value] : *expected) {
@@ -146,7 +148,8 @@ TEST_P(ForwardParityTest, ComponentsSumToFinalResidual) {
 }
 
 INSTANTIATE_TEST_SUITE_P(HfReference, ForwardParityTest,
-                         ::testing::Values(ReferenceCase{"gpt2-tiny", 0}, ReferenceCase{"gpt2-tiny", 1},
+                         ::testing::Values(ReferenceCase{"gpt2-tiny", 0},
+                                           ReferenceCase{"gpt2-tiny", 1},
                                            ReferenceCase{"llama-tiny", 0},
                                            ReferenceCase{"llama-tiny", 1},
                                            ReferenceCase{"llama-gqa-tiny-bf16", 0},

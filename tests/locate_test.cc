@@ -18,7 +18,8 @@ constexpr int64_t kParis = 6342;
 class LocateTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    absl::StatusOr<std::shared_ptr<const Model>> model = Model::Load(testing::SourcePath("models/gpt2-facts-tiny"));
+    absl::StatusOr<std::shared_ptr<const Model>> model =
+        Model::Load(testing::SourcePath("models/gpt2-facts-tiny"));
     ASSERT_TRUE(model.ok()) << model.status();
     model_ = *model;
   }
@@ -27,11 +28,11 @@ class LocateTest : public ::testing::Test {
 
 TEST_F(LocateTest, StandardReportForParis) {
   std::vector<std::string> stages;
-  absl::StatusOr<FactReport> report = LocateFact(*model_, kFrance, kParis, LocateOptions{},
-                                                 [&](const std::string& stage, double) {
-                                                   stages.push_back(stage);
-                                                   return true;
-                                                 });
+  absl::StatusOr<FactReport> report =
+      LocateFact(*model_, kFrance, kParis, LocateOptions{}, [&](const std::string& stage, double) {
+        stages.push_back(stage);
+        return true;
+      });
   ASSERT_TRUE(report.ok()) << report.status();
   EXPECT_EQ(report->outcome.rank, 1);
   EXPECT_EQ(report->predictions[0].token_id, kParis);
@@ -81,7 +82,8 @@ TEST_F(LocateTest, BatchAggregatesCountsPerLayer) {
   options.top_attention_neurons = 5;
   std::vector<bool> ok;
   const BatchAggregate aggregate =
-      LocateFacts(*model_, queries, options, [&](size_t, const absl::StatusOr<FactReport>& r) { ok.push_back(r.ok()); });
+      LocateFacts(*model_, queries, options,
+                  [&](size_t, const absl::StatusOr<FactReport>& r) { ok.push_back(r.ok()); });
   EXPECT_EQ(ok, (std::vector<bool>{true, true, false}));
   EXPECT_EQ(aggregate.facts, 2);
   int64_t ffn_total = 0, attention_total = 0;
@@ -98,10 +100,12 @@ TEST_F(LocateTest, BadOptionsAndTargetsAreInvalidArgument) {
               ::testing::HasSubstr("top_ffn_neurons"));
   options = LocateOptions{};
   options.position = 5;
-  EXPECT_EQ(LocateFact(*model_, kFrance, kParis, options).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(LocateFact(*model_, kFrance, kParis, options).status().code(),
+            absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(LocateFact(*model_, kFrance, 50257, LocateOptions{}).status().message()),
               ::testing::HasSubstr("target"));
-  EXPECT_EQ(LocateFact(*model_, {}, kParis, LocateOptions{}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(LocateFact(*model_, {}, kParis, LocateOptions{}).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -50,7 +50,8 @@ class MethodParityTest : public ::testing::TestWithParam<ReferenceCase> {
     ASSERT_TRUE(trace.ok()) << trace.status();
     trace_ = *std::move(trace);
     target_.token_id = c["target"].get<int64_t>();
-    absl::StatusOr<std::unique_ptr<Attribution>> attribution = Attribution::Create(*model_, trace_, target_);
+    absl::StatusOr<std::unique_ptr<Attribution>> attribution =
+        Attribution::Create(*model_, trace_, target_);
     ASSERT_TRUE(attribution.ok()) << attribution.status();
     attribution_ = *std::move(attribution);
   }
@@ -60,10 +61,12 @@ class MethodParityTest : public ::testing::TestWithParam<ReferenceCase> {
     return expected_[key];
   }
 
-  void ExpectClose(const at::Tensor& actual, const std::string& key, double tolerance = kTolerance) {
+  void ExpectClose(const at::Tensor& actual, const std::string& key,
+                   double tolerance = kTolerance) {
     const at::Tensor expected = Expected(key);
     ASSERT_EQ(actual.sizes(), expected.sizes()) << key;
-    const double error = (actual.to(at::kDouble) - expected.to(at::kDouble)).abs().max().item<double>();
+    const double error =
+        (actual.to(at::kDouble) - expected.to(at::kDouble)).abs().max().item<double>();
     std::printf("  %-40s max|err| %.3e  (max |ref| %.3e)\n", key.c_str(), error,
                 expected.abs().max().item<double>());
     EXPECT_LE(error, tolerance) << key;
@@ -105,14 +108,17 @@ TEST_P(MethodParityTest, PrunedTopTenEqualsReferenceTopTen) {
   std::vector<int64_t> ffn_flat;
   for (const RankedNeuron& n : ffn.neurons) ffn_flat.push_back(n.layer * c.d_ffn + n.index);
   const at::Tensor top_ffn = Expected("method.top_ffn_neurons");
-  EXPECT_EQ(ffn_flat, std::vector<int64_t>(top_ffn.data_ptr<int64_t>(), top_ffn.data_ptr<int64_t>() + 10));
+  EXPECT_EQ(ffn_flat,
+            std::vector<int64_t>(top_ffn.data_ptr<int64_t>(), top_ffn.data_ptr<int64_t>() + 10));
 
-  const NeuronRanking attn = attribution_->RankAttentionNeurons(10, RankOrder::kTop, RankMode::kExact);
+  const NeuronRanking attn =
+      attribution_->RankAttentionNeurons(10, RankOrder::kTop, RankMode::kExact);
   const int64_t per_layer = trace_.num_tokens * c.n_heads * c.head_dim;
   std::vector<int64_t> attn_flat;
   for (const RankedNeuron& n : attn.neurons) attn_flat.push_back(n.layer * per_layer + n.index);
   const at::Tensor top_attn = Expected("method.top_attn_neurons");
-  EXPECT_EQ(attn_flat, std::vector<int64_t>(top_attn.data_ptr<int64_t>(), top_attn.data_ptr<int64_t>() + 10));
+  EXPECT_EQ(attn_flat,
+            std::vector<int64_t>(top_attn.data_ptr<int64_t>(), top_attn.data_ptr<int64_t>() + 10));
   std::printf("  pruning evaluated %lld of %lld FFN, %lld of %lld attention neurons\n",
               static_cast<long long>(ffn.evaluated), static_cast<long long>(ffn.total),
               static_cast<long long>(attn.evaluated), static_cast<long long>(attn.total));
@@ -123,43 +129,55 @@ TEST_P(MethodParityTest, QueryLayerAndQueryNeuronScores) {
   for (const auto& [name, scores] : QueryLayerScoresFfn(*attribution_, ffn.neurons)) {
     ExpectClose(scores, "method.query_layer_scores_ffn_K" + name);
   }
-  const NeuronRanking attn = attribution_->RankAttentionNeurons(10, RankOrder::kTop, RankMode::kExact);
-  ExpectClose(QueryLayerScoresAttention(*attribution_, attn.neurons), "method.query_layer_scores_attn");
+  const NeuronRanking attn =
+      attribution_->RankAttentionNeurons(10, RankOrder::kTop, RankMode::kExact);
+  ExpectClose(QueryLayerScoresAttention(*attribution_, attn.neurons),
+              "method.query_layer_scores_attn");
   const std::vector<RankedNeuron> top5(attn.neurons.begin(), attn.neurons.begin() + 5);
   ExpectClose(QueryFfnNeuronScores(*attribution_, top5), "method.query_ffn_neuron_scores");
 }
 
 TEST_P(MethodParityTest, EveryMethodTensorIsCovered) {
   // The method.* tensors the tests above compare; a new reference tensor must get a test.
-  const std::set<std::string> covered = {
-      "method.final_scale", "method.layer_attn_logprob_increase", "method.layer_ffn_logprob_increase",
-      "method.layer_attn_prob_increase", "method.layer_ffn_prob_increase",
-      "method.head_logprob_increase", "method.head_position_logprob_increase",
-      "method.ffn_neuron_logprob_increase", "method.attn_neuron_logprob_increase",
-      "method.top_ffn_neurons", "method.top_attn_neurons", "method.query_layer_scores_ffn_Kin",
-      "method.query_layer_scores_ffn_Kgate", "method.query_layer_scores_ffn_Kup",
-      "method.query_layer_scores_attn", "method.query_ffn_neuron_scores",
-      "method.decomposition_max_abs_err"};
+  const std::set<std::string> covered = {"method.final_scale",
+                                         "method.layer_attn_logprob_increase",
+                                         "method.layer_ffn_logprob_increase",
+                                         "method.layer_attn_prob_increase",
+                                         "method.layer_ffn_prob_increase",
+                                         "method.head_logprob_increase",
+                                         "method.head_position_logprob_increase",
+                                         "method.ffn_neuron_logprob_increase",
+                                         "method.attn_neuron_logprob_increase",
+                                         "method.top_ffn_neurons",
+                                         "method.top_attn_neurons",
+                                         "method.query_layer_scores_ffn_Kin",
+                                         "method.query_layer_scores_ffn_Kgate",
+                                         "method.query_layer_scores_ffn_Kup",
+                                         "method.query_layer_scores_attn",
+                                         "method.query_ffn_neuron_scores",
+                                         "method.decomposition_max_abs_err"};
   for (const auto& [key, value] : expected_) {
     if (key.rfind("method.", 0) == 0) EXPECT_EQ(covered.count(key), 1u) << key;
   }
-  // The reference's own decomposition check, reproduced by forward_parity_test; here: ours is as tight.
+  // The reference's own decomposition check, reproduced by forward_parity_test; here: ours is as
+  // tight.
   at::Tensor sum = trace_.embedding[-1].to(at::kDouble);
   for (const LayerTrace& layer : trace_.layers) sum += layer.attn_out[-1] + layer.ffn_out[-1];
   EXPECT_LE((sum - trace_.final_residual[-1]).abs().max().item<double>(),
             Expected("method.decomposition_max_abs_err").item<double>() * 10 + 1e-6);
 }
 
-INSTANTIATE_TEST_SUITE_P(HfReference, MethodParityTest,
-                         ::testing::Values(ReferenceCase{"gpt2-tiny", 0}, ReferenceCase{"gpt2-tiny", 1},
-                                           ReferenceCase{"llama-tiny", 0}, ReferenceCase{"llama-tiny", 1},
-                                           ReferenceCase{"llama-gqa-tiny-bf16", 0},
-                                           ReferenceCase{"llama-gqa-tiny-bf16", 1}),
-                         [](const ::testing::TestParamInfo<ReferenceCase>& info) {
-                           std::string name = info.param.model + "_case" + std::to_string(info.param.index);
-                           for (char& ch : name) ch = ch == '-' ? '_' : ch;
-                           return name;
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    HfReference, MethodParityTest,
+    ::testing::Values(ReferenceCase{"gpt2-tiny", 0}, ReferenceCase{"gpt2-tiny", 1},
+                      ReferenceCase{"llama-tiny", 0}, ReferenceCase{"llama-tiny", 1},
+                      ReferenceCase{"llama-gqa-tiny-bf16", 0},
+                      ReferenceCase{"llama-gqa-tiny-bf16", 1}),
+    [](const ::testing::TestParamInfo<ReferenceCase>& info) {
+      std::string name = info.param.model + "_case" + std::to_string(info.param.index);
+      for (char& ch : name) ch = ch == '-' ? '_' : ch;
+      return name;
+    });
 
 }  // namespace
 }  // namespace factlens

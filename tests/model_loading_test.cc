@@ -22,7 +22,7 @@ namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 using TensorMap = std::map<std::string, at::Tensor>;
 
-const std::vector<int64_t> kGpt2Ids = {303, 211, 294, 53, 204, 372, 152};  // gpt2-tiny case 0
+const std::vector<int64_t> kGpt2Ids = {303, 211, 294, 53, 204, 372, 152};    // gpt2-tiny case 0
 const std::vector<int64_t> kLlamaIds = {442, 120, 368, 476, 325, 336, 457};  // llama-tiny case 0
 
 std::string Reference(const std::string& model) {
@@ -30,7 +30,8 @@ std::string Reference(const std::string& model) {
 }
 
 at::Tensor ReferenceLogits(const std::string& model) {
-  absl::StatusOr<TensorMap> ref = ReadSafetensorsFile(Reference(model) + "/reference_case0.safetensors");
+  absl::StatusOr<TensorMap> ref =
+      ReadSafetensorsFile(Reference(model) + "/reference_case0.safetensors");
   EXPECT_TRUE(ref.ok()) << ref.status();
   return ref.ok() ? ref->at("forward.logits") : at::Tensor();
 }
@@ -63,8 +64,8 @@ void WriteVariant(const std::string& model, const fs::path& dst,
     weight_map += (weight_map.empty() ? "" : ",") + ("\"" + name + "\":\"" + file + "\"");
   }
   for (int s = 0; s < shards; ++s) {
-    const std::string file = "model-0000" + std::to_string(s + 1) + "-of-0000" +
-                             std::to_string(shards) + ".safetensors";
+    const std::string file =
+        "model-0000" + std::to_string(s + 1) + "-of-0000" + std::to_string(shards) + ".safetensors";
     ASSERT_TRUE(WriteSafetensorsFile((dst / file).string(), parts[s]).ok());
   }
   std::ofstream(dst / "model.safetensors.index.json")
@@ -85,7 +86,8 @@ TEST(ModelLoadingTest, Gpt2WithoutTransformerPrefixAndWithMaskBuffers) {
   const fs::path dir = fs::path(testing::MakeTempDir()) / "gpt2-unprefixed";
   WriteVariant("gpt2-tiny", dir, [](TensorMap& tensors) {
     TensorMap renamed;
-    for (auto& [name, tensor] : tensors) renamed[name.substr(std::string("transformer.").size())] = tensor;
+    for (auto& [name, tensor] : tensors)
+      renamed[name.substr(std::string("transformer.").size())] = tensor;
     for (int l = 0; l < 3; ++l) {  // the causal-mask buffers old hub checkpoints carry
       renamed["h." + std::to_string(l) + ".attn.bias"] = at::ones({1, 1, 64, 64}).tril();
     }
@@ -96,7 +98,8 @@ TEST(ModelLoadingTest, Gpt2WithoutTransformerPrefixAndWithMaskBuffers) {
 
 TEST(ModelLoadingTest, ShardedCheckpointWithIndex) {
   const fs::path dir = fs::path(testing::MakeTempDir()) / "llama-sharded";
-  WriteVariant("llama-tiny", dir, [](TensorMap&) {}, /*shards=*/3);
+  WriteVariant(
+      "llama-tiny", dir, [](TensorMap&) {}, /*shards=*/3);
   ASSERT_TRUE(fs::exists(dir / "model-00003-of-00003.safetensors"));
   ASSERT_FALSE(fs::exists(dir / "model.safetensors"));
   ExpectReferenceLogits(dir.string(), "llama-tiny", kLlamaIds);
@@ -129,10 +132,13 @@ TEST(ModelLoadingTest, Float16CheckpointIsUpcastToFloat32OnCpu) {
 TEST(ModelLoadingTest, ResidentBytesCountTiedEmbeddingOnce) {
   absl::StatusOr<std::shared_ptr<const Model>> model = Model::Load(Reference("gpt2-tiny"));
   ASSERT_TRUE(model.ok()) << model.status();
-  // GPT-2 parameter count from its shapes (V=512, P=64, d=48, N=192, L=3), float32, tied unembedding.
+  // GPT-2 parameter count from its shapes (V=512, P=64, d=48, N=192, L=3), float32, tied
+  // unembedding.
   const int64_t v = 512, p = 64, d = 48, n = 192, layers = 3;
-  const int64_t per_layer = 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + 2 * d + (d * n + n) + (n * d + d);
-  EXPECT_EQ((*model)->resident_bytes(), 4u * static_cast<uint64_t>(v * d + p * d + layers * per_layer + 2 * d));
+  const int64_t per_layer =
+      2 * d + (d * 3 * d + 3 * d) + (d * d + d) + 2 * d + (d * n + n) + (n * d + d);
+  EXPECT_EQ((*model)->resident_bytes(),
+            4u * static_cast<uint64_t>(v * d + p * d + layers * per_layer + 2 * d));
 }
 
 // A broken copy of a reference model must fail to load with `code` and a message naming `what`.
@@ -144,7 +150,8 @@ void ExpectLoadError(const fs::path& dir, absl::StatusCode code, const std::stri
 
 TEST(ModelLoadingTest, BrokenCheckpointsAreClearErrors) {
   const fs::path root = testing::MakeTempDir();
-  WriteVariant("gpt2-tiny", root / "missing", [](TensorMap& t) { t.erase("transformer.h.1.ln_2.bias"); });
+  WriteVariant("gpt2-tiny", root / "missing",
+               [](TensorMap& t) { t.erase("transformer.h.1.ln_2.bias"); });
   ExpectLoadError(root / "missing", absl::StatusCode::kDataLoss, "transformer.h.1.ln_2.bias");
 
   WriteVariant("gpt2-tiny", root / "shape", [](TensorMap& t) {
@@ -157,19 +164,24 @@ TEST(ModelLoadingTest, BrokenCheckpointsAreClearErrors) {
   });
   ExpectLoadError(root / "dtype", absl::StatusCode::kDataLoss, "I64");
 
-  WriteVariant("gpt2-tiny", root / "untied", [](TensorMap&) {}, 1, [](std::string& config) {
-    config.replace(config.find("\"tie_word_embeddings\": true"), 27, "\"tie_word_embeddings\": false");
-  });
+  WriteVariant(
+      "gpt2-tiny", root / "untied", [](TensorMap&) {}, 1,
+      [](std::string& config) {
+        config.replace(config.find("\"tie_word_embeddings\": true"), 27,
+                       "\"tie_word_embeddings\": false");
+      });
   ExpectLoadError(root / "untied", absl::StatusCode::kDataLoss, "lm_head.weight");
 
-  WriteVariant("gpt2-tiny", root / "bert", [](TensorMap&) {}, 1, [](std::string& config) {
-    config.replace(config.find("\"gpt2\""), 6, "\"bert\"");
-  });
+  WriteVariant(
+      "gpt2-tiny", root / "bert", [](TensorMap&) {}, 1,
+      [](std::string& config) { config.replace(config.find("\"gpt2\""), 6, "\"bert\""); });
   ExpectLoadError(root / "bert", absl::StatusCode::kUnimplemented, "bert");
 
-  WriteVariant("gpt2-tiny", root / "config", [](TensorMap&) {}, 1, [](std::string& config) {
-    config.replace(config.find("\"n_layer\": 3"), 12, "\"n_layer\": \"3\"");
-  });
+  WriteVariant(
+      "gpt2-tiny", root / "config", [](TensorMap&) {}, 1,
+      [](std::string& config) {
+        config.replace(config.find("\"n_layer\": 3"), 12, "\"n_layer\": \"3\"");
+      });
   ExpectLoadError(root / "config", absl::StatusCode::kInvalidArgument, "n_layer");
 
   // Truncated weights: cut the file in the middle of the data section.
@@ -223,7 +235,8 @@ TEST(ForwardTest, BadInputsAreInvalidArgumentNamingTheField) {
 }
 
 TEST(ForwardTest, CapturingSomePositionsKeepsExactlyThoseRows) {
-  absl::StatusOr<std::shared_ptr<const Model>> model = Model::Load(Reference("llama-gqa-tiny-bf16"));
+  absl::StatusOr<std::shared_ptr<const Model>> model =
+      Model::Load(Reference("llama-gqa-tiny-bf16"));
   ASSERT_TRUE(model.ok()) << model.status();
   CaptureOptions all;
   all.ffn_coefficients = all.head_outputs = all.attention_probs = all.values = true;

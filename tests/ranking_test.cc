@@ -19,12 +19,14 @@
 namespace factlens {
 namespace {
 
-void ExpectSameRanking(const NeuronRanking& pruned, const NeuronRanking& exhaustive, const std::string& what) {
+void ExpectSameRanking(const NeuronRanking& pruned, const NeuronRanking& exhaustive,
+                       const std::string& what) {
   const std::vector<RankedNeuron>& p = pruned.neurons;
   const std::vector<RankedNeuron>& e = exhaustive.neurons;
   ASSERT_EQ(p.size(), e.size()) << what;
   // The logit increase is linear: every value is computed exactly, and the result says so.
-  EXPECT_EQ(pruned.mode, what.find("logit_increase") != std::string::npos ? RankMode::kExhaustive : RankMode::kExact)
+  EXPECT_EQ(pruned.mode, what.find("logit_increase") != std::string::npos ? RankMode::kExhaustive
+                                                                          : RankMode::kExact)
       << what;
   auto tied = [&](size_t i) {
     return (i > 0 && std::abs(e[i].score - e[i - 1].score) <= 1e-6) ||
@@ -50,7 +52,8 @@ NeuronRanking RankAll(const at::Tensor& values, int64_t k, RankOrder order) {
   const double* data = flat.data_ptr<double>();
   const int64_t per_layer = flat.size(1);
   std::vector<RankedNeuron> all;
-  for (int64_t i = 0; i < flat.numel(); ++i) all.push_back({i / per_layer, i % per_layer, data[i], 0});
+  for (int64_t i = 0; i < flat.numel(); ++i)
+    all.push_back({i / per_layer, i % per_layer, data[i], 0});
   std::stable_sort(all.begin(), all.end(), [order](const RankedNeuron& a, const RankedNeuron& b) {
     return order == RankOrder::kTop ? a.score > b.score : a.score < b.score;
   });
@@ -61,9 +64,10 @@ NeuronRanking RankAll(const at::Tensor& values, int64_t k, RankOrder order) {
   return ranking;
 }
 
-void CheckAllRankings(const Model& model, const std::vector<int64_t>& ids, int64_t target, int64_t k,
-                      const std::vector<Metric>& metrics, const std::vector<RankOrder>& orders,
-                      const std::string& what, Totals& totals) {
+void CheckAllRankings(const Model& model, const std::vector<int64_t>& ids, int64_t target,
+                      int64_t k, const std::vector<Metric>& metrics,
+                      const std::vector<RankOrder>& orders, const std::string& what,
+                      Totals& totals) {
   absl::StatusOr<ForwardTrace> trace = Forward(model, ids, FullCapture());
   ASSERT_TRUE(trace.ok()) << trace.status();
   for (Metric metric : metrics) {
@@ -72,10 +76,11 @@ void CheckAllRankings(const Model& model, const std::vector<int64_t>& ids, int64
     t.metric = metric;
     absl::StatusOr<std::unique_ptr<Attribution>> a = Attribution::Create(model, *trace, t);
     ASSERT_TRUE(a.ok()) << a.status();
-    const at::Tensor ffn_values = (*a)->FfnNeuronIncrease();        // every value, exactly
+    const at::Tensor ffn_values = (*a)->FfnNeuronIncrease();  // every value, exactly
     const at::Tensor attention_values = (*a)->AttentionNeuronIncrease();
     for (RankOrder order : orders) {
-      const std::string label = what + " " + std::string(MetricName(metric)) + (order == RankOrder::kTop ? " top" : " bottom");
+      const std::string label = what + " " + std::string(MetricName(metric)) +
+                                (order == RankOrder::kTop ? " top" : " bottom");
       const NeuronRanking ffn = (*a)->RankFfnNeurons(k, order, RankMode::kExact);
       ExpectSameRanking(ffn, RankAll(ffn_values, k, order), label + " FFN");
       const NeuronRanking attn = (*a)->RankAttentionNeurons(k, order, RankMode::kExact);
@@ -90,14 +95,16 @@ void CheckAllRankings(const Model& model, const std::vector<int64_t>& ids, int64
 
 TEST(RankingTest, PrunedEqualsExhaustiveOnReferenceModels) {
   for (const char* model_name : {"gpt2-tiny", "llama-tiny", "llama-gqa-tiny-bf16"}) {
-    const std::string dir = testing::SourcePath(std::string("tests/data/hf-reference/") + model_name);
+    const std::string dir =
+        testing::SourcePath(std::string("tests/data/hf-reference/") + model_name);
     absl::StatusOr<std::shared_ptr<const Model>> model = Model::Load(dir);
     ASSERT_TRUE(model.ok()) << model.status();
     std::ifstream in(dir + "/reference.json");
     const nlohmann::json reference = nlohmann::json::parse(in);
     Totals totals;
     for (const nlohmann::json& c : reference["cases"]) {
-      CheckAllRankings(**model, c["input_ids"].get<std::vector<int64_t>>(), c["target"].get<int64_t>(), 10,
+      CheckAllRankings(**model, c["input_ids"].get<std::vector<int64_t>>(),
+                       c["target"].get<int64_t>(), 10,
                        {Metric::kLogProbIncrease, Metric::kProbIncrease, Metric::kLogitIncrease},
                        {RankOrder::kTop, RankOrder::kBottom}, model_name, totals);
     }
@@ -108,7 +115,8 @@ TEST(RankingTest, ExhaustiveModeRanksEveryExactValue) {
   absl::StatusOr<std::shared_ptr<const Model>> model =
       Model::Load(testing::SourcePath("tests/data/hf-reference/llama-gqa-tiny-bf16"));
   ASSERT_TRUE(model.ok());
-  absl::StatusOr<ForwardTrace> trace = Forward(**model, {231, 139, 128, 233, 331, 336, 3}, FullCapture());
+  absl::StatusOr<ForwardTrace> trace =
+      Forward(**model, {231, 139, 128, 233, 331, 336, 3}, FullCapture());
   ASSERT_TRUE(trace.ok());
   absl::StatusOr<std::unique_ptr<Attribution>> a = Attribution::Create(**model, *trace, {422});
   ASSERT_TRUE(a.ok());
@@ -160,26 +168,32 @@ TEST_P(DemoRankingTest, PrunedEqualsExhaustiveOnFiftyFacts) {
   ASSERT_GE(facts.size(), 50u);
   Totals totals;
   for (size_t i = 0; i < 50; ++i) {
-    absl::StatusOr<Encoding> encoding = (*tokenizer)->Encode(facts[i]["prompt"].get<std::string>(), true);
+    absl::StatusOr<Encoding> encoding =
+        (*tokenizer)->Encode(facts[i]["prompt"].get<std::string>(), true);
     ASSERT_TRUE(encoding.ok()) << encoding.status();
     const std::vector<int64_t> ids(encoding->ids.begin(), encoding->ids.end());
     // Top-k log-prob increase (the default) on every fact; bottom-k on every fifth fact and the
     // other metrics on every tenth (the suite must stay fast on 2 cores).
     std::vector<Metric> metrics = {Metric::kLogProbIncrease};
-    if (i % 10 == 0) metrics = {Metric::kLogProbIncrease, Metric::kProbIncrease, Metric::kLogitIncrease};
+    if (i % 10 == 0)
+      metrics = {Metric::kLogProbIncrease, Metric::kProbIncrease, Metric::kLogitIncrease};
     std::vector<RankOrder> orders = {RankOrder::kTop};
     if (i % 5 == 0) orders.push_back(RankOrder::kBottom);
     CheckAllRankings(**model, ids, facts[i]["target_id"].get<int64_t>(), 100, metrics, orders,
                      GetParam() + " fact " + std::to_string(i), totals);
   }
-  std::printf("  %s: top-100 log-prob pruning evaluated %lld of %lld neurons (%.1f%%)\n", GetParam().c_str(),
-              static_cast<long long>(totals.evaluated), static_cast<long long>(totals.total),
-              100.0 * totals.evaluated / totals.total);
-  EXPECT_LT(totals.evaluated, totals.total / 2) << "pruning should skip most neurons on trained models";
+  std::printf("  %s: top-100 log-prob pruning evaluated %lld of %lld neurons (%.1f%%)\n",
+              GetParam().c_str(), static_cast<long long>(totals.evaluated),
+              static_cast<long long>(totals.total), 100.0 * totals.evaluated / totals.total);
+  EXPECT_LT(totals.evaluated, totals.total / 2)
+      << "pruning should skip most neurons on trained models";
 }
 
-INSTANTIATE_TEST_SUITE_P(Demo, DemoRankingTest, ::testing::Values("gpt2-facts-tiny", "llama-facts-tiny"),
-                         [](const auto& info) { return info.param == "gpt2-facts-tiny" ? "gpt2" : "llama"; });
+INSTANTIATE_TEST_SUITE_P(Demo, DemoRankingTest,
+                         ::testing::Values("gpt2-facts-tiny", "llama-facts-tiny"),
+                         [](const auto& info) {
+                           return info.param == "gpt2-facts-tiny" ? "gpt2" : "llama";
+                         });
 
 }  // namespace
 }  // namespace factlens

@@ -25,12 +25,11 @@ absl::Status ParseStatus(const std::string& header, size_t data_bytes) {
 }
 
 TEST(SafetensorsHeaderTest, ParsesEntriesMetadataAndOffsets) {
-  const std::string header =
-      R"({"__metadata__":{"format":"pt"},)"
-      R"("a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},)"
-      R"("b":{"dtype":"BF16","shape":[4],"data_offsets":[24,32]},)"
-      R"("idx":{"dtype":"I64","shape":[1],"data_offsets":[32,40]},)"
-      R"("empty":{"dtype":"F16","shape":[0,5],"data_offsets":[40,40]}})";
+  const std::string header = R"({"__metadata__":{"format":"pt"},)"
+                             R"("a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},)"
+                             R"("b":{"dtype":"BF16","shape":[4],"data_offsets":[24,32]},)"
+                             R"("idx":{"dtype":"I64","shape":[1],"data_offsets":[32,40]},)"
+                             R"("empty":{"dtype":"F16","shape":[0,5],"data_offsets":[40,40]}})";
   absl::StatusOr<SafetensorsHeader> parsed = ParseSafetensorsHeader(MakeFile(header, 40));
   ASSERT_TRUE(parsed.ok()) << parsed.status();
   EXPECT_EQ(parsed->data_offset, 8 + header.size());
@@ -47,8 +46,8 @@ TEST(SafetensorsHeaderTest, ParsesEntriesMetadataAndOffsets) {
 }
 
 TEST(SafetensorsHeaderTest, ScalarHasEmptyShapeAndOneElement) {
-  absl::StatusOr<SafetensorsHeader> parsed =
-      ParseSafetensorsHeader(MakeFile(R"({"s":{"dtype":"F64","shape":[],"data_offsets":[0,8]}})", 8));
+  absl::StatusOr<SafetensorsHeader> parsed = ParseSafetensorsHeader(
+      MakeFile(R"({"s":{"dtype":"F64","shape":[],"data_offsets":[0,8]}})", 8));
   ASSERT_TRUE(parsed.ok()) << parsed.status();
   EXPECT_EQ(parsed->tensors.at("s").numel(), 1);
 }
@@ -56,7 +55,8 @@ TEST(SafetensorsHeaderTest, ScalarHasEmptyShapeAndOneElement) {
 TEST(SafetensorsHeaderTest, TruncatedFiles) {
   EXPECT_EQ(ParseSafetensorsHeader("").status().code(), absl::StatusCode::kDataLoss);
   EXPECT_EQ(ParseSafetensorsHeader("abc").status().code(), absl::StatusCode::kDataLoss);
-  const std::string file = MakeFile(R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", 16);
+  const std::string file =
+      MakeFile(R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", 16);
   // Cut inside the header: the declared header length runs past the end.
   absl::Status cut_header = ParseSafetensorsHeader(file.substr(0, 20)).status();
   EXPECT_EQ(cut_header.code(), absl::StatusCode::kDataLoss);
@@ -127,11 +127,11 @@ TEST(SafetensorsIndexTest, ParsesWeightMap) {
 }
 
 TEST(SafetensorsIndexTest, RejectsMalformedIndexes) {
-  for (const char* text : {
-           "", "{", "[]", R"({"metadata":{}})", R"({"weight_map":[]})", R"({"weight_map":{}})",
-           R"({"weight_map":{"a":1}})", R"({"weight_map":{"a":"../secret.safetensors"}})",
-           R"({"weight_map":{"a":"/etc/passwd"}})", R"({"weight_map":{"a":".."}})",
-           R"({"weight_map":{"a":""}})", R"({"weight_map":{"a":"dir\\x.safetensors"}})"}) {
+  for (const char* text :
+       {"", "{", "[]", R"({"metadata":{}})", R"({"weight_map":[]})", R"({"weight_map":{}})",
+        R"({"weight_map":{"a":1}})", R"({"weight_map":{"a":"../secret.safetensors"}})",
+        R"({"weight_map":{"a":"/etc/passwd"}})", R"({"weight_map":{"a":".."}})",
+        R"({"weight_map":{"a":""}})", R"({"weight_map":{"a":"dir\\x.safetensors"}})"}) {
     EXPECT_EQ(ParseSafetensorsIndex(text).status().code(), absl::StatusCode::kInvalidArgument)
         << text;
   }

@@ -49,10 +49,12 @@ int main(int argc, char** argv) {
       factlens::Tokenizer::FromModelDirectory((*model)->directory());
   if (!tokenizer.ok()) return Fail(tokenizer.status());
 
-  absl::StatusOr<std::vector<int64_t>> ids = factlens::EncodePrompt(**tokenizer, absl::GetFlag(FLAGS_prompt));
+  absl::StatusOr<std::vector<int64_t>> ids =
+      factlens::EncodePrompt(**tokenizer, absl::GetFlag(FLAGS_prompt));
   if (!ids.ok()) return Fail(ids.status());
-  absl::StatusOr<int64_t> target = factlens::ResolveTarget(
-      **tokenizer, absl::GetFlag(FLAGS_prompt), absl::GetFlag(FLAGS_target), absl::GetFlag(FLAGS_first_token));
+  absl::StatusOr<int64_t> target =
+      factlens::ResolveTarget(**tokenizer, absl::GetFlag(FLAGS_prompt), absl::GetFlag(FLAGS_target),
+                              absl::GetFlag(FLAGS_first_token));
   if (!target.ok()) return Fail(target.status());
 
   factlens::LocateOptions options;

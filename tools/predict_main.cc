@@ -79,11 +79,11 @@ int main(int argc, char** argv) {
   if (!trace.ok()) return Fail(trace.status());
 
   const factlens::ModelConfig& config = (*model)->config();
-  std::printf("model   %s (%s, %lld layers, d=%lld, vocab %lld) loaded in %.2f s on %s\n",
-              (*model)->directory().c_str(), std::string(factlens::ModelFamilyName(config.family)).c_str(),
-              static_cast<long long>(config.n_layers), static_cast<long long>(config.d_model),
-              static_cast<long long>(config.vocab_size), load_seconds,
-              (*model)->device().str().c_str());
+  std::printf(
+      "model   %s (%s, %lld layers, d=%lld, vocab %lld) loaded in %.2f s on %s\n",
+      (*model)->directory().c_str(), std::string(factlens::ModelFamilyName(config.family)).c_str(),
+      static_cast<long long>(config.n_layers), static_cast<long long>(config.d_model),
+      static_cast<long long>(config.vocab_size), load_seconds, (*model)->device().str().c_str());
   if ((*model)->device().is_cpu()) {
     std::printf("blas    %s\n", factlens::LoadedBlasLibrary().c_str());
   }
