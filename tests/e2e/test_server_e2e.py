@@ -277,14 +277,17 @@ class LifecycleTest(unittest.TestCase):
     def test_sigterm_drains_a_running_request_and_exits_zero(self):
         server = Server()
         client = Client(server.address)
-        out = {}
+        out = {"events": []}
+        first = threading.Event()
 
         def run():
-            out["events"] = list(client.locate_facts([(PROMPT, " Paris")] * 3, options=pb.LocateOptions(mode=pb.EXHAUSTIVE)))
+            for event in client.locate_facts([(PROMPT, " Paris")] * 3, options=pb.LocateOptions(mode=pb.EXHAUSTIVE)):
+                out["events"].append(event)
+                first.set()
 
         t = threading.Thread(target=run)
         t.start()
-        time.sleep(0.3)
+        self.assertTrue(first.wait(60), "the request never started")  # SIGTERM while it runs
         server.proc.send_signal(signal.SIGTERM)
         t.join(60)
         self.assertEqual(server.proc.wait(timeout=60), 0, server.logs())
