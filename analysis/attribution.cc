@@ -404,23 +404,29 @@ NeuronRanking Attribution::Rank(const std::vector<NeuronSet>& sets, int64_t k, R
     size_t next = 0;
     while (next < candidates.size()) {
       const size_t batch_end = std::min(candidates.size(), next + (next == 0 ? first_batch : 128));
-      // Group the batch by layer so each group is one projection GEMM.
+      // One projection GEMM for the whole batch (each GEMM streams the whole unembedding), then
+      // the exact values per layer, whose bases differ.
       std::map<int64_t, std::vector<int64_t>> by_set;
       for (size_t c = next; c < batch_end; ++c)
         by_set[candidates[c].layer].push_back(candidates[c].index);
+      std::vector<at::Tensor> vectors;
+      for (const auto& [s, indices] : by_set) {
+        const at::Tensor rows = at::tensor(indices, at::kLong).remainder(sets[s].vectors.size(0));
+        vectors.push_back(sets[s].vectors.index_select(0, rows));
+      }
+      const at::Tensor projections = Project(at::cat(vectors, 0));
+      int64_t offset = 0;
       for (const auto& [s, indices] : by_set) {
         const NeuronSet& set = sets[s];
-        const int64_t kk = set.vectors.size(0);
-        const at::Tensor flat = at::tensor(indices, at::kLong);
-        const at::Tensor vector_rows = flat.remainder(kk);
-        const at::Tensor coefficient = set.coefficients.reshape({-1}).index_select(0, flat);
-        const at::Tensor values =
-            ExactFromProjections(*set.base, Project(set.vectors.index_select(0, vector_rows)),
-                                 coefficient.unsqueeze(0))[0]
-                .contiguous();
+        const int64_t n = static_cast<int64_t>(indices.size());
+        const at::Tensor coefficient =
+            set.coefficients.reshape({-1}).index_select(0, at::tensor(indices, at::kLong));
+        const at::Tensor values = ExactFromProjections(*set.base, projections.narrow(0, offset, n),
+                                                       coefficient.unsqueeze(0))[0]
+                                      .contiguous();
+        offset += n;
         const double* data = values.data_ptr<double>();
-        for (size_t i = 0; i < indices.size(); ++i)
-          results.push_back({data[i], set.layer, indices[i]});
+        for (int64_t i = 0; i < n; ++i) results.push_back({data[i], set.layer, indices[i]});
       }
       ranking.evaluated += static_cast<int64_t>(batch_end - next);
       next = batch_end;
