@@ -13,7 +13,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev libsentencepiece-dev
   libblis4-pthread
   python3-grpcio python3-protobuf python3-numpy python3-pandas python3-matplotlib python3-tqdm
-  python3-yaml python3-venv python3-setuptools prometheus
+  python3-yaml python3-venv python3-setuptools python3-pip python3-wheel prometheus chromium openssl
   clang-14 libclang-rt-14-dev clang-format
 )
 
