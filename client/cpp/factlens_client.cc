@@ -9,7 +9,9 @@
 //                       locate PROMPT TARGET [--top_k N]
 //   factlens_cpp_client ... rank PROMPT TARGET [--level LEVEL] [--top_k N]
 // LEVEL is one of ffn_neuron (default), attention_neuron, head, head_position, ffn_layer,
-// attention_layer. Flags may appear anywhere, as `--flag value` or `--flag=value`.
+// attention_layer. --top_k (default 10) is the number of components ranked, or for locate the
+// number of FFN and attention neurons reported. Flags may appear anywhere, as `--flag value` or
+// `--flag=value`; an empty --model means the server's only model.
 //
 // Contract:
 //   - locate writes one line per progress event to stderr ("progress <fraction> <stage>") and the
