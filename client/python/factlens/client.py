@@ -1,55 +1,112 @@
-"""A thin, typed wrapper over the factlens.v1 gRPC API.
+"""A typed client of the factlens.v1 gRPC API.
 
     with Client("127.0.0.1:50051", token=None) as c:
-        report = c.locate_fact("The capital of France is", " Paris")
+        report = c.locate_fact("The capital of France is", " Paris", progress=True)
+        report.to_pandas(); report.to_html("paris.html")
 
-Every method raises FactlensError (carrying the gRPC status code and message) on failure. Read-only
-RPCs are retried on UNAVAILABLE (e.g. the model is still loading) with backoff; nothing else is.
+Every method raises FactlensError (the gRPC status code and the server's message) on failure.
+Prompts are text (str / UTF-8 bytes) or token ids; targets text or a token id; components a
+``pb.Component`` or a short name such as ``"L1.N157"`` (see factlens.components); enums a number or
+a name (``level="FFN_NEURON"``, ``mode="exhaustive"``).
+
+Retries: every factlens RPC is a side-effect-free computation, so a call that fails with
+UNAVAILABLE (model still loading, server restarting, connection refused) is retried with
+exponential backoff, up to ``retries`` attempts. A stream is retried only before its first event,
+so a caller never sees an event twice. Nothing else is retried: RESOURCE_EXHAUSTED may be a limit
+that a retry would hit again, and DEADLINE_EXCEEDED has used the caller's time.
 """
 import time
 
 import grpc
+from google.protobuf import json_format
 
+from factlens import results
+from factlens.components import enum_value, parse_component
+from factlens.errors import FactlensError
 from factlens.v1 import factlens_pb2 as pb
 from factlens.v1 import factlens_pb2_grpc as pb_grpc
 
 
-class FactlensError(Exception):
-    """A failed call: .code is a grpc.StatusCode, .message the server's explanation."""
-
-    def __init__(self, code, message):
-        super().__init__(f"{code.name}: {message}")
-        self.code = code
-        self.message = message
-
-
-def _prompt(prompt):
+def _prompt(prompt) -> pb.Prompt:
     if isinstance(prompt, (str, bytes)):
         return pb.Prompt(text=prompt.encode() if isinstance(prompt, str) else prompt)
-    return pb.Prompt(token_ids=pb.TokenIds(ids=list(prompt)))
+    return pb.Prompt(token_ids=pb.TokenIds(ids=[int(i) for i in prompt]))
 
 
-def _target(target, first_token=False):
+def _target(target, first_token=False) -> pb.Target:
     if isinstance(target, (str, bytes)):
         return pb.Target(text=target.encode() if isinstance(target, str) else target, first_token=first_token)
     return pb.Target(token_id=int(target), first_token=first_token)
 
 
-class Client:
-    """One channel to a factlens server. Thread-safe (gRPC channels are)."""
+def _message(cls, value):
+    """A message of type cls from None, a message, or a dict in the protobuf JSON mapping (enum names allowed)."""
+    if value is None:
+        return cls()
+    if isinstance(value, dict):
+        try:
+            return json_format.ParseDict(value, cls())
+        except json_format.ParseError as e:
+            raise FactlensError(grpc.StatusCode.INVALID_ARGUMENT, f"{cls.DESCRIPTOR.name}: {e}") from None
+    return value
 
-    def __init__(self, address, token=None, tls=False, root_certificates=None, model="", timeout=600.0,
-                 retries=3):
-        if tls:
-            creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+
+def _ablation(spec, scale, all_positions) -> pb.AblationSpec:
+    if isinstance(spec, pb.AblationSpec):
+        return spec
+    return pb.AblationSpec(component=parse_component(spec), scale=scale, all_positions=all_positions)
+
+
+def _read(data):
+    """PEM bytes as given, or the contents of the file a str names."""
+    if data is None or isinstance(data, bytes):
+        return data
+    with open(data, "rb") as f:
+        return f.read()
+
+
+class _ProgressBar:
+    """A tqdm bar on stderr driven by (stage, fraction) progress events."""
+
+    def __init__(self, description):
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=100, desc=description, unit="%", bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+
+    def __call__(self, stage, fraction):
+        self._bar.set_postfix_str(stage, refresh=False)
+        self._bar.update(round(100 * fraction) - self._bar.n)
+
+    def close(self):
+        self._bar.close()
+
+
+class Client:
+    """One channel to a factlens server; thread-safe (gRPC channels are). Use as a context manager or call close().
+
+    address: ``host:port``. token: the bearer token, if the server wants one. tls: use TLS (implied
+    by any certificate argument); root_certificates: PEM CA bundle (bytes, or a file path) instead
+    of the system's; client_certificate / client_key: for servers that require mTLS. model: the
+    model name every request names ("" = the server's only model). timeout: seconds per attempt.
+    retries: attempts for a call that fails with UNAVAILABLE (1 = no retry).
+    """
+
+    def __init__(self, address, token=None, tls=False, root_certificates=None, client_certificate=None,
+                 client_key=None, model="", timeout=600.0, retries=3):
+        if tls or root_certificates or client_certificate:
+            creds = grpc.ssl_channel_credentials(root_certificates=_read(root_certificates),
+                                                 private_key=_read(client_key),
+                                                 certificate_chain=_read(client_certificate))
             self._channel = grpc.secure_channel(address, creds)
         else:
             self._channel = grpc.insecure_channel(address)
         self._stub = pb_grpc.FactLensStub(self._channel)
         self._metadata = [("authorization", f"Bearer {token}")] if token else []
+        self._model_info = None
+        self.address = address
         self.model = model
         self.timeout = timeout
-        self.retries = retries
+        self.retries = max(1, retries)
 
     def __enter__(self):
         return self
@@ -58,95 +115,156 @@ class Client:
         self.close()
 
     def close(self):
+        """Closes the channel; calls in flight are cancelled."""
         self._channel.close()
 
-    def _call(self, method, request, timeout=None, retry=True):
-        attempts = self.retries if retry else 1
-        for attempt in range(attempts):
+    # --- transport --------------------------------------------------------------------------------
+    def _backoff(self, error, attempt) -> bool:
+        """Sleeps and returns True when a failed attempt may be retried."""
+        if error.code() != grpc.StatusCode.UNAVAILABLE or attempt + 1 >= self.retries:
+            return False
+        time.sleep(min(0.25 * 2 ** attempt, 5.0))
+        return True
+
+    def _call(self, method, request, timeout=None):
+        for attempt in range(self.retries):
             try:
                 return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
             except grpc.RpcError as e:
-                if retry and e.code() == grpc.StatusCode.UNAVAILABLE and attempt + 1 < attempts:
-                    time.sleep(0.5 * 2 ** attempt)
-                    continue
-                raise FactlensError(e.code(), e.details()) from None
+                if not self._backoff(e, attempt):
+                    raise FactlensError(e.code(), e.details()) from None
 
     def _stream(self, method, request, timeout=None):
-        try:
-            yield from method(request, timeout=timeout or self.timeout, metadata=self._metadata)
-        except grpc.RpcError as e:
-            raise FactlensError(e.code(), e.details()) from None
+        for attempt in range(self.retries):
+            call, started = method(request, timeout=timeout or self.timeout, metadata=self._metadata), False
+            try:
+                for event in call:
+                    started = True
+                    yield event
+                return
+            except grpc.RpcError as e:
+                if started or not self._backoff(e, attempt):
+                    raise FactlensError(e.code(), e.details()) from None
+            finally:
+                call.cancel()  # a no-op once the stream has ended; stops the server's work if the caller stopped early
 
     # --- RPCs -------------------------------------------------------------------------------------
-    def list_models(self):
-        return list(self._call(self._stub.ListModels, pb.ListModelsRequest()).models)
+    def list_models(self) -> results.Models:
+        """The models served, with their shapes (a sequence of ``pb.ModelInfo``)."""
+        return results.Models(self._call(self._stub.ListModels, pb.ListModelsRequest()))
 
-    def tokenize(self, text, add_special_tokens=True):
-        return self._call(self._stub.Tokenize, pb.TokenizeRequest(model=self.model, text=text.encode() if isinstance(text, str) else text,
-                                                                  add_special_tokens=add_special_tokens))
+    def model_info(self) -> pb.ModelInfo:
+        """The ``pb.ModelInfo`` of this client's model (fetched once)."""
+        if self._model_info is None:
+            models = self.list_models()
+            matches = [m for m in models if m.name == self.model or (not self.model and len(models) == 1)]
+            if not matches:
+                raise FactlensError(grpc.StatusCode.NOT_FOUND, f"model {self.model!r} is not served")
+            self._model_info = matches[0]
+        return self._model_info
 
-    def detokenize(self, ids, skip_special_tokens=False):
+    def tokenize(self, text, add_special_tokens=True) -> results.Tokens:
+        """Token ids, tokens and character offsets of a text."""
+        return results.Tokens(self._call(self._stub.Tokenize, pb.TokenizeRequest(
+            model=self.model, text=text.encode() if isinstance(text, str) else text,
+            add_special_tokens=add_special_tokens)))
+
+    def detokenize(self, ids, skip_special_tokens=False) -> str:
+        """The text of token ids."""
         return self._call(self._stub.Detokenize, pb.DetokenizeRequest(
-            model=self.model, ids=list(ids), skip_special_tokens=skip_special_tokens)).text
+            model=self.model, ids=[int(i) for i in ids], skip_special_tokens=skip_special_tokens)).text
 
-    def predict(self, prompt, top_k=10, position=None, timeout=None):
-        req = pb.PredictRequest(model=self.model, prompt=_prompt(prompt), top_k=top_k)
-        if position is not None:
-            req.position = position
-        return self._call(self._stub.Predict, req, timeout)
+    def predict(self, prompt, top_k=10, position=None, timeout=None) -> results.Prediction:
+        """The top-k next tokens at a position (default: after the last token)."""
+        req = pb.PredictRequest(model=self.model, prompt=_prompt(prompt), top_k=top_k, position=position)
+        return results.Prediction(self._call(self._stub.Predict, req, timeout))
 
     def decompose(self, prompt, target=None, positions=(), include_heads=False, include_vectors=False,
-                  logit_lens_top_k=0, metric=pb.LOGPROB_INCREASE):
+                  logit_lens_top_k=0, metric="LOGPROB_INCREASE", timeout=None) -> results.Decomposition:
+        """Every residual-stream component at the positions (default: the last), with its increase for target."""
         req = pb.DecomposeRequest(model=self.model, prompt=_prompt(prompt), positions=list(positions),
                                   include_heads=include_heads, include_vectors=include_vectors,
                                   logit_lens_top_k=logit_lens_top_k,
-                                  options=pb.AttributionOptions(metric=metric))
+                                  options=pb.AttributionOptions(metric=enum_value(pb.Metric, metric, "metric")))
         if target is not None:
             req.target.CopyFrom(_target(target))
-        return self._call(self._stub.Decompose, req)
+        return results.Decomposition(self._call(self._stub.Decompose, req, timeout))
 
-    def rank(self, prompt, target, level, top_k=10, bottom=False, mode=pb.EXACT, metric=pb.LOGPROB_INCREASE,
-             position=None, timeout=None):
-        req = pb.RankRequest(model=self.model, prompt=_prompt(prompt), target=_target(target), level=level,
-                             top_k=top_k, bottom=bottom, mode=mode, options=pb.AttributionOptions(metric=metric))
-        if position is not None:
-            req.position = position
-        return self._call(self._stub.Rank, req, timeout)
+    def rank(self, prompt, target, level, top_k=10, bottom=False, mode="EXACT", metric="LOGPROB_INCREASE",
+             position=None, timeout=None) -> results.Ranking:
+        """Components of one level (e.g. "FFN_NEURON", "HEAD") ranked by their increase for the target."""
+        req = pb.RankRequest(model=self.model, prompt=_prompt(prompt), target=_target(target),
+                             level=enum_value(pb.RankRequest.Level, level, "level"), top_k=top_k, bottom=bottom,
+                             mode=enum_value(pb.RankMode, mode, "mode"), position=position,
+                             options=pb.AttributionOptions(metric=enum_value(pb.Metric, metric, "metric")))
+        return results.Ranking(self._call(self._stub.Rank, req, timeout))
 
-    def trace(self, prompt, neuron, top_k=10, position=None):
-        req = pb.TraceRequest(model=self.model, prompt=_prompt(prompt), neuron=neuron, top_k=top_k)
-        if position is not None:
-            req.position = position
-        return self._call(self._stub.Trace, req)
+    def trace(self, prompt, neuron, top_k=10, position=None, timeout=None) -> results.Trace:
+        """Which earlier components activate a neuron (FFN "L1.N157" or attention "L1.H2.P3.d7")."""
+        req = pb.TraceRequest(model=self.model, prompt=_prompt(prompt), neuron=parse_component(neuron),
+                              top_k=top_k, position=position)
+        return results.Trace(self._call(self._stub.Trace, req, timeout))
 
-    def project(self, prompt, component, top_k=10, position=None):
-        req = pb.ProjectToVocabRequest(model=self.model, prompt=_prompt(prompt), component=component, top_k=top_k)
-        if position is not None:
-            req.position = position
-        return self._call(self._stub.ProjectToVocab, req)
+    def project(self, prompt, component, top_k=10, position=None, timeout=None) -> results.Projection:
+        """Top and bottom tokens of a component's projection into vocabulary space (ProjectToVocab)."""
+        req = pb.ProjectToVocabRequest(model=self.model, prompt=_prompt(prompt), component=parse_component(component),
+                                       top_k=top_k, position=position)
+        return results.Projection(self._call(self._stub.ProjectToVocab, req, timeout))
 
-    def ablate(self, prompt, target, ablations, position=None):
-        req = pb.AblateRequest(model=self.model, prompt=_prompt(prompt), target=_target(target),
-                               ablations=list(ablations))
-        if position is not None:
-            req.position = position
-        return self._call(self._stub.Ablate, req, retry=False)
+    def ablate(self, prompt, target, ablations, scale=0.0, all_positions=False, position=None,
+               timeout=None) -> results.Ablation:
+        """The target's outcome with components removed (scale 0) or scaled.
 
-    def locate_fact(self, prompt, target, on_progress=None, options=None, timeout=None):
-        """Runs LocateFact; calls on_progress(stage, fraction) for each progress event."""
-        req = pb.LocateFactRequest(model=self.model, prompt=_prompt(prompt), target=_target(target),
-                                   options=options or pb.LocateOptions())
-        for event in self._stream(self._stub.LocateFact, req, timeout):
-            if event.HasField("progress"):
-                if on_progress:
-                    on_progress(event.progress.stage, event.progress.fraction)
-            else:
-                return event.report
-        raise FactlensError(grpc.StatusCode.INTERNAL, "the stream ended without a report")
+        ablations: ``pb.AblationSpec`` messages, or components (messages or short names) that get
+        ``scale`` and ``all_positions``.
+        """
+        req = pb.AblateRequest(model=self.model, prompt=_prompt(prompt), target=_target(target), position=position,
+                               ablations=[_ablation(a, scale, all_positions) for a in ablations])
+        return results.Ablation(self._call(self._stub.Ablate, req, timeout))
 
-    def locate_facts(self, items, options=None, timeout=None):
-        """items: (prompt, target) pairs. Yields ItemResult messages, then the BatchAggregate."""
-        req = pb.LocateFactsRequest(model=self.model, options=options or pb.LocateOptions(),
+    def locate_fact(self, prompt, target, on_progress=None, options=None, timeout=None, progress=False,
+                    position=None, first_token=False) -> results.FactReport:
+        """The whole fact-localization pipeline for one fact.
+
+        options: ``pb.LocateOptions`` or a dict such as ``{"top_ffn_neurons": 20, "mode": "EXHAUSTIVE"}``.
+        on_progress(stage, fraction) is called for each progress event; progress=True draws a bar on stderr.
+        """
+        req = pb.LocateFactRequest(model=self.model, prompt=_prompt(prompt), target=_target(target, first_token),
+                                   options=_message(pb.LocateOptions, options), position=position)
+        bar = _ProgressBar("LocateFact") if progress else None
+        try:
+            for event in self._stream(self._stub.LocateFact, req, timeout):
+                if event.HasField("report"):
+                    return results.FactReport(event.report, self.model_info())
+                for callback in (on_progress, bar):
+                    if callback:
+                        callback(event.progress.stage, event.progress.fraction)
+        finally:
+            if bar:
+                bar.close()
+        raise FactlensError(grpc.StatusCode.INTERNAL, "the LocateFact stream ended without a report")
+
+    def locate_facts(self, items, options=None, timeout=None, progress=False):
+        """Many facts: items are (prompt, target) pairs. Yields an ``ItemResult`` per item as it completes
+        (``.report`` or ``.error``), then the ``BatchAggregate``. progress=True draws a bar on stderr."""
+        req = pb.LocateFactsRequest(model=self.model, options=_message(pb.LocateOptions, options),
                                     items=[pb.FactItem(prompt=_prompt(p), target=_target(t)) for p, t in items])
-        for event in self._stream(self._stub.LocateFacts, req, timeout):
-            yield event.item if event.HasField("item") else event.aggregate
+        model = None
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(req.items), desc="LocateFacts", unit="fact")
+        try:
+            for event in self._stream(self._stub.LocateFacts, req, timeout):
+                if event.HasField("aggregate"):
+                    yield results.BatchAggregate(event.aggregate)
+                    continue
+                if model is None and event.item.HasField("report"):
+                    model = self.model_info()
+                if bar:
+                    bar.update(1)
+                yield results.ItemResult(event.item, model)
+        finally:
+            if bar:
+                bar.close()
