@@ -72,8 +72,7 @@ def _print_models(models):
               f"ffn={m.ffn_width}, vocab={m.vocab_size}, {m.dtype} on {m.device}, ready={m.ready}")
 
 
-def _print_ranking(ranking):
-    frame = ranking.to_pandas()
+def _print_ranked(frame):
     # The name holds layer, head, position and neuron; show the other columns only where they say something.
     extra = [c for c in ("coefficient", "source_token_id") if frame[c].any()]
     _print_frame(frame[["name", "score"] + extra], token_columns=())
@@ -85,7 +84,7 @@ def _print_trace(trace):
     print(trace.to_pandas().to_string(float_format="{:+.6f}".format))
     for key in trace.keys:
         print(f"\nFFN subvalues activating key {key.key_name} most")
-        _print_frame(trace.top_subvalues(key.key_name)[["name", "score", "coefficient"]], token_columns=())
+        _print_ranked(trace.top_subvalues(key.key_name))
 
 
 def _print_projection(projection):
@@ -174,7 +173,7 @@ def _run(client, args):
         return report, print_report
     if args.command == "rank":
         return client.rank(args.prompt, args.target, args.level, top_k=args.top_k, bottom=args.bottom,
-                           mode=args.mode), _print_ranking
+                           mode=args.mode), lambda r: _print_ranked(r.to_pandas())
     if args.command == "project":
         return client.project(args.prompt, args.component, top_k=args.top_k, position=args.position), _print_projection
     if args.command == "trace":
