@@ -8,10 +8,12 @@ so the field documentation of ``proto/factlens/v1/factlens.proto`` applies as is
 import inspect
 import json
 
+import grpc
 import numpy as np
 from google.protobuf import json_format
 
 from factlens.components import component_name
+from factlens.errors import FactlensError
 from factlens.v1 import factlens_pb2 as pb
 
 # protobuf >= 5.26 renamed the option that prints fields holding their default value.
@@ -179,8 +181,17 @@ class Decomposition(Result):
         return _head_matrix(entries, 1 + max(e[0] for e in entries), 1 + max(e[1] for e in entries))
 
     def vectors(self, position=-1):
-        """[components, d_model] raw vectors at a position, rows in ``to_pandas()`` order (needs ``include_vectors``)."""
-        return np.asarray([list(d.vector) for d in self._position(position).components], dtype=np.float32)
+        """[components, d_model] raw vectors at a position, rows in ``to_pandas()`` order (needs
+        ``include_vectors``); NaN rows for components the server sent without a vector."""
+        components = self._position(position).components
+        width = max((len(d.vector) for d in components), default=0)
+        if width == 0:
+            raise ValueError("no vectors: call decompose(..., include_vectors=True)")
+        out = np.full((len(components), width), np.nan, dtype=np.float32)
+        for row, d in zip(out, components):
+            if d.vector:
+                row[:] = d.vector
+        return out
 
 
 class Ranking(Result):
@@ -380,6 +391,14 @@ class ItemResult(Result):
     def __init__(self, proto, model=None):
         super().__init__(proto)
         self.report = FactReport(proto.report, model) if proto.HasField("report") else None
+
+    @property
+    def exception(self):
+        """The item's error as a FactlensError (its gRPC code and message), or None."""
+        if not self.proto.HasField("error"):
+            return None
+        code = next((c for c in grpc.StatusCode if c.value[0] == self.proto.error.code), grpc.StatusCode.UNKNOWN)
+        return FactlensError(code, self.proto.error.message)
 
 
 class BatchAggregate(Result):

@@ -1,0 +1,321 @@
+"""The Python client against the real factlens_server on loopback: every method, typed results
+(numpy, pandas, plots) cross-checked between RPCs, error mapping, streaming, auth token, mTLS, and
+the retry policy (against an in-process fake server that fails on purpose).
+
+Usage: test_client.py FACTLENS_SERVER PYTHON_PACKAGE_DIR
+"""
+import contextlib
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import unittest
+from concurrent import futures
+
+import numpy as np
+from support import PARIS, PROMPT, TOKEN, Server, args, write_token_file
+
+SERVER, _ = args()
+
+import grpc  # noqa: E402
+
+from factlens import Client, FactlensError, component_name, parse_component  # noqa: E402
+from factlens.v1 import factlens_pb2 as pb  # noqa: E402
+from factlens.v1 import factlens_pb2_grpc as pb_grpc  # noqa: E402
+
+C = grpc.StatusCode
+TOP = 20  # neurons per LocateFact report, small to keep the test fast
+
+
+class RealServerTest(unittest.TestCase):
+    """One server (bearer-token auth) for the whole class; one LocateFact report shared by the checks."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.server = Server(SERVER, "--auth_token_file", write_token_file(tempfile.mkdtemp()))
+        cls.client = Client(cls.server.address, token=TOKEN)
+        cls.info = cls.client.model_info()
+        cls.stages = []
+        cls.report = cls.client.locate_fact(PROMPT, " Paris", options={"top_ffn_neurons": TOP, "top_attention_neurons": TOP},
+                                            on_progress=lambda stage, fraction: cls.stages.append((stage, fraction)))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.close()
+        assert cls.server.stop() == 0, cls.server.logs()
+
+    def assertCode(self, code, fn, *a, contains=None, **kw):
+        with self.assertRaises(FactlensError) as cm:
+            fn(*a, **kw)
+        self.assertEqual(cm.exception.code, code, cm.exception.message)
+        if contains:
+            self.assertIn(contains, cm.exception.message)
+        self.assertIn(code.name, str(cm.exception))
+
+    # --- every RPC, typed -------------------------------------------------------------------------
+    def test_list_models(self):
+        models = self.client.list_models()
+        frame = models.to_pandas()
+        self.assertEqual(frame.shape, (1, len(pb.ModelInfo.DESCRIPTOR.fields)))
+        self.assertEqual(list(frame["name"]), ["gpt2-facts-tiny"])
+        self.assertEqual(frame.loc[0, "layers"], self.info.layers)
+        (only,) = models
+        self.assertEqual(only, self.info)
+        self.assertEqual(models.to_dict()["models"][0]["layers"], self.info.layers)
+
+    def test_tokenize_offsets_index_the_text(self):
+        tokens = self.client.tokenize(PROMPT)
+        self.assertEqual(tokens.ids.dtype, np.int64)
+        frame = tokens.to_pandas()
+        self.assertEqual(list(frame.columns), ["id", "token", "display_token", "begin", "end"])
+        self.assertEqual([PROMPT[b:e] for b, e in zip(tokens.offset_begin, tokens.offset_end)], list(frame.display_token))
+        self.assertEqual(self.client.detokenize(tokens.ids), PROMPT)  # numpy ids are accepted
+
+    def test_predict_agrees_with_the_report(self):
+        prediction = self.client.predict(PROMPT, top_k=5)
+        self.assertEqual(prediction.ids[0], PARIS)
+        self.assertEqual(prediction.to_pandas().shape, (5, 3))
+        self.assertTrue(np.all(np.diff(prediction.probs) <= 0))
+        self.assertAlmostEqual(prediction.probs[0], self.report.outcome.prob, places=9)
+        self.assertEqual(list(prediction.ids), [t.id for t in self.report.predictions[:5]])
+        by_ids = self.client.predict(self.client.tokenize(PROMPT).ids, top_k=5)
+        np.testing.assert_array_equal(by_ids.ids, prediction.ids)
+
+    def test_report_tables_have_the_model_shape(self):
+        r, layers, heads = self.report, self.info.layers, self.info.heads
+        self.assertEqual(r.target.id, PARIS)
+        self.assertEqual(r.to_pandas().shape, (layers, 3))
+        self.assertEqual(r.attention_layer_increase.dtype, np.float64)
+        self.assertEqual(r.head_matrix().shape, (layers, heads))
+        self.assertEqual(np.isfinite(r.head_matrix()).sum(), len(r.top_heads))
+        self.assertEqual(len(r.neurons_frame()), TOP)
+        self.assertEqual(len(r.neurons_frame(attention=True)), TOP)
+        self.assertEqual(r.query_layers_frame().shape[0], 1 + 2 * layers)
+        self.assertEqual(list(r.predictions_frame().id[:1]), [PARIS])
+
+    def test_report_neurons_match_rank(self):
+        for attention, level in [(False, "FFN_NEURON"), (True, "attention_neuron")]:
+            ranking = self.client.rank(PROMPT, PARIS, level, top_k=5)
+            frame = self.report.neurons_frame(attention=attention).head(5)
+            self.assertEqual(list(frame.name), list(ranking.to_pandas().name), level)
+            np.testing.assert_allclose(frame.score, ranking.scores, rtol=1e-9)
+
+    def test_decompose_agrees_with_the_report_and_numpy(self):
+        layers = self.client.decompose(PROMPT, target=" Paris").to_pandas()
+        np.testing.assert_allclose(layers[layers.kind == "ATTENTION_LAYER"].increase,
+                                   self.report.attention_layer_increase, rtol=1e-9)
+        np.testing.assert_allclose(layers[layers.kind == "FFN_LAYER"].increase, self.report.ffn_layer_increase, rtol=1e-9)
+        d = self.client.decompose(PROMPT, target=" Paris", include_heads=True, include_vectors=True)
+        frame, vectors = d.to_pandas(), d.vectors()
+        self.assertEqual(vectors.shape, (len(frame), self.info.d_model))
+        sent = ~np.isnan(vectors).any(axis=1)
+        np.testing.assert_allclose(np.linalg.norm(vectors[sent], axis=1), frame.norm[sent], rtol=1e-5)
+        self.assertEqual(d.head_matrix().shape, (self.info.layers, self.info.heads))
+        top = self.report.top_heads[0]
+        self.assertAlmostEqual(d.head_matrix()[top.layer, top.head], top.score, places=9)
+
+    def test_component_names_round_trip(self):
+        for level in ["ATTENTION_LAYER", "FFN_LAYER", "HEAD", "HEAD_POSITION", "FFN_NEURON", "ATTENTION_NEURON"]:
+            ranking = self.client.rank(PROMPT, " Paris", level, top_k=3)
+            for name, ranked in zip(ranking.to_pandas().name, ranking.components):
+                self.assertEqual(parse_component(name), ranked.component, name)
+                self.assertEqual(component_name(ranked.component), name)
+
+    def test_trace_of_the_top_neuron(self):
+        top = self.report.neurons_frame().name[0]
+        trace = self.client.trace(PROMPT, top)
+        frame = trace.to_pandas()
+        self.assertEqual(frame.shape, (1 + 2 * self.info.layers, 1))
+        self.assertAlmostEqual(trace.layer_scores("in").sum(), trace.keys[0].total, places=6)
+        self.assertEqual(trace.head_matrix().shape, (self.info.layers, self.info.heads))
+        self.assertTrue(all(n.startswith("L") for n in trace.top_subvalues().name))
+
+    def test_project_matches_the_report_top_tokens(self):
+        neuron = self.report.ffn_neurons[0]
+        projection = self.client.project(PROMPT, f"L{neuron.layer}.N{neuron.neuron}.value", top_k=5)
+        frame = projection.to_pandas()
+        self.assertEqual(list(frame.side), ["top"] * 5 + ["bottom"] * 5)
+        self.assertEqual(list(frame.id[:5]), [t.id for t in neuron.top_tokens[:5]])
+
+    def test_ablating_the_reported_neurons_reproduces_the_report(self):
+        names = list(self.report.neurons_frame().name[:self.report.ablated_ffn_neurons])
+        ablation = self.client.ablate(PROMPT, " Paris", names)
+        self.assertAlmostEqual(ablation.after.prob, self.report.ablated.prob, places=9)
+        self.assertAlmostEqual(ablation.log_prob_change, self.report.ablated.log_prob - self.report.outcome.log_prob,
+                               places=9)
+        self.assertEqual(list(ablation.to_pandas().state), ["before", "after"])
+
+    # --- streaming ------------------------------------------------------------------------------
+    def test_locate_fact_progress(self):
+        fractions = [f for _, f in self.stages]
+        self.assertEqual(fractions, sorted(fractions))
+        self.assertEqual(self.stages[-1], ("done", 1.0))
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            self.client.locate_fact(PROMPT, " Paris", options=pb.LocateOptions(top_ffn_neurons=1, top_attention_neurons=1,
+                                                                              skip_ablation=True), progress=True)
+        self.assertIn("100%", err.getvalue())
+        self.assertIn("done", err.getvalue())
+
+    def test_locate_facts_aggregate_counts_the_items_neurons(self):
+        events = list(self.client.locate_facts([(PROMPT, " Paris"), ("The capital of Japan is", " Tokyo")],
+                                               options={"top_ffn_neurons": 5, "top_attention_neurons": 5}))
+        items, aggregate = events[:-1], events[-1]
+        layers = self.info.layers
+        counts = sum(np.bincount([n.layer for n in i.report.ffn_neurons], minlength=layers) for i in items)
+        np.testing.assert_array_equal(aggregate.ffn_neurons_per_layer, counts)
+        self.assertEqual(aggregate.to_pandas().shape, (layers, 5))
+        self.assertEqual(aggregate.to_pandas().ffn_neurons.sum(), 2 * 5)
+        fig = aggregate.plot_neurons_per_layer()
+        self.assertEqual(len(fig.axes[0].patches), 2 * layers)
+        self.assertEqual(items[1].report.head_matrix().shape, (layers, self.info.heads))
+
+    def test_plots_have_one_bar_per_layer_and_component(self):
+        layers = self.info.layers
+        bars = self.report.plot_layers().axes[0].patches
+        self.assertEqual(len(bars), 2 * layers)
+        np.testing.assert_allclose([b.get_height() for b in bars[:layers]], self.report.attention_layer_increase)
+        image = self.report.plot_heads().axes[0].images[0]
+        self.assertEqual(image.get_array().shape, (layers, self.info.heads))
+        table = self.report.plot_neuron_table(n=3).axes[0].tables[0]
+        self.assertEqual(table.get_celld()[(1, 0)].get_text().get_text(), self.report.neurons_frame().name[0])
+
+    # --- errors ---------------------------------------------------------------------------------
+    def test_bad_input_is_invalid_argument(self):
+        c = self.client
+        self.assertCode(C.INVALID_ARGUMENT, c.predict, "", contains="prompt")
+        self.assertCode(C.INVALID_ARGUMENT, c.rank, PROMPT, " Paris", "NO_SUCH_LEVEL", contains="level")
+        self.assertCode(C.INVALID_ARGUMENT, c.rank, PROMPT, " Paris is", "HEAD", contains="target")
+        self.assertCode(C.INVALID_ARGUMENT, c.trace, PROMPT, f"L{self.info.layers}.N0", contains="layer")
+        self.assertCode(C.INVALID_ARGUMENT, c.project, PROMPT, "L0.N0.sideways", contains="component")
+        self.assertCode(C.INVALID_ARGUMENT, c.locate_fact, PROMPT, " Paris", options={"top_neurons": 3},
+                        contains="LocateOptions")
+        item, aggregate = c.locate_facts([("", " Paris")])
+        self.assertEqual((item.exception.code, aggregate.failed), (C.INVALID_ARGUMENT, 1))
+        self.assertIn("items[0].prompt", item.exception.message)
+        self.assertIsNone(item.report)
+
+    def test_model_and_auth_errors(self):
+        self.assertCode(C.NOT_FOUND, Client(self.server.address, token=TOKEN, model="gpt-j").predict, PROMPT,
+                        contains="gpt-j")
+        with Client(self.server.address) as anonymous:
+            self.assertCode(C.UNAUTHENTICATED, anonymous.list_models)
+        with Client(self.server.address, token="wrong") as wrong:
+            self.assertCode(C.UNAUTHENTICATED, lambda: wrong.locate_fact(PROMPT, " Paris"))
+
+    def test_context_manager_closes_the_channel(self):
+        with Client(self.server.address, token=TOKEN) as c:
+            self.assertEqual(c.list_models()[0].name, self.info.name)
+        with self.assertRaises(ValueError):  # grpc: "Cannot invoke RPC on closed channel!"
+            c.list_models()
+
+
+def _openssl(*argv):
+    subprocess.run(["openssl", *argv], check=True, capture_output=True)
+
+
+class MutualTlsTest(unittest.TestCase):
+    def test_client_certificate(self):
+        d = tempfile.mkdtemp()
+        p = {n: os.path.join(d, n) for n in ["ca.key", "ca.pem", "s.key", "s.csr", "s.pem", "c.key", "c.csr", "c.pem", "ext"]}
+        with open(p["ext"], "w") as f:
+            f.write("subjectAltName=IP:127.0.0.1\n")
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", p["ca.key"], "-out", p["ca.pem"], "-days", "1",
+                 "-subj", "/CN=factlens test CA")
+        for who in "sc":
+            _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", p[f"{who}.key"], "-out", p[f"{who}.csr"],
+                     "-subj", f"/CN={who}")
+            _openssl("x509", "-req", "-in", p[f"{who}.csr"], "-CA", p["ca.pem"], "-CAkey", p["ca.key"], "-CAcreateserial",
+                     "-out", p[f"{who}.pem"], "-days", "1", "-extfile", p["ext"])
+        server = Server(SERVER, "--tls_cert", p["s.pem"], "--tls_key", p["s.key"], "--tls_client_ca", p["ca.pem"])
+        try:
+            with Client(server.address, root_certificates=p["ca.pem"], client_certificate=p["c.pem"],
+                        client_key=p["c.key"]) as c:
+                self.assertEqual(c.predict(PROMPT, top_k=1).ids[0], PARIS)
+            with Client(server.address, root_certificates=p["ca.pem"], retries=1, timeout=5) as no_cert:
+                with self.assertRaises(FactlensError) as cm:
+                    no_cert.list_models()
+                self.assertEqual(cm.exception.code, C.UNAVAILABLE)
+        finally:
+            self.assertEqual(server.stop(), 0, server.logs())
+
+
+class _Flaky(pb_grpc.FactLensServicer):
+    """Fails the first `failures` calls of each RPC with `code`; LocateFact may fail after its first event."""
+
+    def __init__(self, failures, code, after_first_event=False):
+        self.failures, self.code, self.after_first_event = failures, code, after_first_event
+        self.calls = {}
+        self.lock = threading.Lock()
+
+    def _fail_now(self, rpc):
+        with self.lock:
+            self.calls[rpc] = self.calls.get(rpc, 0) + 1
+            return self.calls[rpc] <= self.failures
+
+    def Predict(self, request, context):
+        if self._fail_now("Predict"):
+            context.abort(self.code, "try again")
+        return pb.PredictResponse(predictions=[pb.TokenScore(id=PARIS, token=" Paris", score=1.0)])
+
+    def ListModels(self, request, context):
+        return pb.ListModelsResponse(models=[pb.ModelInfo(name="fake", layers=1, heads=1)])
+
+    def LocateFact(self, request, context):
+        fail = self._fail_now("LocateFact")
+        if fail and not self.after_first_event:
+            context.abort(self.code, "try again")
+        yield pb.LocateFactEvent(progress=pb.Progress(stage="forward", fraction=0.5))
+        if fail:
+            context.abort(self.code, "lost mid-stream")
+        yield pb.LocateFactEvent(report=pb.FactReport(target=pb.TokenScore(id=PARIS)))
+
+
+class RetryTest(unittest.TestCase):
+    """Retries happen on UNAVAILABLE only, at most `retries` attempts, and never after a stream has started."""
+
+    def serve(self, servicer):
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        pb_grpc.add_FactLensServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        self.addCleanup(server.stop, None)
+        return Client(f"127.0.0.1:{port}", retries=3)
+
+    def test_unavailable_is_retried(self):
+        flaky = _Flaky(2, C.UNAVAILABLE)
+        client = self.serve(flaky)
+        self.assertEqual(client.predict(PROMPT).ids[0], PARIS)
+        self.assertEqual(client.locate_fact(PROMPT, PARIS).target.id, PARIS)
+        self.assertEqual(flaky.calls, {"Predict": 3, "LocateFact": 3})
+
+    def test_attempts_are_bounded(self):
+        flaky = _Flaky(3, C.UNAVAILABLE)
+        client = self.serve(flaky)
+        with self.assertRaises(FactlensError) as cm:
+            client.predict(PROMPT)
+        self.assertEqual((cm.exception.code, cm.exception.message), (C.UNAVAILABLE, "try again"))
+        self.assertEqual(flaky.calls["Predict"], 3)
+
+    def test_other_codes_are_not_retried(self):
+        flaky = _Flaky(1, C.RESOURCE_EXHAUSTED)
+        client = self.serve(flaky)
+        with self.assertRaises(FactlensError) as cm:
+            client.predict(PROMPT)
+        self.assertEqual(cm.exception.code, C.RESOURCE_EXHAUSTED)
+        self.assertEqual(flaky.calls["Predict"], 1)
+
+    def test_a_started_stream_is_not_retried(self):
+        flaky = _Flaky(1, C.UNAVAILABLE, after_first_event=True)
+        client = self.serve(flaky)
+        stages = []
+        with self.assertRaises(FactlensError) as cm:
+            client.locate_fact(PROMPT, PARIS, on_progress=lambda s, f: stages.append(s))
+        self.assertEqual((cm.exception.code, cm.exception.message), (C.UNAVAILABLE, "lost mid-stream"))
+        self.assertEqual((flaky.calls["LocateFact"], stages), (1, ["forward"]))
+
+
+if __name__ == "__main__":
+    unittest.main(argv=[sys.argv[0]], verbosity=2)
