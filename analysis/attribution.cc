@@ -35,6 +35,8 @@ namespace {
 
 // Absolute slack on bound comparisons, covering float32 rounding of exact values and bounds.
 constexpr double kBoundSlack = 1e-5;
+
+absl::Status InterruptedError() { return absl::CancelledError("interrupted"); }
 // Elements of one float32 [chunk, V] projection block of exhaustive evaluation.
 constexpr int64_t kExhaustiveBlockElements = int64_t{1} << 22;
 // Elements of one [R, rows, V] block of exact evaluation.
@@ -274,7 +276,8 @@ Attribution::NeuronSet Attribution::AttentionNeurons(int64_t layer) const {
   return set;
 }
 
-at::Tensor Attribution::AllExact(const std::vector<NeuronSet>& sets) const {
+absl::StatusOr<at::Tensor> Attribution::AllExact(const std::vector<NeuronSet>& sets,
+                                                 const Interrupted& interrupted) const {
   std::vector<at::Tensor> layers;
   const int64_t vocab = unembedding_.size(0);
   for (const NeuronSet& set : sets) {
@@ -282,6 +285,7 @@ at::Tensor Attribution::AllExact(const std::vector<NeuronSet>& sets) const {
     const int64_t chunk = std::max<int64_t>(1, kExhaustiveBlockElements / vocab);
     std::vector<at::Tensor> parts;
     for (int64_t start = 0; start < k; start += chunk) {
+      if (interrupted && interrupted()) return InterruptedError();
       const int64_t n = std::min(chunk, k - start);
       parts.push_back(ExactFromProjections(*set.base, Project(set.vectors.narrow(0, start, n)),
                                            set.coefficients.narrow(1, start, n)));  // [R, n]
@@ -294,26 +298,28 @@ at::Tensor Attribution::AllExact(const std::vector<NeuronSet>& sets) const {
 at::Tensor Attribution::FfnNeuronIncrease() const {
   std::vector<NeuronSet> sets;
   for (size_t l = 0; l < trace_.layers.size(); ++l) sets.push_back(FfnNeurons(l));
-  return AllExact(sets);
+  return *AllExact(sets, {});
 }
 
 at::Tensor Attribution::AttentionNeuronIncrease() const {
   const ModelConfig& c = model_.config();
   std::vector<NeuronSet> sets;
   for (size_t l = 0; l < trace_.layers.size(); ++l) sets.push_back(AttentionNeurons(l));
-  return AllExact(sets).reshape({c.n_layers, trace_.num_tokens, c.n_heads, c.head_dim});
+  return AllExact(sets, {})->reshape({c.n_layers, trace_.num_tokens, c.n_heads, c.head_dim});
 }
 
-NeuronRanking Attribution::RankFfnNeurons(int64_t k, RankOrder order, RankMode mode) const {
+absl::StatusOr<NeuronRanking> Attribution::RankFfnNeurons(int64_t k, RankOrder order, RankMode mode,
+                                                          const Interrupted& interrupted) const {
   std::vector<NeuronSet> sets;
   for (size_t l = 0; l < trace_.layers.size(); ++l) sets.push_back(FfnNeurons(l));
-  return Rank(sets, k, order, mode);
+  return Rank(sets, k, order, mode, interrupted);
 }
 
-NeuronRanking Attribution::RankAttentionNeurons(int64_t k, RankOrder order, RankMode mode) const {
+absl::StatusOr<NeuronRanking> Attribution::RankAttentionNeurons(
+    int64_t k, RankOrder order, RankMode mode, const Interrupted& interrupted) const {
   std::vector<NeuronSet> sets;
   for (size_t l = 0; l < trace_.layers.size(); ++l) sets.push_back(AttentionNeurons(l));
-  return Rank(sets, k, order, mode);
+  return Rank(sets, k, order, mode, interrupted);
 }
 
 at::Tensor Attribution::FfnNeuronSubvalue(int64_t layer, int64_t neuron) const {
@@ -327,8 +333,9 @@ at::Tensor Attribution::AttentionNeuronSubvalue(int64_t layer, int64_t index) co
   return set.vectors[index % k] * set.coefficients[index / k][index % k];
 }
 
-NeuronRanking Attribution::Rank(const std::vector<NeuronSet>& sets, int64_t k, RankOrder order,
-                                RankMode mode) const {
+absl::StatusOr<NeuronRanking> Attribution::Rank(const std::vector<NeuronSet>& sets, int64_t k,
+                                                RankOrder order, RankMode mode,
+                                                const Interrupted& interrupted) const {
   NeuronRanking ranking;
   ranking.mode = mode;
   const bool top = order == RankOrder::kTop;
@@ -375,10 +382,11 @@ NeuronRanking Attribution::Rank(const std::vector<NeuronSet>& sets, int64_t k, R
   std::vector<Candidate> results;
 
   if (mode == RankMode::kExhaustive && target_.metric != Metric::kLogitIncrease) {
-    const at::Tensor all = AllExact(sets);
+    absl::StatusOr<at::Tensor> all = AllExact(sets, interrupted);
+    if (!all.ok()) return all.status();
     ranking.evaluated = ranking.total;
     for (size_t s = 0; s < sets.size(); ++s) {
-      const at::Tensor values = all[s].contiguous();
+      const at::Tensor values = (*all)[s].contiguous();
       const double* data = values.data_ptr<double>();
       for (int64_t i = 0; i < values.numel(); ++i) results.push_back({data[i], sets[s].layer, i});
     }
@@ -403,6 +411,7 @@ NeuronRanking Attribution::Rank(const std::vector<NeuronSet>& sets, int64_t k, R
     const int64_t first_batch = std::clamp<int64_t>(k, 64, 512);
     size_t next = 0;
     while (next < candidates.size()) {
+      if (interrupted && interrupted()) return InterruptedError();
       const size_t batch_end = std::min(candidates.size(), next + (next == 0 ? first_batch : 128));
       // One projection GEMM for the whole batch (each GEMM streams the whole unembedding), then
       // the exact values per layer, whose bases differ.

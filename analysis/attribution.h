@@ -8,6 +8,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string_view>
 #include <vector>
@@ -57,6 +58,10 @@ struct RankedNeuron {
   double coefficient = 0;  // m: FFN coefficient, or α[h,pos,s]·value[s,h,j] for attention neurons
 };
 
+// Polled by long computations; returns true when the caller no longer wants the result (the
+// client cancelled or its deadline passed).
+using Interrupted = std::function<bool()>;
+
 struct NeuronRanking {
   std::vector<RankedNeuron> neurons;  // best first
   RankMode mode = RankMode::kExact;
@@ -102,8 +107,12 @@ class Attribution {
   at::Tensor AttentionNeuronIncrease() const;
 
   // The k best FFN / attention neurons over all layers. k is clamped to the neuron count.
-  NeuronRanking RankFfnNeurons(int64_t k, RankOrder order, RankMode mode) const;
-  NeuronRanking RankAttentionNeurons(int64_t k, RankOrder order, RankMode mode) const;
+  // `interrupted` (may be empty) is polled between batches of exact evaluations; once it returns
+  // true the ranking stops and returns Cancelled. No other errors.
+  absl::StatusOr<NeuronRanking> RankFfnNeurons(int64_t k, RankOrder order, RankMode mode,
+                                               const Interrupted& interrupted = {}) const;
+  absl::StatusOr<NeuronRanking> RankAttentionNeurons(int64_t k, RankOrder order, RankMode mode,
+                                                     const Interrupted& interrupted = {}) const;
 
   // The d-vector an attention neuron adds at the position (coefficient × W_O column).
   at::Tensor AttentionNeuronSubvalue(int64_t layer, int64_t index) const;
@@ -121,9 +130,10 @@ class Attribution {
                                   const at::Tensor& coefficients) const;
   NeuronSet FfnNeurons(int64_t layer) const;
   NeuronSet AttentionNeurons(int64_t layer) const;
-  at::Tensor AllExact(const std::vector<NeuronSet>& sets) const;
-  NeuronRanking Rank(const std::vector<NeuronSet>& sets, int64_t k, RankOrder order,
-                     RankMode mode) const;
+  absl::StatusOr<at::Tensor> AllExact(const std::vector<NeuronSet>& sets,
+                                      const Interrupted& interrupted) const;
+  absl::StatusOr<NeuronRanking> Rank(const std::vector<NeuronSet>& sets, int64_t k, RankOrder order,
+                                     RankMode mode, const Interrupted& interrupted) const;
   // The metric's value for a log-prob increase Δ over `base`.
   at::Tensor FromLogProbIncrease(const Base& base, const at::Tensor& delta) const;
 

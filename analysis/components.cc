@@ -4,6 +4,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "analysis/tracing.h"
 
 namespace factlens {
 namespace {
@@ -49,6 +50,9 @@ absl::StatusOr<at::Tensor> ComponentVector(const Model& model, const ForwardTrac
   switch (k) {
     case ComponentKind::kAttentionLayer:
       return lt.attn_out[position];
+    case ComponentKind::kAttentionBias:
+      return lt.attn_out[position] -
+             at::einsum("hj,hjd->d", {lt.head_outputs[position], o}).to(lt.attn_out.dtype());
     case ComponentKind::kFfnLayer:
       return lt.ffn_out[position];
     case ComponentKind::kHead:
@@ -62,15 +66,11 @@ absl::StatusOr<at::Tensor> ComponentVector(const Model& model, const ForwardTrac
     case ComponentKind::kFfnNeuronValue:
       return w.out_weight.to(at::kFloat).select(1, ref.neuron);
     case ComponentKind::kFfnNeuronKey: {
-      const at::Tensor g = w.ffn_norm_weight.to(at::kFloat);
-      const std::string name =
-          ref.key_name.empty() ? (c.family == ModelFamily::kGpt2 ? "in" : "gate") : ref.key_name;
-      if (name == "in" && c.family == ModelFamily::kGpt2)
-        return w.in_weight[ref.neuron].to(at::kFloat) * g;
-      if (name == "up" && c.family == ModelFamily::kLlama)
-        return w.in_weight[ref.neuron].to(at::kFloat) * g;
-      if (name == "gate" && c.family == ModelFamily::kLlama)
-        return w.gate_weight[ref.neuron].to(at::kFloat) * g;
+      const std::vector<NeuronKey> keys = FfnNeuronKeys(model, ref.layer, ref.neuron);
+      const std::string name = ref.key_name.empty() ? keys[0].name : ref.key_name;
+      for (const NeuronKey& key : keys) {
+        if (key.name == name) return key.key;
+      }
       return absl::InvalidArgumentError(absl::StrCat(
           "component.key_name: '", name, "' is not a key of a ", ModelFamilyName(c.family),
           " FFN neuron (", c.family == ModelFamily::kGpt2 ? "in" : "gate, up", ")"));
@@ -81,8 +81,7 @@ absl::StatusOr<at::Tensor> ComponentVector(const Model& model, const ForwardTrac
     case ComponentKind::kAttentionNeuronValue:
       return o[ref.head][ref.neuron];
     case ComponentKind::kAttentionNeuronKey:
-      return w.v_weight[kv_head * c.head_dim + ref.neuron].to(at::kFloat) *
-             w.attn_norm_weight.to(at::kFloat);
+      return AttentionNeuronKey(model, ref.layer, ref.head, ref.neuron).key;
     default:
       return absl::InvalidArgumentError("component.kind: unsupported");
   }

@@ -27,6 +27,7 @@ enum class ComponentKind {
   kAttentionNeuronValue,  // the W_O column
   kAttentionNeuronKey,    // value-projection row ⊙ input-norm weight
   kResidual,              // the final residual
+  kAttentionBias,         // attention output minus Σ heads: its bias (GPT-2), zero without one
 };
 
 struct ComponentRef {

@@ -17,25 +17,12 @@ std::vector<double> ToVector(const at::Tensor& t) {
   return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
 }
 
-std::vector<TokenScore> TopTokens(const at::Tensor& scores, int64_t k) {
-  const auto [values, indices] = at::topk(scores, std::min<int64_t>(k, scores.size(0)));
-  std::vector<TokenScore> tokens;
-  for (int64_t i = 0; i < values.size(0); ++i) {
-    tokens.push_back({indices[i].item<int64_t>(), values[i].item<double>()});
-  }
-  return tokens;
-}
-
 // The top heads (source_position -1) or head×positions of a [L, H] or [L, H, T] score tensor.
 std::vector<HeadScore> TopHeads(const at::Tensor& scores, int64_t k) {
-  const at::Tensor flat = scores.reshape({-1});
-  const auto [values, indices] = at::topk(flat, std::min<int64_t>(k, flat.numel()));
   std::vector<HeadScore> heads;
   const int64_t h = scores.size(1), t = scores.dim() == 3 ? scores.size(2) : 1;
-  for (int64_t i = 0; i < values.size(0); ++i) {
-    const int64_t f = indices[i].item<int64_t>();
-    heads.push_back(
-        {f / (h * t), (f / t) % h, scores.dim() == 3 ? f % t : -1, values[i].item<double>()});
+  for (const auto& [f, value] : TopScores(scores, k)) {
+    heads.push_back({f / (h * t), (f / t) % h, scores.dim() == 3 ? f % t : -1, value});
   }
   return heads;
 }
@@ -108,7 +95,7 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
     report.final_scale = a.final_scale();
     const at::Tensor logits = trace->logits[a.position()];
     report.outcome = OutcomeOf(logits, target);
-    report.predictions = TopTokens(at::softmax(logits.to(at::kDouble), -1), options.predictions);
+    report.predictions = TopScores(at::softmax(logits.to(at::kDouble), -1), options.predictions);
 
     if (!report_progress("layers and heads", 0.1)) return cancelled;
     report.attention_layer_increase = ToVector(a.AttentionLayerIncrease());
@@ -119,12 +106,16 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
     // What each neuron writes: the projection of its value vector, sign-corrected by its
     // coefficient (a neuron with m < 0 promotes the bottom tokens of v).
     auto projection_tokens = [&](const at::Tensor& vector, double coefficient) {
-      return TopTokens(a.Project((coefficient < 0 ? -vector : vector).unsqueeze(0))[0],
+      return TopScores(a.Project((coefficient < 0 ? -vector : vector).unsqueeze(0))[0],
                        options.top_tokens);
     };
     if (!report_progress("FFN neurons", 0.25)) return cancelled;
     const int64_t ffn_k = std::max(options.top_ffn_neurons, options.query_ffn_neurons);
-    NeuronRanking ffn = a.RankFfnNeurons(ffn_k, RankOrder::kTop, options.mode);
+    absl::StatusOr<NeuronRanking> ffn_ranking =
+        a.RankFfnNeurons(ffn_k, RankOrder::kTop, options.mode,
+                         [&] { return !report_progress("FFN neurons", 0.25); });
+    if (!ffn_ranking.ok()) return cancelled;
+    NeuronRanking& ffn = *ffn_ranking;
     for (size_t i = 0; i < ffn.neurons.size() && static_cast<int64_t>(i) < options.top_ffn_neurons;
          ++i) {
       const RankedNeuron& n = ffn.neurons[i];
@@ -134,7 +125,11 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
     }
     if (!report_progress("attention neurons", 0.45)) return cancelled;
     const int64_t attn_k = std::max(options.top_attention_neurons, options.query_attention_neurons);
-    NeuronRanking attention = a.RankAttentionNeurons(attn_k, RankOrder::kTop, options.mode);
+    absl::StatusOr<NeuronRanking> attention_ranking =
+        a.RankAttentionNeurons(attn_k, RankOrder::kTop, options.mode,
+                               [&] { return !report_progress("attention neurons", 0.45); });
+    if (!attention_ranking.ok()) return cancelled;
+    NeuronRanking& attention = *attention_ranking;
     for (size_t i = 0;
          i < attention.neurons.size() && static_cast<int64_t>(i) < options.top_attention_neurons;
          ++i) {
@@ -158,16 +153,13 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
         attention.neurons.begin() +
             std::min<size_t>(attention.neurons.size(), options.query_attention_neurons));
     report.query_layers_attention = ToVector(QueryLayerScoresAttention(a, query_attention));
-    const at::Tensor query_neurons = QueryFfnNeuronScores(a, query_attention).reshape({-1});
-    const auto [values, indices] = at::topk(
-        query_neurons, std::min<int64_t>(options.query_neurons_reported, query_neurons.numel()));
-    for (int64_t i = 0; i < values.size(0); ++i) {
-      const int64_t flat = indices[i].item<int64_t>();
+    for (const auto& [flat, score] :
+         TopScores(QueryFfnNeuronScores(a, query_attention), options.query_neurons_reported)) {
       const int64_t layer = flat / config.d_ffn, n = flat % config.d_ffn;
       const double coefficient =
           trace->layers[layer].ffn_coefficients[a.position()][n].item<double>();
       report.query_ffn_neurons.push_back(
-          {layer, n, -1, -1, values[i].item<double>(), coefficient,
+          {layer, n, -1, -1, score, coefficient,
            projection_tokens(model.weights().layers[layer].out_weight.select(1, n), coefficient)});
     }
 

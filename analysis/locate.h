@@ -81,8 +81,9 @@ struct FactReport {
   AblationReport ablation;
 };
 
-// Called between stages with a short stage name and the fraction done in [0, 1]; returning false
-// stops the work (LocateFact then returns CANCELLED).
+// Called between stages with a short stage name and the fraction done in [0, 1], and repeatedly
+// with the same values during long stages (so a caller can stop them): returning false stops the
+// work (LocateFact then returns CANCELLED).
 using ProgressCallback = std::function<bool(const std::string& stage, double fraction)>;
 
 // Runs the whole pipeline on `token_ids` for `target`. InvalidArgument (naming the field) for bad

@@ -2,20 +2,21 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 
 namespace factlens {
-namespace {
 
-std::vector<TokenScore> ToTokenScores(const at::Tensor& values, const at::Tensor& indices) {
+std::vector<TokenScore> TopScores(const at::Tensor& scores, int64_t k, bool largest) {
+  const at::Tensor flat = scores.reshape({-1});
+  const auto [values, indices] =
+      at::topk(flat, std::clamp<int64_t>(k, 0, flat.numel()), -1, largest);
+  const at::Tensor v = values.to(at::kDouble).contiguous(), i = indices.contiguous();
   std::vector<TokenScore> out;
-  for (int64_t i = 0; i < values.size(0); ++i) {
-    out.push_back({indices[i].item<int64_t>(), values[i].item<double>()});
-  }
+  for (int64_t j = 0; j < v.numel(); ++j)
+    out.push_back({i.data_ptr<int64_t>()[j], v.data_ptr<double>()[j]});
   return out;
 }
-
-}  // namespace
 
 VocabProjector::VocabProjector(const Model& model, const at::Tensor& final_residual) {
   const ModelConfig& c = model.config();
@@ -37,10 +38,7 @@ at::Tensor VocabProjector::Project(const at::Tensor& vectors) const {
 std::pair<std::vector<TokenScore>, std::vector<TokenScore>> VocabProjector::TopAndBottom(
     const at::Tensor& vector, int64_t k) const {
   const at::Tensor scores = Project(vector.unsqueeze(0))[0];
-  k = std::min<int64_t>(k, scores.size(0));
-  const auto [top_values, top_indices] = at::topk(scores, k);
-  const auto [bottom_values, bottom_indices] = at::topk(scores, k, -1, /*largest=*/false);
-  return {ToTokenScores(top_values, top_indices), ToTokenScores(bottom_values, bottom_indices)};
+  return {TopScores(scores, k), TopScores(scores, k, /*largest=*/false)};
 }
 
 }  // namespace factlens

@@ -11,11 +11,17 @@
 
 namespace factlens {
 
-// A token id with a score (probability, before-softmax value, ...: the user says which).
+// A token id (or, from TopScores, a flat index) with a score (probability, before-softmax value,
+// ...: the user says which).
 struct TokenScore {
   int64_t token_id = 0;
   double score = 0;
 };
+
+// The k largest (`largest`) or smallest entries of `scores` (any shape, read flattened), best
+// first, as (flat index, value) pairs; k is clamped to the element count. For a vocabulary-sized
+// tensor the flat index is the token id. Thread-safe.
+std::vector<TokenScore> TopScores(const at::Tensor& scores, int64_t k, bool largest = true);
 
 // Projects vectors into vocabulary space with the final norm's scale σ frozen at one position:
 // bs(v) = E·(g ⊙ c(v)/σ) (c centres for LayerNorm models). Immutable; thread-safe.

@@ -18,24 +18,6 @@ absl::Status CheckRange(const char* field, int64_t value, int64_t limit) {
   return absl::OkStatus();
 }
 
-std::vector<NeuronKey> FfnKeys(const Model& model, int64_t layer, int64_t neuron) {
-  const LayerWeights& w = model.weights().layers[layer];
-  const at::Tensor g = w.ffn_norm_weight.to(at::kFloat);
-  if (model.config().family == ModelFamily::kGpt2) {
-    return {{"in", w.in_weight[neuron].to(at::kFloat) * g}};
-  }
-  return {{"gate", w.gate_weight[neuron].to(at::kFloat) * g},
-          {"up", w.in_weight[neuron].to(at::kFloat) * g}};
-}
-
-NeuronKey AttentionKey(const Model& model, int64_t layer, int64_t head, int64_t dim) {
-  const ModelConfig& c = model.config();
-  const LayerWeights& w = model.weights().layers[layer];
-  const int64_t kv_head = head / (c.n_heads / c.n_kv_heads);
-  return {"value", w.v_weight[kv_head * c.head_dim + dim].to(at::kFloat) *
-                       w.attn_norm_weight.to(at::kFloat)};
-}
-
 // Scores of `key` against the components at `position` that the residual entering layer
 // `layer` holds, plus attention layer `layer` itself when `include_attention`.
 KeyTrace TraceKey(const Model& model, const ForwardTrace& trace, NeuronKey key, int64_t layer,
@@ -67,12 +49,8 @@ KeyTrace TraceKey(const Model& model, const ForwardTrace& trace, NeuronKey key, 
   }
   result.total = result.layer_scores.sum().item<double>();
   if (!subvalue_scores.empty() && top_k > 0) {
-    const at::Tensor all = at::stack(subvalue_scores);  // [layer, N]
-    const auto [values, indices] =
-        at::topk(all.reshape({-1}), std::min<int64_t>(top_k, all.numel()));
-    for (int64_t i = 0; i < values.size(0); ++i) {
-      const int64_t flat = indices[i].item<int64_t>();
-      result.top_subvalues.push_back({flat / c.d_ffn, flat % c.d_ffn, values[i].item<double>()});
+    for (const auto& [flat, score] : TopScores(at::stack(subvalue_scores), top_k)) {
+      result.top_subvalues.push_back({flat / c.d_ffn, flat % c.d_ffn, score});
     }
   }
   result.key = std::move(key);
@@ -80,6 +58,24 @@ KeyTrace TraceKey(const Model& model, const ForwardTrace& trace, NeuronKey key, 
 }
 
 }  // namespace
+
+std::vector<NeuronKey> FfnNeuronKeys(const Model& model, int64_t layer, int64_t neuron) {
+  const LayerWeights& w = model.weights().layers[layer];
+  const at::Tensor g = w.ffn_norm_weight.to(at::kFloat);
+  if (model.config().family == ModelFamily::kGpt2) {
+    return {{"in", w.in_weight[neuron].to(at::kFloat) * g}};
+  }
+  return {{"gate", w.gate_weight[neuron].to(at::kFloat) * g},
+          {"up", w.in_weight[neuron].to(at::kFloat) * g}};
+}
+
+NeuronKey AttentionNeuronKey(const Model& model, int64_t layer, int64_t head, int64_t dim) {
+  const ModelConfig& c = model.config();
+  const LayerWeights& w = model.weights().layers[layer];
+  const int64_t kv_head = head / (c.n_heads / c.n_kv_heads);
+  return {"value", w.v_weight[kv_head * c.head_dim + dim].to(at::kFloat) *
+                       w.attn_norm_weight.to(at::kFloat)};
+}
 
 AttentionNeuronIndex SplitAttentionNeuronIndex(const ModelConfig& config, int64_t index) {
   const int64_t per_position = config.n_heads * config.head_dim;
@@ -97,7 +93,7 @@ absl::StatusOr<NeuronTrace> TraceFfnNeuron(const Model& model, const ForwardTrac
   if (status.ok()) status = CheckRange("top_k", top_k, c.n_layers * c.d_ffn + 1);
   if (!status.ok()) return status;
   NeuronTrace result{layer, position, {}};
-  for (NeuronKey& key : FfnKeys(model, layer, neuron)) {
+  for (NeuronKey& key : FfnNeuronKeys(model, layer, neuron)) {
     result.keys.push_back(TraceKey(model, trace, std::move(key), layer, position, true, top_k));
   }
   return result;
@@ -115,7 +111,7 @@ absl::StatusOr<NeuronTrace> TraceAttentionNeuron(const Model& model, const Forwa
   if (status.ok()) status = CheckRange("top_k", top_k, c.n_layers * c.d_ffn + 1);
   if (!status.ok()) return status;
   NeuronTrace result{layer, source_position, {}};
-  result.keys.push_back(TraceKey(model, trace, AttentionKey(model, layer, head, dim), layer,
+  result.keys.push_back(TraceKey(model, trace, AttentionNeuronKey(model, layer, head, dim), layer,
                                  source_position, false, top_k));
   return result;
 }
@@ -124,11 +120,11 @@ std::vector<std::pair<std::string, at::Tensor>> QueryLayerScoresFfn(
     const Attribution& attribution, const std::vector<RankedNeuron>& neurons) {
   const Model& model = attribution.model();
   std::vector<std::pair<std::string, at::Tensor>> sums;
-  for (const NeuronKey& key : FfnKeys(model, 0, 0)) {
+  for (const NeuronKey& key : FfnNeuronKeys(model, 0, 0)) {
     sums.emplace_back(key.name, at::zeros({1 + 2 * model.config().n_layers}, at::kDouble));
   }
   for (const RankedNeuron& n : neurons) {
-    const std::vector<NeuronKey> keys = FfnKeys(model, n.layer, n.index);
+    const std::vector<NeuronKey> keys = FfnNeuronKeys(model, n.layer, n.index);
     for (size_t k = 0; k < keys.size(); ++k) {
       const KeyTrace t =
           TraceKey(model, attribution.trace(), keys[k], n.layer, attribution.position(), true, 0);
@@ -145,8 +141,8 @@ at::Tensor QueryLayerScoresAttention(const Attribution& attribution,
   for (const RankedNeuron& n : neurons) {
     const AttentionNeuronIndex i = SplitAttentionNeuronIndex(model.config(), n.index);
     const KeyTrace t =
-        TraceKey(model, attribution.trace(), AttentionKey(model, n.layer, i.head, i.dim), n.layer,
-                 i.source_position, false, 0);
+        TraceKey(model, attribution.trace(), AttentionNeuronKey(model, n.layer, i.head, i.dim),
+                 n.layer, i.source_position, false, 0);
     sum += t.layer_scores / t.total * n.score;
   }
   return sum;
@@ -160,7 +156,7 @@ at::Tensor QueryFfnNeuronScores(const Attribution& attribution,
   at::Tensor sum = at::zeros({c.n_layers, c.d_ffn}, at::kDouble);
   for (const RankedNeuron& n : attention_neurons) {
     const AttentionNeuronIndex i = SplitAttentionNeuronIndex(c, n.index);
-    const NeuronKey key = AttentionKey(model, n.layer, i.head, i.dim);
+    const NeuronKey key = AttentionNeuronKey(model, n.layer, i.head, i.dim);
     const double denominator =
         at::dot(trace.layers[n.layer].residual_in[i.source_position], key.key).item<double>();
     for (int64_t m = 0; m < n.layer; ++m) {

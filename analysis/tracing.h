@@ -25,6 +25,11 @@ struct NeuronKey {
   at::Tensor key;  // [d] float32
 };
 
+// The keys of FFN neuron (layer, neuron): GPT-2 {"in"}, Llama {"gate", "up"}; and the "value" key
+// of attention neuron (layer, head, dim). Indices must be in range (unchecked). Thread-safe.
+std::vector<NeuronKey> FfnNeuronKeys(const Model& model, int64_t layer, int64_t neuron);
+NeuronKey AttentionNeuronKey(const Model& model, int64_t layer, int64_t head, int64_t dim);
+
 // One earlier FFN neuron's subvalue scored against a key.
 struct SubvalueScore {
   int64_t layer = 0;

@@ -21,11 +21,11 @@
 #include "analysis/attribution.h"
 #include "analysis/cpu_threads.h"
 #include "analysis/forward.h"
-#include "analysis/tensor_io.h"
 #include "analysis/text_input.h"
 #include "analysis/tokenizer/tokenizer.h"
 #include "analysis/weights.h"
 #include "nlohmann/json.hpp"
+#include "tests/support/random_gpt2.h"
 
 namespace factlens {
 namespace {
@@ -73,39 +73,6 @@ void Print(const char* what, const Comparison& c) {
       c.identical ? "yes" : "NO");
 }
 
-std::string WriteRandomGpt2Medium(const std::string& dir) {
-  const int64_t v = 50257, d = 1024, n = 4096, layers = 24, positions = 1024;
-  std::filesystem::create_directories(dir);
-  std::ofstream(dir + "/config.json")
-      << R"({"model_type":"gpt2","vocab_size":50257,"n_embd":1024,"n_layer":24,"n_head":16,)"
-      << R"("n_positions":1024,"activation_function":"gelu_new"})";
-  at::manual_seed(0);
-  std::map<std::string, at::Tensor> t;
-  auto normal = [](std::vector<int64_t> shape) { return at::randn(shape) * 0.02; };
-  t["wte.weight"] = normal({v, d});
-  t["wpe.weight"] = normal({positions, d}) / 2;
-  for (int64_t l = 0; l < layers; ++l) {
-    const std::string p = "h." + std::to_string(l) + ".";
-    t[p + "ln_1.weight"] = at::ones({d});
-    t[p + "ln_1.bias"] = at::zeros({d});
-    t[p + "attn.c_attn.weight"] = normal({d, 3 * d});
-    t[p + "attn.c_attn.bias"] = at::zeros({3 * d});
-    t[p + "attn.c_proj.weight"] = normal({d, d});
-    t[p + "attn.c_proj.bias"] = at::zeros({d});
-    t[p + "ln_2.weight"] = at::ones({d});
-    t[p + "ln_2.bias"] = at::zeros({d});
-    t[p + "mlp.c_fc.weight"] = normal({d, n});
-    t[p + "mlp.c_fc.bias"] = at::zeros({n});
-    t[p + "mlp.c_proj.weight"] = normal({n, d});
-    t[p + "mlp.c_proj.bias"] = at::zeros({d});
-  }
-  t["ln_f.weight"] = at::ones({d});
-  t["ln_f.bias"] = at::zeros({d});
-  const absl::Status written = WriteSafetensorsFile(dir + "/model.safetensors", t);
-  if (!written.ok()) std::fprintf(stderr, "%s\n", std::string(written.message()).c_str());
-  return dir;
-}
-
 struct Comparisons {
   Comparison ffn, attention, ffn_bottom, attention_bottom;
 };
@@ -121,16 +88,18 @@ void RunOne(const Model& model, const std::vector<int64_t>& ids, int64_t target,
   t.token_id = target >= 0 ? target : trace->logits[-1].argmax().item<int64_t>();
   absl::StatusOr<std::unique_ptr<Attribution>> a = Attribution::Create(model, *trace, t);
   if (!a.ok()) return;
-  Compare([&](int64_t kk, RankMode m) { return (*a)->RankFfnNeurons(kk, RankOrder::kTop, m); }, k,
-          c.ffn);
   Compare(
-      [&](int64_t kk, RankMode m) { return (*a)->RankAttentionNeurons(kk, RankOrder::kTop, m); }, k,
-      c.attention);
-  Compare([&](int64_t kk, RankMode m) { return (*a)->RankFfnNeurons(kk, RankOrder::kBottom, m); },
+      [&](int64_t kk, RankMode m) { return (*a)->RankFfnNeurons(kk, RankOrder::kTop, m).value(); },
+      k, c.ffn);
+  Compare([&](int64_t kk,
+              RankMode m) { return (*a)->RankAttentionNeurons(kk, RankOrder::kTop, m).value(); },
+          k, c.attention);
+  Compare([&](int64_t kk,
+              RankMode m) { return (*a)->RankFfnNeurons(kk, RankOrder::kBottom, m).value(); },
           k, c.ffn_bottom);
-  Compare(
-      [&](int64_t kk, RankMode m) { return (*a)->RankAttentionNeurons(kk, RankOrder::kBottom, m); },
-      k, c.attention_bottom);
+  Compare([&](int64_t kk,
+              RankMode m) { return (*a)->RankAttentionNeurons(kk, RankOrder::kBottom, m).value(); },
+          k, c.attention_bottom);
 }
 
 void PrintAll(const std::string& label, const Comparisons& c) {
@@ -162,8 +131,12 @@ int main(int argc, char** argv) {
   std::printf("libblas %s, %d threads, top-k = %lld\n", factlens::LoadedBlasLibrary().c_str(),
               at::get_num_threads(), static_cast<long long>(k));
   if (medium) {
-    const std::string dir = factlens::WriteRandomGpt2Medium(
-        (std::filesystem::temp_directory_path() / "factlens-gpt2-medium-random").string());
+    const std::string dir =
+        (std::filesystem::temp_directory_path() / "factlens-gpt2-medium-random").string();
+    if (const absl::Status s = factlens::testing::WriteRandomGpt2(dir, {}, 0); !s.ok()) {
+      std::fprintf(stderr, "%s\n", std::string(s.message()).c_str());
+      return 1;
+    }
     absl::StatusOr<std::shared_ptr<const factlens::Model>> model = factlens::Model::Load(dir);
     if (!model.ok()) {
       std::fprintf(stderr, "%s\n", std::string(model.status().message()).c_str());

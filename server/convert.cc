@@ -116,6 +116,7 @@ constexpr KindPair kKinds[] = {
     {v1::Component::ATTENTION_NEURON_VALUE, ComponentKind::kAttentionNeuronValue},
     {v1::Component::ATTENTION_NEURON_KEY, ComponentKind::kAttentionNeuronKey},
     {v1::Component::RESIDUAL, ComponentKind::kResidual},
+    {v1::Component::ATTENTION_BIAS, ComponentKind::kAttentionBias},
 };
 
 }  // namespace
@@ -192,6 +193,26 @@ void FillOutcome(const TargetOutcome& outcome, v1::TargetOutcome* out) {
   out->set_log_prob(outcome.log_prob);
   out->set_prob(outcome.prob);
   out->set_rank(outcome.rank);
+}
+
+void FillDecomposition(const ServedModel& model, const PositionDecomposition& decomposition,
+                       int64_t token_id, bool include_vectors, v1::PositionDecomposition* out) {
+  out->set_position(static_cast<int32_t>(decomposition.position));
+  out->set_token_id(token_id);
+  out->set_final_scale(decomposition.final_scale);
+  out->set_reconstruction_error(decomposition.reconstruction_error);
+  for (const DecomposedComponent& c : decomposition.components) {
+    v1::DecomposedComponent* component = out->add_components();
+    *component->mutable_component() = ToProto(c.ref);
+    component->set_norm(c.norm);
+    if (c.increase) component->set_increase(*c.increase);
+    if (include_vectors) {
+      const at::Tensor v = c.vector.to(at::kFloat).contiguous();
+      component->mutable_vector()->Add(v.data_ptr<float>(), v.data_ptr<float>() + v.numel());
+    }
+    for (const TokenScore& t : c.lens_tokens)
+      FillTokenScore(model, t.token_id, t.score, component->add_top_tokens());
+  }
 }
 
 namespace {

@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "analysis/attribution.h"
 #include "analysis/components.h"
+#include "analysis/decompose.h"
 #include "analysis/locate.h"
 #include "factlens/v1/factlens.pb.h"
 #include "server/model_registry.h"
@@ -44,6 +45,10 @@ v1::RankMode ToProto(RankMode mode);
 void FillTokenScore(const ServedModel& model, int64_t id, double score, v1::TokenScore* out);
 void FillOutcome(const TargetOutcome& outcome, v1::TargetOutcome* out);
 void FillFactReport(const ServedModel& model, const FactReport& report, v1::FactReport* out);
+// `token_id` is the prompt token at the decomposed position; vectors are copied (as float32)
+// only when `include_vectors`.
+void FillDecomposition(const ServedModel& model, const PositionDecomposition& decomposition,
+                       int64_t token_id, bool include_vectors, v1::PositionDecomposition* out);
 
 }  // namespace factlens
 

@@ -9,6 +9,7 @@
 #include "absl/time/clock.h"
 #include "analysis/attribution.h"
 #include "analysis/components.h"
+#include "analysis/decompose.h"
 #include "analysis/forward.h"
 #include "analysis/locate.h"
 #include "analysis/projection.h"
@@ -38,16 +39,6 @@ std::optional<int32_t> OptionalPosition(bool has, int32_t value) {
 
 absl::StatusOr<ForwardTrace> FullTrace(const ServedModel& m, const std::vector<int64_t>& ids) {
   return Forward(*m.model, ids, FullCapture());
-}
-
-// The k best (or most negative) entries of a score tensor, as flat indices and values.
-std::vector<std::pair<int64_t, double>> Best(const at::Tensor& scores, int64_t k, bool bottom) {
-  const at::Tensor flat = scores.reshape({-1}).to(at::kDouble);
-  const auto [values, indices] = at::topk(flat, std::min<int64_t>(k, flat.numel()), -1, !bottom);
-  std::vector<std::pair<int64_t, double>> out;
-  for (int64_t i = 0; i < values.size(0); ++i)
-    out.emplace_back(indices[i].item<int64_t>(), values[i].item<double>());
-  return out;
 }
 
 LocateOptions ToLocateOptions(const v1::LocateOptions& o, std::optional<int32_t> position) {
@@ -183,7 +174,7 @@ grpc::Status FactLensService::Serve(grpc::ServerContext* context, const char* rp
         } catch (const std::exception& e) {
           status = absl::InternalError(e.what());
         }
-        if (status.ok() && context->IsCancelled()) {
+        if ((status.ok() || absl::IsCancelled(status)) && context->IsCancelled()) {
           status = absl::Now() >= deadline ? absl::DeadlineExceededError("deadline exceeded")
                                            : absl::CancelledError("cancelled by the client");
         }
@@ -291,18 +282,15 @@ grpc::Status FactLensService::Predict(grpc::ServerContext* context,
                [&](const ServedModel& m) -> absl::Status {
                  absl::StatusOr<PromptAt> at = ParsePromptAt(m, *request, options_);
                  if (!at.ok()) return at.status();
-                 const std::vector<int64_t>* ids = &at->ids;
-                 const int64_t* k = &at->top_k;
-                 const int64_t* position = &at->position;
                  CaptureOptions capture;
                  capture.residuals = false;
-                 capture.positions = {*position};
-                 absl::StatusOr<ForwardTrace> trace = Forward(*m.model, *ids, capture);
+                 capture.positions = {at->position};
+                 absl::StatusOr<ForwardTrace> trace = Forward(*m.model, at->ids, capture);
                  if (!trace.ok()) return trace.status();
                  const at::Tensor probs = at::softmax(trace->logits[0].to(at::kDouble), -1);
-                 for (const auto& [id, p] : Best(probs, *k, false))
+                 for (const auto& [id, p] : TopScores(probs, at->top_k))
                    FillTokenScore(m, id, p, response->add_predictions());
-                 for (int64_t id : *ids) response->add_input_ids(id);
+                 for (int64_t id : at->ids) response->add_input_ids(id);
                  return absl::OkStatus();
                });
 }
@@ -312,109 +300,42 @@ grpc::Status FactLensService::Decompose(grpc::ServerContext* context,
                                         v1::DecomposeResponse* response) {
   return Serve(
       context, "Decompose", request->model(), true, [&](const ServedModel& m) -> absl::Status {
-        absl::StatusOr<std::vector<int64_t>> ids =
-            PromptIds(m, request->prompt(), options_.max_prompt_tokens);
-        if (!ids.ok()) return ids.status();
-        absl::StatusOr<int64_t> lens_k =
-            TopK("logit_lens_top_k", request->logit_lens_top_k(), 0, options_.max_top_k);
-        if (!lens_k.ok()) return lens_k.status();
-        std::optional<int64_t> target;
+        FACTLENS_ASSIGN_OR_RETURN(const std::vector<int64_t> ids,
+                                  PromptIds(m, request->prompt(), options_.max_prompt_tokens));
+        DecomposeOptions options;
+        options.include_heads = request->include_heads();
+        FACTLENS_ASSIGN_OR_RETURN(
+            options.logit_lens_top_k,
+            TopK("logit_lens_top_k", request->logit_lens_top_k(), 0, options_.max_top_k));
         if (request->target().target_case() != v1::Target::TARGET_NOT_SET) {
-          absl::StatusOr<int64_t> t = TargetId(m, request->target(), request->prompt());
-          if (!t.ok()) return t.status();
-          target = *t;
+          FACTLENS_ASSIGN_OR_RETURN(const int64_t target,
+                                    TargetId(m, request->target(), request->prompt()));
+          options.target = AttributionTarget{target, -1, ToMetric(request->options().metric()),
+                                             request->options().include_final_norm_bias()};
         }
-        std::vector<int64_t> positions;
         std::vector<int32_t> requested(request->positions().begin(), request->positions().end());
         if (requested.empty()) requested.push_back(-1);
-        if (static_cast<int64_t>(requested.size()) > static_cast<int64_t>(ids->size())) {
+        if (requested.size() > ids.size()) {
           return absl::InvalidArgumentError("positions: more positions than tokens");
         }
+        std::vector<int64_t> positions;
         for (int32_t p : requested) {
-          absl::StatusOr<int64_t> resolved = ResolvePosition(p, ids->size());
+          absl::StatusOr<int64_t> resolved = ResolvePosition(p, ids.size());
           if (!resolved.ok())
             return absl::InvalidArgumentError(
                 absl::StrCat("positions: ", resolved.status().message()));
           positions.push_back(*resolved);
         }
-        absl::StatusOr<ForwardTrace> trace = FullTrace(m, *ids);
-        if (!trace.ok()) return trace.status();
-        const ModelConfig& c = m.model->config();
-        for (int64_t id : *ids) response->add_input_ids(id);
-        if (target) response->set_target_id(*target);
+        FACTLENS_ASSIGN_OR_RETURN(const ForwardTrace trace, FullTrace(m, ids));
+        for (int64_t id : ids) response->add_input_ids(id);
+        if (options.target) response->set_target_id(options.target->token_id);
         for (int64_t position : positions) {
-          v1::PositionDecomposition* out = response->add_positions();
-          out->set_position(static_cast<int32_t>(position));
-          out->set_token_id((*ids)[position]);
-          const VocabProjector projector(*m.model, trace->final_residual[position]);
-          out->set_final_scale(projector.final_scale());
-          std::unique_ptr<Attribution> attribution;
-          at::Tensor attn_inc, ffn_inc, head_inc;
-          if (target) {
-            absl::StatusOr<std::unique_ptr<Attribution>> a =
-                Attribution::Create(*m.model, *trace,
-                                    {*target, position, ToMetric(request->options().metric()),
-                                     request->options().include_final_norm_bias()});
-            if (!a.ok()) return a.status();
-            attribution = *std::move(a);
-            attn_inc = attribution->AttentionLayerIncrease();
-            ffn_inc = attribution->FfnLayerIncrease();
-            if (request->include_heads()) head_inc = attribution->HeadIncrease();
-          }
-          at::Tensor sum = at::zeros({c.d_model}, at::kDouble);
-          auto add = [&](const ComponentRef& ref, const at::Tensor& vector,
-                         std::optional<double> increase) {
-            v1::DecomposedComponent* component = out->add_components();
-            *component->mutable_component() = ToProto(ref);
-            if (increase) component->set_increase(*increase);
-            component->set_norm(vector.norm().item<double>());
-            if (request->include_vectors()) {
-              const at::Tensor v = vector.to(at::kFloat).contiguous();
-              component->mutable_vector()->Add(v.data_ptr<float>(),
-                                               v.data_ptr<float>() + v.numel());
-            }
-            if (*lens_k > 0) {
-              for (const TokenScore& t : projector.TopAndBottom(vector, *lens_k).first) {
-                FillTokenScore(m, t.token_id, t.score, component->add_top_tokens());
-              }
-            }
-            sum += vector.to(at::kDouble);
-          };
-          add({ComponentKind::kEmbedding}, trace->embedding[position], std::nullopt);
-          for (int64_t l = 0; l < c.n_layers; ++l) {
-            auto inc = [&](const at::Tensor& t,
-                           std::vector<int64_t> index) -> std::optional<double> {
-              if (!t.defined()) return std::nullopt;
-              at::Tensor v = t;
-              for (int64_t i : index) v = v[i];
-              return v.item<double>();
-            };
-            if (request->include_heads()) {
-              at::Tensor heads_total = at::zeros({c.d_model}, at::kFloat);
-              for (int64_t h = 0; h < c.n_heads; ++h) {
-                ComponentRef ref{ComponentKind::kHead, l, h};
-                absl::StatusOr<at::Tensor> v = ComponentVector(*m.model, *trace, position, ref);
-                if (!v.ok()) return v.status();
-                heads_total += *v;
-                add(ref, *v, inc(head_inc, {l, h}));
-              }
-              // The remainder of the attention output is its bias (GPT-2); zero for bias-free
-              // models.
-              const at::Tensor bias = trace->layers[l].attn_out[position] - heads_total;
-              v1::DecomposedComponent* component = out->add_components();
-              component->mutable_component()->set_kind(v1::Component::ATTENTION_BIAS);
-              component->mutable_component()->set_layer(static_cast<int32_t>(l));
-              component->set_norm(bias.norm().item<double>());
-              sum += bias.to(at::kDouble);
-            } else {
-              add({ComponentKind::kAttentionLayer, l}, trace->layers[l].attn_out[position],
-                  inc(attn_inc, {l}));
-            }
-            add({ComponentKind::kFfnLayer, l}, trace->layers[l].ffn_out[position],
-                inc(ffn_inc, {l}));
-          }
-          out->set_reconstruction_error(
-              (sum - trace->final_residual[position].to(at::kDouble)).abs().max().item<double>());
+          FACTLENS_ASSIGN_OR_RETURN(
+              const PositionDecomposition decomposition,
+              factlens::Decompose(*m.model, trace, position, options,
+                                  [context] { return context->IsCancelled(); }));
+          FillDecomposition(m, decomposition, ids[position], request->include_vectors(),
+                            response->add_positions());
         }
         return absl::OkStatus();
       });
@@ -425,21 +346,18 @@ grpc::Status FactLensService::Rank(grpc::ServerContext* context, const v1::RankR
   return Serve(context, "Rank", request->model(), true, [&](const ServedModel& m) -> absl::Status {
     absl::StatusOr<PromptAt> at = ParsePromptAt(m, *request, options_);
     if (!at.ok()) return at.status();
-    const std::vector<int64_t>* ids = &at->ids;
-    const int64_t* k = &at->top_k;
-    const int64_t* position = &at->position;
     absl::StatusOr<int64_t> target = TargetId(m, request->target(), request->prompt());
     if (!target.ok()) return target.status();
     if (request->level() == v1::RankRequest::LEVEL_UNSPECIFIED)
       return absl::InvalidArgumentError("level: unspecified");
-    absl::StatusOr<ForwardTrace> trace = FullTrace(m, *ids);
+    absl::StatusOr<ForwardTrace> trace = FullTrace(m, at->ids);
     if (!trace.ok()) return trace.status();
     absl::StatusOr<std::unique_ptr<Attribution>> a =
         Attribution::Create(*m.model, *trace,
-                            {*target, *position, ToMetric(request->options().metric()),
+                            {*target, at->position, ToMetric(request->options().metric()),
                              request->options().include_final_norm_bias()});
     if (!a.ok()) return a.status();
-    for (int64_t id : *ids) response->add_input_ids(id);
+    for (int64_t id : at->ids) response->add_input_ids(id);
     response->set_target_id(*target);
     const ModelConfig& c = m.model->config();
     const bool bottom = request->bottom();
@@ -449,17 +367,18 @@ grpc::Status FactLensService::Rank(grpc::ServerContext* context, const v1::RankR
       out->set_score(score);
       out->set_coefficient(coefficient);
       if (ref.kind == ComponentKind::kHeadPosition || ref.kind == ComponentKind::kAttentionNeuron) {
-        out->set_source_token_id((*ids)[ref.source_position]);
+        out->set_source_token_id((at->ids)[ref.source_position]);
       }
     };
     auto small_level = [&](const at::Tensor& scores,
                            const std::function<ComponentRef(int64_t)>& ref_of) {
-      for (const auto& [flat, value] : Best(scores, *k, bottom)) add(ref_of(flat), value, 0);
+      for (const auto& [flat, value] : TopScores(scores, at->top_k, !bottom))
+        add(ref_of(flat), value, 0);
       response->set_mode(v1::EXHAUSTIVE);
       response->set_evaluated(scores.numel());
       response->set_total(scores.numel());
     };
-    const int64_t t = static_cast<int64_t>(ids->size());
+    const int64_t t = static_cast<int64_t>(at->ids.size());
     switch (request->level()) {
       case v1::RankRequest::ATTENTION_LAYER:
         small_level((*a)->AttentionLayerIncrease(), [](int64_t f) {
@@ -487,8 +406,11 @@ grpc::Status FactLensService::Rank(grpc::ServerContext* context, const v1::RankR
         const bool ffn = request->level() == v1::RankRequest::FFN_NEURON;
         const RankOrder order = bottom ? RankOrder::kBottom : RankOrder::kTop;
         const RankMode mode = ToRankMode(request->mode());
-        const NeuronRanking ranking = ffn ? (*a)->RankFfnNeurons(*k, order, mode)
-                                          : (*a)->RankAttentionNeurons(*k, order, mode);
+        const Interrupted cancelled = [context] { return context->IsCancelled(); };
+        FACTLENS_ASSIGN_OR_RETURN(
+            const NeuronRanking ranking,
+            ffn ? (*a)->RankFfnNeurons(at->top_k, order, mode, cancelled)
+                : (*a)->RankAttentionNeurons(at->top_k, order, mode, cancelled));
         for (const RankedNeuron& n : ranking.neurons) {
           if (ffn) {
             add({ComponentKind::kFfnNeuron, n.layer, 0, 0, n.index}, n.score, n.coefficient);
@@ -515,24 +437,21 @@ grpc::Status FactLensService::Trace(grpc::ServerContext* context, const v1::Trac
   return Serve(context, "Trace", request->model(), true, [&](const ServedModel& m) -> absl::Status {
     absl::StatusOr<PromptAt> at = ParsePromptAt(m, *request, options_);
     if (!at.ok()) return at.status();
-    const std::vector<int64_t>* ids = &at->ids;
-    const int64_t* k = &at->top_k;
-    const int64_t* position = &at->position;
-    absl::StatusOr<ForwardTrace> trace = FullTrace(m, *ids);
+    absl::StatusOr<ForwardTrace> trace = FullTrace(m, at->ids);
     if (!trace.ok()) return trace.status();
     const v1::Component& n = request->neuron();
     absl::StatusOr<NeuronTrace> traced;
     if (n.kind() == v1::Component::FFN_NEURON) {
-      traced = TraceFfnNeuron(*m.model, *trace, n.layer(), n.neuron(), *position, *k);
+      traced = TraceFfnNeuron(*m.model, *trace, n.layer(), n.neuron(), at->position, at->top_k);
     } else if (n.kind() == v1::Component::ATTENTION_NEURON) {
       traced = TraceAttentionNeuron(*m.model, *trace, n.layer(), n.source_position(), n.head(),
-                                    n.neuron(), *k);
+                                    n.neuron(), at->top_k);
     } else {
       return absl::InvalidArgumentError("neuron.kind: must be FFN_NEURON or ATTENTION_NEURON");
     }
     if (!traced.ok())
       return absl::InvalidArgumentError(absl::StrCat("neuron.", traced.status().message()));
-    for (int64_t id : *ids) response->add_input_ids(id);
+    for (int64_t id : at->ids) response->add_input_ids(id);
     response->set_position(static_cast<int32_t>(traced->position));
     for (const KeyTrace& key : traced->keys) {
       v1::KeyTrace* out = response->add_keys();
@@ -560,17 +479,14 @@ grpc::Status FactLensService::ProjectToVocab(grpc::ServerContext* context,
       context, "ProjectToVocab", request->model(), true, [&](const ServedModel& m) -> absl::Status {
         absl::StatusOr<PromptAt> at = ParsePromptAt(m, *request, options_);
         if (!at.ok()) return at.status();
-        const std::vector<int64_t>* ids = &at->ids;
-        const int64_t* k = &at->top_k;
-        const int64_t* position = &at->position;
         absl::StatusOr<ComponentRef> ref = ToComponentRef(request->component());
         if (!ref.ok()) return ref.status();
-        absl::StatusOr<ForwardTrace> trace = FullTrace(m, *ids);
+        absl::StatusOr<ForwardTrace> trace = FullTrace(m, at->ids);
         if (!trace.ok()) return trace.status();
-        absl::StatusOr<at::Tensor> vector = ComponentVector(*m.model, *trace, *position, *ref);
+        absl::StatusOr<at::Tensor> vector = ComponentVector(*m.model, *trace, at->position, *ref);
         if (!vector.ok()) return vector.status();
-        const VocabProjector projector(*m.model, trace->final_residual[*position]);
-        const auto [top, bottom] = projector.TopAndBottom(*vector, *k);
+        const VocabProjector projector(*m.model, trace->final_residual[at->position]);
+        const auto [top, bottom] = projector.TopAndBottom(*vector, at->top_k);
         for (const TokenScore& t : top) FillTokenScore(m, t.token_id, t.score, response->add_top());
         for (const TokenScore& t : bottom)
           FillTokenScore(m, t.token_id, t.score, response->add_bottom());
@@ -583,14 +499,14 @@ grpc::Status FactLensService::Ablate(grpc::ServerContext* context, const v1::Abl
                                      v1::AblateResponse* response) {
   return Serve(
       context, "Ablate", request->model(), true, [&](const ServedModel& m) -> absl::Status {
-        absl::StatusOr<std::vector<int64_t>> ids =
-            PromptIds(m, request->prompt(), options_.max_prompt_tokens);
-        if (!ids.ok()) return ids.status();
-        absl::StatusOr<int64_t> target = TargetId(m, request->target(), request->prompt());
-        if (!target.ok()) return target.status();
-        absl::StatusOr<int64_t> position = ResolvePosition(
-            OptionalPosition(request->has_position(), request->position()), ids->size());
-        if (!position.ok()) return position.status();
+        FACTLENS_ASSIGN_OR_RETURN(const std::vector<int64_t> ids,
+                                  PromptIds(m, request->prompt(), options_.max_prompt_tokens));
+        FACTLENS_ASSIGN_OR_RETURN(const int64_t target,
+                                  TargetId(m, request->target(), request->prompt()));
+        FACTLENS_ASSIGN_OR_RETURN(
+            const int64_t position,
+            ResolvePosition(OptionalPosition(request->has_position(), request->position()),
+                            ids.size()));
         if (request->ablations().empty()) return absl::InvalidArgumentError("ablations: is empty");
         if (request->ablations_size() > options_.max_top_k) {
           return absl::ResourceExhaustedError(
@@ -602,7 +518,7 @@ grpc::Status FactLensService::Ablate(grpc::ServerContext* context, const v1::Abl
           if (!ref.ok())
             return absl::InvalidArgumentError(absl::StrCat("ablations: ", ref.status().message()));
           absl::StatusOr<Ablation> a = ToAblation(
-              *ref, spec.all_positions() ? std::nullopt : std::optional<int64_t>(*position),
+              *ref, spec.all_positions() ? std::nullopt : std::optional<int64_t>(position),
               spec.scale());
           if (!a.ok())
             return absl::InvalidArgumentError(absl::StrCat("ablations: ", a.status().message()));
@@ -610,17 +526,16 @@ grpc::Status FactLensService::Ablate(grpc::ServerContext* context, const v1::Abl
         }
         CaptureOptions capture;
         capture.residuals = false;
-        capture.positions = {*position};
-        absl::StatusOr<ForwardTrace> before = Forward(*m.model, *ids, capture);
-        if (!before.ok()) return before.status();
-        absl::StatusOr<ForwardTrace> after = Forward(*m.model, *ids, capture, ablations);
-        if (!after.ok()) return after.status();
-        for (int64_t id : *ids) response->add_input_ids(id);
-        response->set_target_id(*target);
-        FillOutcome(OutcomeOf(before->logits[0], *target), response->mutable_before());
-        FillOutcome(OutcomeOf(after->logits[0], *target), response->mutable_after());
-        const at::Tensor probs = at::softmax(after->logits[0].to(at::kDouble), -1);
-        for (const auto& [id, p] : Best(probs, 10, false))
+        capture.positions = {position};
+        FACTLENS_ASSIGN_OR_RETURN(const ForwardTrace before, Forward(*m.model, ids, capture));
+        FACTLENS_ASSIGN_OR_RETURN(const ForwardTrace after,
+                                  Forward(*m.model, ids, capture, ablations));
+        for (int64_t id : ids) response->add_input_ids(id);
+        response->set_target_id(target);
+        FillOutcome(OutcomeOf(before.logits[0], target), response->mutable_before());
+        FillOutcome(OutcomeOf(after.logits[0], target), response->mutable_after());
+        const at::Tensor probs = at::softmax(after.logits[0].to(at::kDouble), -1);
+        for (const auto& [id, p] : TopScores(probs, 10))
           FillTokenScore(m, id, p, response->add_predictions_after());
         return absl::OkStatus();
       });
@@ -631,25 +546,32 @@ grpc::Status FactLensService::LocateFact(grpc::ServerContext* context,
                                          grpc::ServerWriter<v1::LocateFactEvent>* writer) {
   return Serve(
       context, "LocateFact", request->model(), true, [&](const ServedModel& m) -> absl::Status {
-        absl::StatusOr<std::vector<int64_t>> ids =
-            PromptIds(m, request->prompt(), options_.max_prompt_tokens);
-        if (!ids.ok()) return ids.status();
-        absl::StatusOr<int64_t> target = TargetId(m, request->target(), request->prompt());
-        if (!target.ok()) return target.status();
-        if (absl::Status s = CheckLocateLimits(request->options(), options_.max_top_k); !s.ok())
-          return s;
+        FACTLENS_ASSIGN_OR_RETURN(const std::vector<int64_t> ids,
+                                  PromptIds(m, request->prompt(), options_.max_prompt_tokens));
+        FACTLENS_ASSIGN_OR_RETURN(const int64_t target,
+                                  TargetId(m, request->target(), request->prompt()));
+        FACTLENS_RETURN_IF_ERROR(CheckLocateLimits(request->options(), options_.max_top_k));
         const LocateOptions options = ToLocateOptions(
             request->options(), OptionalPosition(request->has_position(), request->position()));
-        absl::StatusOr<FactReport> report = factlens::LocateFact(
-            *m.model, *ids, *target, options, [&](const std::string& stage, double fraction) {
-              v1::LocateFactEvent event;
-              event.mutable_progress()->set_stage(stage);
-              event.mutable_progress()->set_fraction(fraction);
-              return !context->IsCancelled() && writer->Write(event);
-            });
-        if (!report.ok()) return report.status();
+        // One event per stage change: LocateFact also calls back repeatedly within long stages
+        // so that a cancelled call stops there.
+        v1::Progress last;
+        last.set_fraction(-1);
+        FACTLENS_ASSIGN_OR_RETURN(
+            const FactReport report,
+            factlens::LocateFact(*m.model, ids, target, options,
+                                 [&](const std::string& stage, double fraction) {
+                                   if (context->IsCancelled()) return false;
+                                   if (stage == last.stage() && fraction == last.fraction())
+                                     return true;
+                                   last.set_stage(stage);
+                                   last.set_fraction(fraction);
+                                   v1::LocateFactEvent event;
+                                   *event.mutable_progress() = last;
+                                   return writer->Write(event);
+                                 }));
         v1::LocateFactEvent event;
-        FillFactReport(m, *report, event.mutable_report());
+        FillFactReport(m, report, event.mutable_report());
         if (!writer->Write(event)) return absl::CancelledError("the client went away");
         return absl::OkStatus();
       });
@@ -666,8 +588,7 @@ grpc::Status FactLensService::LocateFacts(grpc::ServerContext* context,
               absl::StrCat("items: ", request->items_size(), " exceed the server's limit of ",
                            options_.max_batch_items, " (--max_batch_items)"));
         }
-        if (absl::Status s = CheckLocateLimits(request->options(), options_.max_top_k); !s.ok())
-          return s;
+        FACTLENS_RETURN_IF_ERROR(CheckLocateLimits(request->options(), options_.max_top_k));
         const LocateOptions options = ToLocateOptions(request->options(), std::nullopt);
         BatchAggregate aggregate;
         int failed = 0;
@@ -675,13 +596,12 @@ grpc::Status FactLensService::LocateFacts(grpc::ServerContext* context,
           if (context->IsCancelled()) return absl::CancelledError("cancelled by the client");
           const v1::FactItem& item = request->items(i);
           absl::StatusOr<FactReport> report = [&]() -> absl::StatusOr<FactReport> {
-            absl::StatusOr<std::vector<int64_t>> ids =
-                PromptIds(m, item.prompt(), options_.max_prompt_tokens);
-            if (!ids.ok()) return ids.status();
-            absl::StatusOr<int64_t> target = TargetId(m, item.target(), item.prompt());
-            if (!target.ok()) return target.status();
+            FACTLENS_ASSIGN_OR_RETURN(const std::vector<int64_t> ids,
+                                      PromptIds(m, item.prompt(), options_.max_prompt_tokens));
+            FACTLENS_ASSIGN_OR_RETURN(const int64_t target,
+                                      TargetId(m, item.target(), item.prompt()));
             return factlens::LocateFact(
-                *m.model, *ids, *target, options,
+                *m.model, ids, target, options,
                 [&](const std::string&, double) { return !context->IsCancelled(); });
           }();
           v1::LocateFactsEvent event;

@@ -1,0 +1,69 @@
+#include "analysis/decompose.h"
+
+#include <ATen/ATen.h>
+
+#include "absl/status/status.h"
+#include "analysis/status_macros.h"
+
+namespace factlens {
+
+absl::StatusOr<PositionDecomposition> Decompose(const Model& model, const ForwardTrace& trace,
+                                                int64_t position, const DecomposeOptions& options,
+                                                const Interrupted& interrupted) {
+  const ModelConfig& c = model.config();
+  PositionDecomposition result;
+  result.position = position;
+  const VocabProjector projector(model, trace.final_residual[position]);
+  result.final_scale = projector.final_scale();
+
+  at::Tensor attention_increase, ffn_increase, head_increase;
+  if (options.target) {
+    AttributionTarget target = *options.target;
+    target.position = position;
+    FACTLENS_ASSIGN_OR_RETURN(std::unique_ptr<Attribution> attribution,
+                              Attribution::Create(model, trace, target));
+    attention_increase = attribution->AttentionLayerIncrease();
+    ffn_increase = attribution->FfnLayerIncrease();
+    if (options.include_heads) head_increase = attribution->HeadIncrease();
+  }
+  auto increase_at = [](const at::Tensor& increases, int64_t layer,
+                        std::optional<int64_t> head) -> std::optional<double> {
+    if (!increases.defined()) return std::nullopt;
+    return (head ? increases[layer][*head] : increases[layer]).item<double>();
+  };
+
+  at::Tensor sum = at::zeros({c.d_model}, at::kDouble);
+  auto add = [&](ComponentRef ref, std::optional<double> increase) -> absl::Status {
+    FACTLENS_ASSIGN_OR_RETURN(at::Tensor vector, ComponentVector(model, trace, position, ref));
+    DecomposedComponent component{
+        std::move(ref), vector, vector.norm().item<double>(), increase, {}};
+    if (options.logit_lens_top_k > 0 && component.ref.kind != ComponentKind::kAttentionBias) {
+      component.lens_tokens = projector.TopAndBottom(vector, options.logit_lens_top_k).first;
+    }
+    sum += vector.to(at::kDouble);
+    result.components.push_back(std::move(component));
+    return absl::OkStatus();
+  };
+
+  FACTLENS_RETURN_IF_ERROR(add({ComponentKind::kEmbedding}, std::nullopt));
+  for (int64_t layer = 0; layer < c.n_layers; ++layer) {
+    if (interrupted && interrupted()) return absl::CancelledError("interrupted");
+    if (options.include_heads) {
+      for (int64_t head = 0; head < c.n_heads; ++head) {
+        FACTLENS_RETURN_IF_ERROR(
+            add({ComponentKind::kHead, layer, head}, increase_at(head_increase, layer, head)));
+      }
+      FACTLENS_RETURN_IF_ERROR(add({ComponentKind::kAttentionBias, layer}, std::nullopt));
+    } else {
+      FACTLENS_RETURN_IF_ERROR(add({ComponentKind::kAttentionLayer, layer},
+                                   increase_at(attention_increase, layer, std::nullopt)));
+    }
+    FACTLENS_RETURN_IF_ERROR(
+        add({ComponentKind::kFfnLayer, layer}, increase_at(ffn_increase, layer, std::nullopt)));
+  }
+  result.reconstruction_error =
+      (sum - trace.final_residual[position].to(at::kDouble)).abs().max().item<double>();
+  return result;
+}
+
+}  // namespace factlens
