@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "analysis/status_macros.h"
 
 namespace factlens {
 
@@ -42,8 +43,20 @@ absl::StatusOr<ModelSpec> ParseModelSpec(const std::string& text) {
   return spec;
 }
 
-ModelRegistry::ModelRegistry(std::vector<ModelSpec> specs, int max_concurrent, int max_queued)
-    : specs_(std::move(specs)), max_concurrent_(max_concurrent), max_queued_(max_queued) {}
+absl::StatusOr<LoadedModel> LoadModelFromDisk(const ModelSpec& spec) {
+  LoadedModel loaded;
+  FACTLENS_ASSIGN_OR_RETURN(loaded.model, Model::Load(spec.source, spec.load));
+  FACTLENS_ASSIGN_OR_RETURN(loaded.tokenizer,
+                            Tokenizer::FromModelDirectory(loaded.model->directory()));
+  return loaded;
+}
+
+ModelRegistry::ModelRegistry(std::vector<ModelSpec> specs, int max_concurrent, int max_queued,
+                             ModelLoader loader)
+    : specs_(std::move(specs)),
+      max_concurrent_(max_concurrent),
+      max_queued_(max_queued),
+      load_(std::move(loader)) {}
 
 ModelRegistry::~ModelRegistry() {
   if (loader_.joinable()) loader_.join();
@@ -56,17 +69,10 @@ void ModelRegistry::StartLoading() {
 void ModelRegistry::LoadAll() {
   for (const ModelSpec& spec : specs_) {
     const auto start = std::chrono::steady_clock::now();
-    absl::StatusOr<std::shared_ptr<const Model>> model = Model::Load(spec.source, spec.load);
-    absl::Status status = model.status();
-    std::unique_ptr<Tokenizer> tokenizer;
-    if (status.ok()) {
-      absl::StatusOr<std::unique_ptr<Tokenizer>> loaded =
-          Tokenizer::FromModelDirectory((*model)->directory());
-      status = loaded.status();
-      if (loaded.ok()) tokenizer = *std::move(loaded);
-    }
+    absl::StatusOr<LoadedModel> loaded = load_(spec);
     absl::MutexLock lock(&mu_);
-    if (!status.ok()) {
+    if (!loaded.ok()) {
+      const absl::Status& status = loaded.status();
       failed_[spec.name] =
           absl::Status(status.code(), absl::StrCat("model '", spec.name, "': ", status.message()));
       continue;
@@ -74,8 +80,8 @@ void ModelRegistry::LoadAll() {
     auto served = std::make_shared<ServedModel>(max_concurrent_, max_queued_);
     served->name = spec.name;
     served->source = spec.source;
-    served->model = *std::move(model);
-    served->tokenizer = std::move(tokenizer);
+    served->model = std::move(loaded->model);
+    served->tokenizer = std::move(loaded->tokenizer);
     served->load_seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     loaded_[spec.name] = std::move(served);

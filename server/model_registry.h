@@ -3,6 +3,7 @@
 #ifndef FACTLENS_SERVER_MODEL_REGISTRY_H_
 #define FACTLENS_SERVER_MODEL_REGISTRY_H_
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -39,10 +40,23 @@ struct ServedModel {
   ServedModel(int max_concurrent, int max_queued) : queue(max_concurrent, max_queued) {}
 };
 
+// What loading one model produces.
+struct LoadedModel {
+  std::shared_ptr<const Model> model;
+  std::unique_ptr<Tokenizer> tokenizer;
+};
+// Loads the model of a spec; called from the registry's loading thread. Errors are reported by
+// ModelRegistry::Get as FailedPrecondition and by WaitUntilLoaded as they are.
+using ModelLoader = std::function<absl::StatusOr<LoadedModel>(const ModelSpec&)>;
+
+// The production loader: Model::Load(spec.source, spec.load) and the tokenizer of its directory.
+absl::StatusOr<LoadedModel> LoadModelFromDisk(const ModelSpec& spec);
+
 // Thread-safe.
 class ModelRegistry {
  public:
-  ModelRegistry(std::vector<ModelSpec> specs, int max_concurrent, int max_queued);
+  ModelRegistry(std::vector<ModelSpec> specs, int max_concurrent, int max_queued,
+                ModelLoader loader = LoadModelFromDisk);
   ~ModelRegistry();
 
   // Loads every model in a background thread, in order. Call once.
@@ -63,6 +77,7 @@ class ModelRegistry {
   void LoadAll();
   const std::vector<ModelSpec> specs_;
   const int max_concurrent_, max_queued_;
+  const ModelLoader load_;
   std::thread loader_;
   mutable absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<const ServedModel>> loaded_ ABSL_GUARDED_BY(mu_);

@@ -103,7 +103,8 @@ TEST_P(MethodParityTest, EveryNeuronIncrease) {
 
 TEST_P(MethodParityTest, PrunedTopTenEqualsReferenceTopTen) {
   const ModelConfig& c = model_->config();
-  const NeuronRanking ffn = attribution_->RankFfnNeurons(10, RankOrder::kTop, RankMode::kExact);
+  const NeuronRanking ffn =
+      attribution_->RankFfnNeurons(10, RankOrder::kTop, RankMode::kExact).value();
   EXPECT_EQ(ffn.mode, RankMode::kExact);
   std::vector<int64_t> ffn_flat;
   for (const RankedNeuron& n : ffn.neurons) ffn_flat.push_back(n.layer * c.d_ffn + n.index);
@@ -112,7 +113,7 @@ TEST_P(MethodParityTest, PrunedTopTenEqualsReferenceTopTen) {
             std::vector<int64_t>(top_ffn.data_ptr<int64_t>(), top_ffn.data_ptr<int64_t>() + 10));
 
   const NeuronRanking attn =
-      attribution_->RankAttentionNeurons(10, RankOrder::kTop, RankMode::kExact);
+      attribution_->RankAttentionNeurons(10, RankOrder::kTop, RankMode::kExact).value();
   const int64_t per_layer = trace_.num_tokens * c.n_heads * c.head_dim;
   std::vector<int64_t> attn_flat;
   for (const RankedNeuron& n : attn.neurons) attn_flat.push_back(n.layer * per_layer + n.index);
@@ -125,12 +126,13 @@ TEST_P(MethodParityTest, PrunedTopTenEqualsReferenceTopTen) {
 }
 
 TEST_P(MethodParityTest, QueryLayerAndQueryNeuronScores) {
-  const NeuronRanking ffn = attribution_->RankFfnNeurons(10, RankOrder::kTop, RankMode::kExact);
+  const NeuronRanking ffn =
+      attribution_->RankFfnNeurons(10, RankOrder::kTop, RankMode::kExact).value();
   for (const auto& [name, scores] : QueryLayerScoresFfn(*attribution_, ffn.neurons)) {
     ExpectClose(scores, "method.query_layer_scores_ffn_K" + name);
   }
   const NeuronRanking attn =
-      attribution_->RankAttentionNeurons(10, RankOrder::kTop, RankMode::kExact);
+      attribution_->RankAttentionNeurons(10, RankOrder::kTop, RankMode::kExact).value();
   ExpectClose(QueryLayerScoresAttention(*attribution_, attn.neurons),
               "method.query_layer_scores_attn");
   const std::vector<RankedNeuron> top5(attn.neurons.begin(), attn.neurons.begin() + 5);

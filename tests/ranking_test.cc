@@ -10,6 +10,7 @@
 #include <fstream>
 
 #include "analysis/attribution.h"
+#include "analysis/decompose.h"
 #include "analysis/forward.h"
 #include "analysis/tokenizer/tokenizer.h"
 #include "analysis/weights.h"
@@ -81,9 +82,9 @@ void CheckAllRankings(const Model& model, const std::vector<int64_t>& ids, int64
     for (RankOrder order : orders) {
       const std::string label = what + " " + std::string(MetricName(metric)) +
                                 (order == RankOrder::kTop ? " top" : " bottom");
-      const NeuronRanking ffn = (*a)->RankFfnNeurons(k, order, RankMode::kExact);
+      const NeuronRanking ffn = (*a)->RankFfnNeurons(k, order, RankMode::kExact).value();
       ExpectSameRanking(ffn, RankAll(ffn_values, k, order), label + " FFN");
-      const NeuronRanking attn = (*a)->RankAttentionNeurons(k, order, RankMode::kExact);
+      const NeuronRanking attn = (*a)->RankAttentionNeurons(k, order, RankMode::kExact).value();
       ExpectSameRanking(attn, RankAll(attention_values, k, order), label + " attention");
       if (metric == Metric::kLogProbIncrease && order == RankOrder::kTop) {
         totals.evaluated += ffn.evaluated + attn.evaluated;
@@ -121,13 +122,13 @@ TEST(RankingTest, ExhaustiveModeRanksEveryExactValue) {
   absl::StatusOr<std::unique_ptr<Attribution>> a = Attribution::Create(**model, *trace, {422});
   ASSERT_TRUE(a.ok());
   for (RankOrder order : {RankOrder::kTop, RankOrder::kBottom}) {
-    const NeuronRanking ffn = (*a)->RankFfnNeurons(20, order, RankMode::kExhaustive);
+    const NeuronRanking ffn = (*a)->RankFfnNeurons(20, order, RankMode::kExhaustive).value();
     EXPECT_EQ(ffn.evaluated, ffn.total);
     const NeuronRanking expected = RankAll((*a)->FfnNeuronIncrease(), 20, order);
     for (size_t i = 0; i < expected.neurons.size(); ++i) {
       EXPECT_NEAR(ffn.neurons[i].score, expected.neurons[i].score, 1e-12);
     }
-    const NeuronRanking attn = (*a)->RankAttentionNeurons(20, order, RankMode::kExhaustive);
+    const NeuronRanking attn = (*a)->RankAttentionNeurons(20, order, RankMode::kExhaustive).value();
     const NeuronRanking expected_attn = RankAll((*a)->AttentionNeuronIncrease(), 20, order);
     for (size_t i = 0; i < expected_attn.neurons.size(); ++i) {
       EXPECT_NEAR(attn.neurons[i].score, expected_attn.neurons[i].score, 1e-12);
@@ -143,10 +144,12 @@ TEST(RankingTest, ApproximateModeIsTheFirstOrderValueAndSaysSo) {
   ASSERT_TRUE(trace.ok());
   absl::StatusOr<std::unique_ptr<Attribution>> a = Attribution::Create(**model, *trace, {7});
   ASSERT_TRUE(a.ok());
-  const NeuronRanking approx = (*a)->RankFfnNeurons(5, RankOrder::kTop, RankMode::kApproximate);
+  const NeuronRanking approx =
+      (*a)->RankFfnNeurons(5, RankOrder::kTop, RankMode::kApproximate).value();
   EXPECT_EQ(approx.mode, RankMode::kApproximate);
   EXPECT_EQ(approx.evaluated, 0);
-  const NeuronRanking exact = (*a)->RankFfnNeurons(5, RankOrder::kTop, RankMode::kExhaustive);
+  const NeuronRanking exact =
+      (*a)->RankFfnNeurons(5, RankOrder::kTop, RankMode::kExhaustive).value();
   // By concavity the first-order value bounds the exact increase from above.
   const at::Tensor all = (*a)->FfnNeuronIncrease();
   for (const RankedNeuron& n : approx.neurons) {
@@ -187,6 +190,46 @@ TEST_P(DemoRankingTest, PrunedEqualsExhaustiveOnFiftyFacts) {
               static_cast<long long>(totals.total), 100.0 * totals.evaluated / totals.total);
   EXPECT_LT(totals.evaluated, totals.total / 2)
       << "pruning should skip most neurons on trained models";
+}
+
+// Long computations poll their Interrupted callback and stop with Cancelled when it says so; a
+// callback that never fires changes nothing.
+TEST(InterruptionTest, RankingAndDecompositionStopWhenInterrupted) {
+  absl::StatusOr<std::shared_ptr<const Model>> model =
+      Model::Load(testing::SourcePath("tests/data/hf-reference/gpt2-tiny"));
+  ASSERT_TRUE(model.ok());
+  absl::StatusOr<ForwardTrace> trace = Forward(**model, {5, 17, 42, 99, 3, 8}, FullCapture());
+  ASSERT_TRUE(trace.ok());
+  absl::StatusOr<std::unique_ptr<Attribution>> a = Attribution::Create(**model, *trace, {11});
+  ASSERT_TRUE(a.ok());
+  for (RankMode mode : {RankMode::kExact, RankMode::kExhaustive}) {
+    for (const bool ffn : {true, false}) {
+      auto rank = [&](const Interrupted& interrupted) {
+        return ffn ? (*a)->RankFfnNeurons(10, RankOrder::kTop, mode, interrupted)
+                   : (*a)->RankAttentionNeurons(10, RankOrder::kTop, mode, interrupted);
+      };
+      int polls = 0;
+      absl::StatusOr<NeuronRanking> counted = rank([&] { return ++polls < 0; });
+      ASSERT_TRUE(counted.ok());
+      ASSERT_GT(polls, 0) << RankModeName(mode);
+      const NeuronRanking plain = rank({}).value();
+      ASSERT_EQ(counted->neurons.size(), plain.neurons.size());
+      for (size_t i = 0; i < plain.neurons.size(); ++i)
+        EXPECT_EQ(counted->neurons[i].score, plain.neurons[i].score);
+      int seen = 0;
+      const int stop_at = (polls + 1) / 2;
+      absl::StatusOr<NeuronRanking> stopped = rank([&] { return ++seen >= stop_at; });
+      EXPECT_TRUE(absl::IsCancelled(stopped.status())) << RankModeName(mode);
+      EXPECT_EQ(seen, stop_at) << "no polls after the interruption";
+    }
+  }
+  DecomposeOptions options;
+  options.include_heads = true;
+  int layers_polled = 0;
+  absl::StatusOr<PositionDecomposition> decomposition =
+      Decompose(**model, *trace, 5, options, [&] { return ++layers_polled > 1; });
+  EXPECT_TRUE(absl::IsCancelled(decomposition.status()));
+  EXPECT_EQ(layers_polled, 2);
 }
 
 INSTANTIATE_TEST_SUITE_P(Demo, DemoRankingTest,
