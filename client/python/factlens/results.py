@@ -230,6 +230,14 @@ class Trace(Result):
         """The earlier FFN subvalues that activate a key most, as a table like ``Ranking.to_pandas()``."""
         return _ranked_frame(self._key(key_name).top_ffn_subvalues)
 
+    def plot_layers(self, key_name=None, ax=None):
+        """Bars of a key's per-layer scores: attention and FFN of each layer (the embedding's in the title)."""
+        from factlens import plots
+
+        scores = self.layer_scores(key_name)
+        return plots.layer_increase_bars(scores[1::2], scores[2::2], ax=ax, ylabel="contribution to the key",
+                                         title=f"Key {self._key(key_name).key_name}: embedding {scores[0]:+.3f}")
+
     def to_pandas(self):
         """Per-layer scores: one row per slot (emb, attn0, ffn0, ...), one column per key."""
         import pandas as pd
