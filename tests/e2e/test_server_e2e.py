@@ -7,12 +7,14 @@ real channel, scrapes its /metrics, and stops it with SIGTERM while a request ru
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import unittest
+import urllib.parse
 import urllib.request
 
 SERVER, CLIENT_DIR = sys.argv[1], sys.argv[2]
@@ -22,6 +24,7 @@ import grpc  # noqa: E402
 
 from factlens import Client, FactlensError  # noqa: E402
 from factlens.v1 import factlens_pb2 as pb  # noqa: E402
+from factlens.v1 import factlens_pb2_grpc as pb_grpc  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc  # noqa: E402
 
@@ -64,6 +67,22 @@ class Server:
         return self.proc.wait(timeout=60)
 
 
+def openssl_certificate(directory, name, common_name, san=None, ca=None):
+    """Writes NAME.key and NAME.pem: self-signed, or signed by ca=(ca_key, ca_cert). Returns the paths."""
+    key, cert = os.path.join(directory, name + ".key"), os.path.join(directory, name + ".pem")
+    extensions = ["-addext", "subjectAltName=" + san] if san else []
+    if ca is None:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                        "-days", "1", "-subj", "/CN=" + common_name, *extensions], check=True, capture_output=True)
+    else:
+        csr = os.path.join(directory, name + ".csr")
+        subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
+                        "-subj", "/CN=" + common_name], check=True, capture_output=True)
+        subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", ca[1], "-CAkey", ca[0], "-CAcreateserial",
+                        "-out", cert, "-days", "1"], check=True, capture_output=True)
+    return key, cert
+
+
 def write_token_file():
     path = os.path.join(tempfile.mkdtemp(), "tokens")
     with open(path, "w") as f:
@@ -90,6 +109,63 @@ class ServerTest(unittest.TestCase):
         if contains:
             self.assertIn(contains, cm.exception.message)
         return cm.exception
+
+    def test_prometheus_scrapes_the_server(self):
+        """A real Prometheus (Debian's) scrapes this server's /metrics: target up, no scrape error,
+        and the request counter moves with the requests made between two scrapes."""
+        d = tempfile.mkdtemp()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            prom_port = s.getsockname()[1]
+        with open(os.path.join(d, "prometheus.yml"), "w") as f:
+            f.write("global: {scrape_interval: 1s, scrape_timeout: 1s}\n"
+                    "scrape_configs:\n  - job_name: factlens\n"
+                    f"    static_configs: [{{targets: ['{self.server.http[len('http://'):]}']}}]\n")
+        prom = subprocess.Popen(["prometheus", f"--config.file={d}/prometheus.yml", f"--storage.tsdb.path={d}/tsdb",
+                                 f"--web.listen-address=127.0.0.1:{prom_port}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        api = f"http://127.0.0.1:{prom_port}/api/v1"
+
+        def get(path, **params):
+            url = api + path + ("?" + urllib.parse.urlencode(params) if params else "")
+            return json.loads(urllib.request.urlopen(url, timeout=5).read())["data"]
+
+        def value(query):
+            result = get("/query", query=query)["result"]
+            return float(result[0]["value"][1]) if len(result) == 1 else None
+
+        def wait_for(predicate, what, seconds=40):
+            deadline = time.time() + seconds
+            while time.time() < deadline:
+                try:
+                    if predicate():
+                        return
+                except OSError:
+                    pass  # Prometheus still starting
+                time.sleep(0.5)
+            self.fail(f"Prometheus: {what} (server log:\n{self.server.logs()[-2000:]})")
+
+        counter = 'factlens_requests_total{rpc="Predict",model="gpt2-facts-tiny",code="OK"}'
+        try:
+            self.client.predict(PROMPT, top_k=1)
+
+            def target_up():
+                (target,) = get("/targets")["activeTargets"] or [None]
+                self.assertEqual(target and target["lastError"], target and "", "scrape error")
+                return target is not None and target["health"] == "up"
+
+            wait_for(target_up, "the factlens target never came up")
+            wait_for(lambda: value(counter) is not None, "the Predict counter never appeared")
+            before = value(counter)
+            for _ in range(3):
+                self.client.predict(PROMPT, top_k=1)
+            wait_for(lambda: value(counter) >= before + 3, f"{counter} did not move by 3 from {before}")
+            self.assertEqual(value('factlens_model_ready{model="gpt2-facts-tiny"}'), 1)
+            self.assertEqual(value('up{job="factlens"}'), 1)
+            self.assertIsNotNone(value("factlens_build_info"))
+        finally:
+            prom.terminate()
+            prom.wait(timeout=30)
 
     # --- every RPC -------------------------------------------------------------------------------
     def test_list_models(self):
@@ -299,10 +375,7 @@ class LifecycleTest(unittest.TestCase):
 
     def test_tls(self):
         d = tempfile.mkdtemp()
-        key, cert = os.path.join(d, "key.pem"), os.path.join(d, "cert.pem")
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
-                        "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-                       check=True, capture_output=True)
+        key, cert = openssl_certificate(d, "server", "localhost", san="DNS:localhost,IP:127.0.0.1")
         server = Server("--tls_cert", cert, "--tls_key", key)
         try:
             with open(cert, "rb") as f:
@@ -310,6 +383,32 @@ class LifecycleTest(unittest.TestCase):
             self.assertEqual(secure.list_models()[0].name, "gpt2-facts-tiny")
             with self.assertRaises(FactlensError):
                 Client(server.address, retries=1, timeout=3).list_models()
+        finally:
+            self.assertEqual(server.stop(), 0)
+
+    def test_mtls_requires_a_client_certificate_from_the_ca(self):
+        d = tempfile.mkdtemp()
+        key, cert = openssl_certificate(d, "server", "localhost", san="DNS:localhost,IP:127.0.0.1")
+        ca_key, ca = openssl_certificate(d, "ca", "factlens test CA")
+        client_key, client_cert = openssl_certificate(d, "client", "notebook", ca=(ca_key, ca))
+        rogue_key, rogue_cert = openssl_certificate(d, "rogue", "notebook")  # self-signed
+        server = Server("--tls_cert", cert, "--tls_key", key, "--tls_client_ca", ca)
+
+        def read(path):
+            with open(path, "rb") as f:
+                return f.read()
+
+        def list_models(private_key=None, certificate_chain=None):
+            creds = grpc.ssl_channel_credentials(read(cert), private_key, certificate_chain)
+            with grpc.secure_channel(server.address, creds) as channel:
+                return pb_grpc.FactLensStub(channel).ListModels(pb.ListModelsRequest(), timeout=5)
+
+        try:
+            self.assertEqual(list_models(read(client_key), read(client_cert)).models[0].name, "gpt2-facts-tiny")
+            for credentials in [(None, None), (read(rogue_key), read(rogue_cert))]:
+                with self.assertRaises(grpc.RpcError) as cm:
+                    list_models(*credentials)
+                self.assertEqual(cm.exception.code(), C.UNAVAILABLE)  # the handshake fails
         finally:
             self.assertEqual(server.stop(), 0)
 
