@@ -1,9 +1,10 @@
 """Typed results of the factlens RPCs.
 
-Each result wraps the response message (``.proto``): numeric repeated fields are numpy arrays under
-the field's own name, ``.to_pandas()`` gives the result as a table, ``.to_dict()`` / ``.to_json()``
-its protobuf JSON form (every field, zeros included). Any other attribute is read from the message,
-so the field documentation of ``proto/factlens/v1/factlens.proto`` applies as is.
+Each result wraps the response message (``.proto``): its main numeric series are numpy arrays,
+named after their proto field where there is one (``FactReport.ffn_layer_increase``,
+``Tokens.ids``), ``.to_pandas()`` gives the result as a table, ``.to_dict()`` / ``.to_json()`` its
+protobuf JSON form (every field, zeros included). Any other attribute is read from the message, so
+the field documentation of ``proto/factlens/v1/factlens.proto`` applies as is.
 """
 import inspect
 import json
@@ -202,12 +203,14 @@ class Ranking(Result):
         return _floats([c.score for c in self.proto.components])
 
     def to_pandas(self):
-        """One row per ranked component: name, kind, layer, head, source_position, neuron, score, coefficient, source_token_id."""
+        """One row per ranked component: name, kind, layer, head, source_position, neuron, score,
+        coefficient, source_token_id."""
         return _ranked_frame(self.proto.components)
 
 
 class Trace(Result):
-    """Trace: per key (``in``; ``gate``/``up`` for Llama; ``value`` for attention neurons), which earlier components activate the neuron."""
+    """Trace: which earlier components activate a neuron, per key (``in``; ``gate``/``up`` for Llama;
+    ``value`` for attention neurons)."""
 
     def _key(self, key_name):
         keys = self.proto.keys
@@ -251,11 +254,11 @@ class Projection(Result):
 
     def to_pandas(self):
         """Rows: the top tokens (largest first), then the bottom ones (most negative first); column side says which."""
+        import pandas as pd
+
         top, bottom = _token_frame(self.proto.top), _token_frame(self.proto.bottom)
         top.insert(0, "side", "top")
         bottom.insert(0, "side", "bottom")
-        import pandas as pd
-
         return pd.concat([top, bottom], ignore_index=True)
 
 
@@ -357,7 +360,8 @@ class FactReport(Result):
         if self.proto.HasField("query_layers_attention"):
             q = self.proto.query_layers_attention
             queries.append((f"attention:{q.key_name}", q.scores))
-        return pd.DataFrame({name: list(s) for name, s in queries}, index=[slot_name(i) for i in range(1 + 2 * self.layers)])
+        return pd.DataFrame({name: list(s) for name, s in queries},
+                            index=[slot_name(i) for i in range(1 + 2 * self.layers)])
 
     def _source_token(self, position):
         return self.proto.input_tokens[position] if 0 <= position < len(self.proto.input_tokens) else ""
