@@ -77,17 +77,20 @@ def requirements(out, compiler):
     return [f"grpcio>={grpc_version[1] if grpc_version else OLDEST_TESTED_GRPCIO}", f"protobuf>={protobuf}"] + TESTED
 
 
-STUBS = tempfile.TemporaryDirectory(prefix="factlens-stubs-")
-os.makedirs(os.path.join(STUBS.name, "factlens", "v1"))
-COMPILER = generate_stubs(STUBS.name)
+def main():
+    stubs = tempfile.TemporaryDirectory(prefix="factlens-stubs-")
+    os.makedirs(os.path.join(stubs.name, "factlens", "v1"))
+    compiler = generate_stubs(stubs.name)
+
+    class BuildPyWithStubs(build_py):
+        """build_py that adds the generated factlens.v1 package."""
+
+        def run(self):
+            super().run()
+            self.copy_tree(os.path.join(stubs.name, "factlens", "v1"), os.path.join(self.build_lib, "factlens", "v1"))
+
+    setup(install_requires=requirements(stubs.name, compiler), cmdclass={"build_py": BuildPyWithStubs})
 
 
-class BuildPyWithStubs(build_py):
-    """build_py that adds the generated factlens.v1 package."""
-
-    def run(self):
-        super().run()
-        self.copy_tree(os.path.join(STUBS.name, "factlens", "v1"), os.path.join(self.build_lib, "factlens", "v1"))
-
-
-setup(install_requires=requirements(STUBS.name, COMPILER), cmdclass={"build_py": BuildPyWithStubs})
+if __name__ == "__main__":  # as setuptools runs it; tests import requirements()
+    main()

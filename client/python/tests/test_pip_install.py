@@ -82,5 +82,35 @@ class PipInstallTest(unittest.TestCase):
         self.assertIn("factlens/v1/factlens.proto not found", out.stdout + out.stderr)
 
 
+class FloorsOfNewerStubsTest(unittest.TestCase):
+    """requirements() on the headers that newer compilers write (copied from stubs of protobuf 5.29 /
+    grpcio-tools 1.66 and protobuf 4.25), which Debian's protoc cannot produce here."""
+
+    def floors(self, pb2, grpc_stub):
+        sys.path.insert(0, os.path.join(SOURCE, "client", "python"))
+        sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+        try:
+            from setup import requirements
+        finally:
+            sys.path.pop(0)
+        out = tempfile.mkdtemp()
+        os.makedirs(os.path.join(out, "factlens", "v1"))
+        for name, text in [("factlens_pb2.py", pb2), ("factlens_pb2_grpc.py", grpc_stub)]:
+            with open(os.path.join(out, "factlens", "v1", name), "w") as f:
+                f.write(text)
+        return requirements(out, "test")[:2]
+
+    def test_runtime_checked_stubs(self):
+        one_line = ("from google.protobuf.internal import builder as _builder\n_runtime_version.ValidateProtobufRuntimeVersion("
+                    "_runtime_version.Domain.PUBLIC, 5, 29, 0, '', 'factlens/v1/factlens.proto')\n")
+        multi_line = ("_runtime_version.ValidateProtobufRuntimeVersion(\n    _runtime_version.Domain.PUBLIC,\n    6,\n"
+                      "    31,\n    1,\n    '',\n    'factlens/v1/factlens.proto'\n)\n")
+        grpc_stub = "import grpc\nGRPC_GENERATED_VERSION = '1.66.0'\nGRPC_VERSION = grpc.__version__\n"
+        self.assertEqual(self.floors(one_line, grpc_stub), ["grpcio>=1.66.0", "protobuf>=5.29.0"])
+        self.assertEqual(self.floors(multi_line, "import grpc\n"), ["grpcio>=1.51", "protobuf>=6.31.1"])
+        versioned = "# Protobuf Python Version: 4.25.1\nfrom google.protobuf.internal import builder as _builder\n"
+        self.assertEqual(self.floors(versioned, ""), ["grpcio>=1.51", "protobuf>=4.25.1"])
+
+
 if __name__ == "__main__":
     unittest.main(argv=[sys.argv[0]], verbosity=2)
