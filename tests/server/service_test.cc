@@ -321,6 +321,33 @@ struct BadInput {
   std::string field;  // the message must name it
 };
 
+using Stub = v1::FactLens::Stub;
+using Call = std::function<grpc::Status(Stub&, grpc::ClientContext*)>;
+
+// A unary call of `method` with `request`; the response is dropped.
+template <typename Request, typename Response>
+Call Unary(grpc::Status (Stub::*method)(grpc::ClientContext*, const Request&, Response*),
+           Request request) {
+  return [method, request](Stub& stub, grpc::ClientContext* context) {
+    Response response;
+    return (stub.*method)(context, request, &response);
+  };
+}
+
+// A server-streaming call read to its end; its final status.
+template <typename Event, typename Request>
+Call Streamed(std::unique_ptr<grpc::ClientReader<Event>> (Stub::*method)(grpc::ClientContext*,
+                                                                         const Request&),
+              Request request) {
+  return [method, request](Stub& stub, grpc::ClientContext* context) {
+    std::unique_ptr<grpc::ClientReader<Event>> reader = (stub.*method)(context, request);
+    Event event;
+    while (reader->Read(&event)) {
+    }
+    return reader->Finish();
+  };
+}
+
 template <typename Request>
 Request WithPrompt(const std::string& text) {
   Request request;
@@ -335,42 +362,14 @@ std::vector<BadInput> BadInputs() {
     return s;
   }();
   const std::string too_long_prompt = long_prompt + long_prompt;
-  auto predict = [](v1::PredictRequest r) {
-    return [r](v1::FactLens::Stub& s, grpc::ClientContext* c) {
-      v1::PredictResponse out;
-      return s.Predict(c, r, &out);
-    };
+  const auto predict = [](const v1::PredictRequest& r) { return Unary(&Stub::Predict, r); };
+  const auto rank = [](const v1::RankRequest& r) { return Unary(&Stub::Rank, r); };
+  const auto project = [](const v1::ProjectToVocabRequest& r) {
+    return Unary(&Stub::ProjectToVocab, r);
   };
-  auto rank = [](v1::RankRequest r) {
-    return [r](v1::FactLens::Stub& s, grpc::ClientContext* c) {
-      v1::RankResponse out;
-      return s.Rank(c, r, &out);
-    };
-  };
-  auto project = [](v1::ProjectToVocabRequest r) {
-    return [r](v1::FactLens::Stub& s, grpc::ClientContext* c) {
-      v1::ProjectToVocabResponse out;
-      return s.ProjectToVocab(c, r, &out);
-    };
-  };
-  auto trace = [](v1::TraceRequest r) {
-    return [r](v1::FactLens::Stub& s, grpc::ClientContext* c) {
-      v1::TraceResponse out;
-      return s.Trace(c, r, &out);
-    };
-  };
-  auto ablate = [](v1::AblateRequest r) {
-    return [r](v1::FactLens::Stub& s, grpc::ClientContext* c) {
-      v1::AblateResponse out;
-      return s.Ablate(c, r, &out);
-    };
-  };
-  auto decompose = [](v1::DecomposeRequest r) {
-    return [r](v1::FactLens::Stub& s, grpc::ClientContext* c) {
-      v1::DecomposeResponse out;
-      return s.Decompose(c, r, &out);
-    };
-  };
+  const auto trace = [](const v1::TraceRequest& r) { return Unary(&Stub::Trace, r); };
+  const auto ablate = [](const v1::AblateRequest& r) { return Unary(&Stub::Ablate, r); };
+  const auto decompose = [](const v1::DecomposeRequest& r) { return Unary(&Stub::Decompose, r); };
   const auto ranked = [](v1::RankRequest::Level level, const std::string& target) {
     v1::RankRequest r = WithPrompt<v1::RankRequest>(kPrompt);
     r.set_level(level);
@@ -432,14 +431,11 @@ std::vector<BadInput> BadInputs() {
     r.set_top_k(51);
     cases.push_back({"top_k above --max_top_k", predict(r), exhausted, "top_k"});
   }
-  cases.push_back({"unknown model",
-                   [](v1::FactLens::Stub& s, grpc::ClientContext* c) {
-                     v1::PredictRequest r = WithPrompt<v1::PredictRequest>(kPrompt);
-                     r.set_model("gpt-17");
-                     v1::PredictResponse out;
-                     return s.Predict(c, r, &out);
-                   },
-                   StatusCode::NOT_FOUND, "gpt-17"});
+  {
+    v1::PredictRequest r = WithPrompt<v1::PredictRequest>(kPrompt);
+    r.set_model("gpt-17");
+    cases.push_back({"unknown model", predict(r), StatusCode::NOT_FOUND, "gpt-17"});
+  }
   cases.push_back({"multi-token target", rank(ranked(v1::RankRequest::FFN_NEURON, " Paris France")),
                    invalid, "target"});
   cases.push_back({"no target", rank(ranked(v1::RankRequest::FFN_NEURON, "")), invalid, "target"});
@@ -482,40 +478,22 @@ std::vector<BadInput> BadInputs() {
     r.set_logit_lens_top_k(51);
     cases.push_back({"logit lens above --max_top_k", decompose(r), exhausted, "logit_lens_top_k"});
   }
-  cases.push_back({"no batch items",
-                   [](v1::FactLens::Stub& s, grpc::ClientContext* c) {
-                     v1::LocateFactsEvent event;
-                     auto reader = s.LocateFacts(c, {});
-                     while (reader->Read(&event)) {
-                     }
-                     return reader->Finish();
-                   },
-                   invalid, "items"});
-  cases.push_back({"more items than --max_batch_items",
-                   [](v1::FactLens::Stub& s, grpc::ClientContext* c) {
-                     v1::LocateFactsRequest r;
-                     for (int i = 0; i < 4; ++i) {
-                       *r.add_items()->mutable_prompt() = TextPrompt(kPrompt);
-                     }
-                     v1::LocateFactsEvent event;
-                     auto reader = s.LocateFacts(c, r);
-                     while (reader->Read(&event)) {
-                     }
-                     return reader->Finish();
-                   },
-                   exhausted, "items"});
-  cases.push_back({"locate option above --max_top_k",
-                   [](v1::FactLens::Stub& s, grpc::ClientContext* c) {
-                     v1::LocateFactRequest r = WithPrompt<v1::LocateFactRequest>(kPrompt);
-                     *r.mutable_target() = TextTarget(" Paris");
-                     r.mutable_options()->set_top_ffn_neurons(51);
-                     v1::LocateFactEvent event;
-                     auto reader = s.LocateFact(c, r);
-                     while (reader->Read(&event)) {
-                     }
-                     return reader->Finish();
-                   },
-                   exhausted, "options.top_ffn_neurons"});
+  cases.push_back(
+      {"no batch items", Streamed<v1::LocateFactsEvent>(&Stub::LocateFacts, {}), invalid, "items"});
+  {
+    v1::LocateFactsRequest r;
+    for (int i = 0; i < 4; ++i) *r.add_items()->mutable_prompt() = TextPrompt(kPrompt);
+    cases.push_back({"more items than --max_batch_items",
+                     Streamed<v1::LocateFactsEvent>(&Stub::LocateFacts, r), exhausted, "items"});
+  }
+  {
+    v1::LocateFactRequest r = WithPrompt<v1::LocateFactRequest>(kPrompt);
+    *r.mutable_target() = TextTarget(" Paris");
+    r.mutable_options()->set_top_ffn_neurons(51);
+    cases.push_back({"locate option above --max_top_k",
+                     Streamed<v1::LocateFactEvent>(&Stub::LocateFact, r), exhausted,
+                     "options.top_ffn_neurons"});
+  }
   return cases;
 }
 
