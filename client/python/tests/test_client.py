@@ -110,8 +110,8 @@ class RealServerTest(unittest.TestCase):
         d = self.client.decompose(PROMPT, target=" Paris", include_heads=True, include_vectors=True)
         frame, vectors = d.to_pandas(), d.vectors()
         self.assertEqual(vectors.shape, (len(frame), self.info.d_model))
-        sent = ~np.isnan(vectors).any(axis=1)
-        np.testing.assert_allclose(np.linalg.norm(vectors[sent], axis=1), frame.norm[sent], rtol=1e-5)
+        self.assertFalse(np.isnan(vectors).any(), "every component, attention biases included, has its vector")
+        np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), frame.norm, rtol=1e-5)
         self.assertEqual(d.head_matrix().shape, (self.info.layers, self.info.heads))
         top = self.report.top_heads[0]
         self.assertAlmostEqual(d.head_matrix()[top.layer, top.head], top.score, places=9)
