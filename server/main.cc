@@ -201,10 +201,14 @@ int main(int argc, char** argv) {
     stopping = true;
     std::fprintf(stderr, "{\"event\":\"shutdown\",\"signal\":%d,\"drain_seconds\":%d}\n", signal,
                  absl::GetFlag(FLAGS_drain_seconds));
-    health->Shutdown();
-    // Stops accepting, lets in-flight calls finish until the deadline, then cancels them.
-    server->Shutdown(std::chrono::system_clock::now() +
-                     std::chrono::seconds(absl::GetFlag(FLAGS_drain_seconds)));
+    health->Shutdown();  // NOT_SERVING, like /readyz: load balancers stop sending work
+    // New calls are answered UNAVAILABLE while admitted ones finish, up to --drain_seconds; then
+    // the server stops and cancels whatever still runs.
+    service.StartDraining();
+    const bool idle =
+        service.WaitUntilIdle(absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_drain_seconds)));
+    std::fprintf(stderr, "{\"event\":\"drained\",\"complete\":%s}\n", idle ? "true" : "false");
+    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   });
   const absl::Status loaded = registry.WaitUntilLoaded();
   if (!loaded.ok()) {

@@ -115,6 +115,22 @@ FactLensService::FactLensService(const ModelRegistry* registry, ServiceOptions o
       observer_(std::move(observer)),
       metrics_(metrics) {}
 
+void FactLensService::StartDraining() {
+  absl::MutexLock lock(&mu_);
+  draining_ = true;
+}
+
+bool FactLensService::Draining() {
+  absl::MutexLock lock(&mu_);
+  return draining_;
+}
+
+bool FactLensService::WaitUntilIdle(absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  const auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return active_calls_ == 0; };
+  return mu_.AwaitWithDeadline(absl::Condition(&idle), deadline);
+}
+
 absl::Status FactLensService::Authenticate(const grpc::ServerContext& context) const {
   if (options_.bearer_tokens.empty()) return absl::OkStatus();
   const auto& metadata = context.client_metadata();
@@ -147,7 +163,14 @@ grpc::Status FactLensService::Serve(grpc::ServerContext* context, const char* rp
   record.rpc = rpc;
   record.model = model;
   record.peer = context->peer();
+  {
+    absl::MutexLock lock(&mu_);
+    ++active_calls_;
+  }
   absl::Status status = Authenticate(*context);
+  if (status.ok() && Draining()) {
+    status = absl::UnavailableError("the server is shutting down");
+  }
   if (status.ok()) {
     absl::StatusOr<std::shared_ptr<const ServedModel>> served = registry_->Get(model);
     status = served.status();
@@ -198,6 +221,10 @@ grpc::Status FactLensService::Serve(grpc::ServerContext* context, const char* rp
     }
   }
   if (observer_) observer_(record);
+  {
+    absl::MutexLock lock(&mu_);
+    --active_calls_;
+  }
   if (!status.ok() && (status.code() == absl::StatusCode::kInternal ||
                        status.code() == absl::StatusCode::kDataLoss ||
                        status.code() == absl::StatusCode::kUnknown)) {

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "factlens/v1/factlens.grpc.pb.h"
 #include "server/metrics.h"
@@ -68,6 +69,12 @@ class FactLensService final : public v1::FactLens::Service {
   grpc::Status LocateFacts(grpc::ServerContext* context, const v1::LocateFactsRequest* request,
                            grpc::ServerWriter<v1::LocateFactsEvent>* writer) override;
 
+  // Graceful shutdown, first half: from now on every new call is answered UNAVAILABLE ("shutting
+  // down", so clients retry elsewhere) while calls already admitted run on. Then WaitUntilIdle
+  // returns true once none is left, or false at `deadline`.
+  void StartDraining();
+  bool WaitUntilIdle(absl::Time deadline);
+
  private:
   using Work = std::function<absl::Status(const ServedModel&)>;
   // Authentication, model lookup, admission (when `queued`), the work, status mapping, and one
@@ -75,11 +82,15 @@ class FactLensService final : public v1::FactLens::Service {
   grpc::Status Serve(grpc::ServerContext* context, const char* rpc, const std::string& model,
                      bool queued, const Work& work);
   absl::Status Authenticate(const grpc::ServerContext& context) const;
+  bool Draining();
 
   const ModelRegistry* registry_;
   const ServiceOptions options_;
   const RequestObserver observer_;
   const ServerMetrics* metrics_;
+  absl::Mutex mu_;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  int active_calls_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace factlens

@@ -365,6 +365,11 @@ class LifecycleTest(unittest.TestCase):
         t.start()
         self.assertTrue(first.wait(60), "the request never started")  # SIGTERM while it runs
         server.proc.send_signal(signal.SIGTERM)
+        # New calls are refused while the running one drains (or, once the server is gone, fail to
+        # connect): UNAVAILABLE either way, never a hang.
+        with self.assertRaises(FactlensError) as cm:
+            Client(server.address, retries=1, timeout=10).predict(PROMPT)
+        self.assertEqual(cm.exception.code, C.UNAVAILABLE)
         t.join(60)
         self.assertEqual(server.proc.wait(timeout=60), 0, server.logs())
         self.assertEqual(len(out.get("events", [])), 4, server.logs())  # 3 items + aggregate
@@ -372,6 +377,21 @@ class LifecycleTest(unittest.TestCase):
         lines = [json.loads(l) for l in server.logs().splitlines() if l.startswith('{"event":"request"')]
         self.assertEqual(lines[-1]["rpc"], "LocateFacts")
         self.assertEqual(lines[-1]["code"], 0)
+
+    def test_message_size_limit(self):
+        server = Server("--max_message_bytes", "2048")
+        try:
+            with grpc.insecure_channel(server.address) as channel:
+                stub = pb_grpc.FactLensStub(channel)
+                small = pb.PredictRequest(prompt=pb.Prompt(token_ids=pb.TokenIds(ids=[464, 3139])), top_k=1)
+                self.assertEqual(stub.Predict(small, timeout=30).predictions[0].id, 286)  # "The capital" -> " of"
+                big = pb.PredictRequest(prompt=pb.Prompt(token_ids=pb.TokenIds(ids=[3139] * 2000)))
+                self.assertGreater(big.ByteSize(), 2048)
+                with self.assertRaises(grpc.RpcError) as cm:
+                    stub.Predict(big, timeout=30)
+                self.assertEqual(cm.exception.code(), C.RESOURCE_EXHAUSTED)
+        finally:
+            self.assertEqual(server.stop(), 0)
 
     def test_tls(self):
         d = tempfile.mkdtemp()

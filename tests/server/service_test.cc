@@ -102,6 +102,7 @@ class ServiceHarness {
   }
 
   ModelRegistry& registry() { return *registry_; }
+  FactLensService& service() { return *service_; }
   v1::FactLens::Stub& stub() { return *stub_; }
   std::vector<RequestRecord> records() {
     absl::MutexLock lock(&mu_);
@@ -641,6 +642,28 @@ TEST_F(SchedulingTest, ACancelledCallLeavesTheQueue) {
   held_.reset();
   grpc::ClientContext again;
   EXPECT_TRUE(Predict(&again).ok());
+}
+
+TEST_F(SchedulingTest, DrainingRefusesNewCallsAndWaitsForAdmittedOnes) {
+  Start(/*max_queued=*/1);
+  FactLensService& service = harness_->service();
+  EXPECT_TRUE(service.WaitUntilIdle(absl::Now()));
+  grpc::Status admitted_status;
+  std::thread admitted([&] {
+    grpc::ClientContext context;
+    admitted_status = Predict(&context);  // waits in the queue behind the held slot
+  });
+  while (service.WaitUntilIdle(absl::Now())) absl::SleepFor(absl::Milliseconds(5));
+  service.StartDraining();
+  grpc::ClientContext context;
+  const grpc::Status refused = Predict(&context);
+  EXPECT_EQ(refused.error_code(), StatusCode::UNAVAILABLE);
+  EXPECT_THAT(refused.error_message(), HasSubstr("shutting down"));
+  EXPECT_FALSE(service.WaitUntilIdle(absl::Now() + absl::Milliseconds(100)));
+  held_.reset();  // the admitted call gets its slot and finishes
+  EXPECT_TRUE(service.WaitUntilIdle(absl::Now() + absl::Seconds(30)));
+  admitted.join();
+  EXPECT_TRUE(admitted_status.ok()) << admitted_status.error_message();
 }
 
 TEST(ServiceAuthTest, BearerTokensAreRequiredWhenConfigured) {
