@@ -39,6 +39,9 @@ ABSL_FLAG(int, max_message_bytes, 16 << 20, "Largest gRPC message received or se
 ABSL_FLAG(int, max_concurrent, 2, "Requests running at once per model");
 ABSL_FLAG(int, max_queued, 16,
           "Requests waiting per model; beyond that RESOURCE_EXHAUSTED at once");
+ABSL_FLAG(int, trace_cache_mb, 256,
+          "Per model: MiB of forward traces kept so that calls on one prompt share one forward "
+          "pass (0 disables)");
 ABSL_FLAG(int, default_deadline_seconds, 600, "Deadline for requests that set none");
 ABSL_FLAG(int, drain_seconds, 30, "On SIGTERM/SIGINT: how long in-flight requests may finish");
 ABSL_FLAG(int, threads, 0, "CPU threads for libtorch and BLIS (0 = one per core)");
@@ -152,8 +155,9 @@ int main(int argc, char** argv) {
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = Credentials();
   if (!credentials.ok()) return Fail(credentials.status());
 
-  factlens::ModelRegistry registry(specs, absl::GetFlag(FLAGS_max_concurrent),
-                                   absl::GetFlag(FLAGS_max_queued));
+  factlens::ModelRegistry registry(
+      specs, {absl::GetFlag(FLAGS_max_concurrent), absl::GetFlag(FLAGS_max_queued),
+              int64_t{absl::GetFlag(FLAGS_trace_cache_mb)} << 20});
   factlens::MetricsRegistry metrics_registry;
   absl::StatusOr<factlens::ServerMetrics> metrics = factlens::ServerMetrics::Create(
       &metrics_registry, {FACTLENS_VERSION, FACTLENS_COMMIT, TORCH_VERSION});

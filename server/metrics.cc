@@ -407,6 +407,12 @@ absl::StatusOr<ServerMetrics> ServerMetrics::Create(MetricsRegistry* registry,
       registry->AddGauge("factlens_gpu_memory_bytes",
                          "GPU memory allocated by this process, per device (only with a GPU).",
                          {"device"}));
+  FACTLENS_ASSIGN_FAMILY(
+      trace_cache_lookups_total,
+      registry->AddCounter("factlens_trace_cache_lookups_total",
+                           "Forward-trace cache lookups by RPCs that analyse a prompt; result is "
+                           "hit or miss.",
+                           {"model", "result"}));
   FACTLENS_ASSIGN_FAMILY(build_info, registry->AddGauge("factlens_build_info",
                                                         "Build information; the value is always 1.",
                                                         {"version", "commit", "torch_version"}));

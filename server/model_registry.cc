@@ -51,12 +51,8 @@ absl::StatusOr<LoadedModel> LoadModelFromDisk(const ModelSpec& spec) {
   return loaded;
 }
 
-ModelRegistry::ModelRegistry(std::vector<ModelSpec> specs, int max_concurrent, int max_queued,
-                             ModelLoader loader)
-    : specs_(std::move(specs)),
-      max_concurrent_(max_concurrent),
-      max_queued_(max_queued),
-      load_(std::move(loader)) {}
+ModelRegistry::ModelRegistry(std::vector<ModelSpec> specs, ServingLimits limits, ModelLoader loader)
+    : specs_(std::move(specs)), limits_(limits), load_(std::move(loader)) {}
 
 ModelRegistry::~ModelRegistry() {
   if (loader_.joinable()) loader_.join();
@@ -77,7 +73,7 @@ void ModelRegistry::LoadAll() {
           absl::Status(status.code(), absl::StrCat("model '", spec.name, "': ", status.message()));
       continue;
     }
-    auto served = std::make_shared<ServedModel>(max_concurrent_, max_queued_);
+    auto served = std::make_shared<ServedModel>(limits_);
     served->name = spec.name;
     served->source = spec.source;
     served->model = std::move(loaded->model);

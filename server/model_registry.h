@@ -15,6 +15,7 @@
 #include "analysis/tokenizer/tokenizer.h"
 #include "analysis/weights.h"
 #include "server/request_queue.h"
+#include "server/trace_cache.h"
 
 namespace factlens {
 
@@ -29,7 +30,15 @@ struct ModelSpec {
 // Parses "NAME=SOURCE[,device=D][,dtype=T]". InvalidArgument describing the expected form.
 absl::StatusOr<ModelSpec> ParseModelSpec(const std::string& text);
 
-// A resident model with its tokenizer and admission queue. Immutable except for the queue.
+// Per model: admission limits and the forward-trace cache budget.
+struct ServingLimits {
+  int max_concurrent = 2;
+  int max_queued = 16;
+  int64_t trace_cache_bytes = int64_t{256} << 20;  // 0: no cache
+};
+
+// A resident model with its tokenizer, admission queue and trace cache. Immutable except for the
+// queue and the cache (both thread-safe).
 struct ServedModel {
   std::string name;
   std::string source;
@@ -37,7 +46,9 @@ struct ServedModel {
   std::unique_ptr<Tokenizer> tokenizer;
   double load_seconds = 0;
   mutable RequestQueue queue;
-  ServedModel(int max_concurrent, int max_queued) : queue(max_concurrent, max_queued) {}
+  mutable TraceCache traces;
+  explicit ServedModel(const ServingLimits& limits)
+      : queue(limits.max_concurrent, limits.max_queued), traces(limits.trace_cache_bytes) {}
 };
 
 // What loading one model produces.
@@ -55,7 +66,7 @@ absl::StatusOr<LoadedModel> LoadModelFromDisk(const ModelSpec& spec);
 // Thread-safe.
 class ModelRegistry {
  public:
-  ModelRegistry(std::vector<ModelSpec> specs, int max_concurrent, int max_queued,
+  ModelRegistry(std::vector<ModelSpec> specs, ServingLimits limits,
                 ModelLoader loader = LoadModelFromDisk);
   ~ModelRegistry();
 
@@ -76,7 +87,7 @@ class ModelRegistry {
  private:
   void LoadAll();
   const std::vector<ModelSpec> specs_;
-  const int max_concurrent_, max_queued_;
+  const ServingLimits limits_;
   const ModelLoader load_;
   std::thread loader_;
   mutable absl::Mutex mu_;

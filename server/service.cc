@@ -37,10 +37,6 @@ std::optional<int32_t> OptionalPosition(bool has, int32_t value) {
   return has ? std::optional<int32_t>(value) : std::nullopt;
 }
 
-absl::StatusOr<ForwardTrace> FullTrace(const ServedModel& m, const std::vector<int64_t>& ids) {
-  return Forward(*m.model, ids, FullCapture());
-}
-
 LocateOptions ToLocateOptions(const v1::LocateOptions& o, std::optional<int32_t> position) {
   LocateOptions options;
   options.position = position.value_or(-1);
@@ -114,6 +110,20 @@ FactLensService::FactLensService(const ModelRegistry* registry, ServiceOptions o
       options_(std::move(options)),
       observer_(std::move(observer)),
       metrics_(metrics) {}
+
+absl::StatusOr<std::shared_ptr<const ForwardTrace>> FactLensService::FullTrace(
+    const ServedModel& m, const std::vector<int64_t>& ids) const {
+  bool computed = false;
+  absl::StatusOr<std::shared_ptr<const ForwardTrace>> trace = m.traces.GetOrCompute(ids, [&] {
+    computed = true;
+    return Forward(*m.model, ids, FullCapture());
+  });
+  if (metrics_) {
+    metrics_->trace_cache_lookups_total->WithLabels({m.name, computed ? "miss" : "hit"})
+        .Increment();
+  }
+  return trace;
+}
 
 void FactLensService::StartDraining() {
   absl::MutexLock lock(&mu_);
@@ -353,13 +363,14 @@ grpc::Status FactLensService::Decompose(grpc::ServerContext* context,
                 absl::StrCat("positions: ", resolved.status().message()));
           positions.push_back(*resolved);
         }
-        FACTLENS_ASSIGN_OR_RETURN(const ForwardTrace trace, FullTrace(m, ids));
+        FACTLENS_ASSIGN_OR_RETURN(const std::shared_ptr<const ForwardTrace> trace,
+                                  FullTrace(m, ids));
         for (int64_t id : ids) response->add_input_ids(id);
         if (options.target) response->set_target_id(options.target->token_id);
         for (int64_t position : positions) {
           FACTLENS_ASSIGN_OR_RETURN(
               const PositionDecomposition decomposition,
-              factlens::Decompose(*m.model, trace, position, options,
+              factlens::Decompose(*m.model, *trace, position, options,
                                   [context] { return context->IsCancelled(); }));
           FillDecomposition(m, decomposition, ids[position], request->include_vectors(),
                             response->add_positions());
@@ -377,8 +388,8 @@ grpc::Status FactLensService::Rank(grpc::ServerContext* context, const v1::RankR
     if (!target.ok()) return target.status();
     if (request->level() == v1::RankRequest::LEVEL_UNSPECIFIED)
       return absl::InvalidArgumentError("level: unspecified");
-    absl::StatusOr<ForwardTrace> trace = FullTrace(m, at->ids);
-    if (!trace.ok()) return trace.status();
+    FACTLENS_ASSIGN_OR_RETURN(const std::shared_ptr<const ForwardTrace> trace,
+                              FullTrace(m, at->ids));
     absl::StatusOr<std::unique_ptr<Attribution>> a =
         Attribution::Create(*m.model, *trace,
                             {*target, at->position, ToMetric(request->options().metric()),
@@ -464,8 +475,8 @@ grpc::Status FactLensService::Trace(grpc::ServerContext* context, const v1::Trac
   return Serve(context, "Trace", request->model(), true, [&](const ServedModel& m) -> absl::Status {
     absl::StatusOr<PromptAt> at = ParsePromptAt(m, *request, options_);
     if (!at.ok()) return at.status();
-    absl::StatusOr<ForwardTrace> trace = FullTrace(m, at->ids);
-    if (!trace.ok()) return trace.status();
+    FACTLENS_ASSIGN_OR_RETURN(const std::shared_ptr<const ForwardTrace> trace,
+                              FullTrace(m, at->ids));
     const v1::Component& n = request->neuron();
     absl::StatusOr<NeuronTrace> traced;
     if (n.kind() == v1::Component::FFN_NEURON) {
@@ -508,8 +519,8 @@ grpc::Status FactLensService::ProjectToVocab(grpc::ServerContext* context,
         if (!at.ok()) return at.status();
         absl::StatusOr<ComponentRef> ref = ToComponentRef(request->component());
         if (!ref.ok()) return ref.status();
-        absl::StatusOr<ForwardTrace> trace = FullTrace(m, at->ids);
-        if (!trace.ok()) return trace.status();
+        FACTLENS_ASSIGN_OR_RETURN(const std::shared_ptr<const ForwardTrace> trace,
+                                  FullTrace(m, at->ids));
         absl::StatusOr<at::Tensor> vector = ComponentVector(*m.model, *trace, at->position, *ref);
         if (!vector.ok()) return vector.status();
         const VocabProjector projector(*m.model, trace->final_residual[at->position]);

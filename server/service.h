@@ -9,6 +9,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "analysis/forward.h"
 #include "factlens/v1/factlens.grpc.pb.h"
 #include "server/metrics.h"
 #include "server/model_registry.h"
@@ -82,6 +83,9 @@ class FactLensService final : public v1::FactLens::Service {
   grpc::Status Serve(grpc::ServerContext* context, const char* rpc, const std::string& model,
                      bool queued, const Work& work);
   absl::Status Authenticate(const grpc::ServerContext& context) const;
+  // The FullCapture() trace of `ids` through the model's trace cache (counted in metrics).
+  absl::StatusOr<std::shared_ptr<const ForwardTrace>> FullTrace(
+      const ServedModel& m, const std::vector<int64_t>& ids) const;
   bool Draining();
 
   const ModelRegistry* registry_;

@@ -71,8 +71,7 @@ v1::Target TextTarget(const std::string& text) {
 
 struct ServerSetup {
   ServiceOptions options;
-  int max_concurrent = 2;
-  int max_queued = 4;
+  ServingLimits limits = {2, 4, int64_t{64} << 20};
   ModelLoader loader = LoadFake;
   std::vector<std::string> models = {"fake"};
 };
@@ -83,8 +82,7 @@ class ServiceHarness {
   explicit ServiceHarness(ServerSetup setup) {
     std::vector<ModelSpec> specs;
     for (const std::string& name : setup.models) specs.push_back({name, "fake://" + name, {}});
-    registry_ = std::make_unique<ModelRegistry>(std::move(specs), setup.max_concurrent,
-                                                setup.max_queued, setup.loader);
+    registry_ = std::make_unique<ModelRegistry>(std::move(specs), setup.limits, setup.loader);
     service_ = std::make_unique<FactLensService>(registry_.get(), setup.options,
                                                  [this](const RequestRecord& record) {
                                                    absl::MutexLock lock(&mu_);
@@ -252,6 +250,28 @@ TEST_F(ServiceTest, RankedLayersAreTheAttributionsIncreasesInOrder) {
     EXPECT_EQ(c.component().kind(), v1::Component::FFN_LAYER);
     EXPECT_NEAR(c.score(), expected[c.component().layer()].item<double>(), 1e-12);
   }
+}
+
+TEST_F(ServiceTest, CallsOnOnePromptShareOneForwardPass) {
+  const TraceCache& cache = harness_->registry().Get("fake").value()->traces;
+  const TraceCache::Stats before = cache.stats();
+  for (const auto level : {v1::RankRequest::FFN_LAYER, v1::RankRequest::HEAD}) {
+    v1::RankRequest request;
+    *request.mutable_prompt() = TextPrompt("The capital of Italy is");
+    *request.mutable_target() = TextTarget(" Rome");
+    request.set_level(level);
+    v1::RankResponse response;
+    grpc::ClientContext context;
+    ASSERT_TRUE(stub().Rank(&context, request, &response).ok());
+  }
+  v1::DecomposeRequest decompose;
+  *decompose.mutable_prompt() = TextPrompt("The capital of Italy is");
+  v1::DecomposeResponse decomposed;
+  grpc::ClientContext context;
+  ASSERT_TRUE(stub().Decompose(&context, decompose, &decomposed).ok());
+  const TraceCache::Stats after = cache.stats();
+  EXPECT_EQ(after.misses - before.misses, 1);
+  EXPECT_EQ(after.hits - before.hits, 2);
 }
 
 TEST_F(ServiceTest, LocateFactStreamsOneEventPerStageThenTheReport) {
@@ -573,8 +593,8 @@ class SchedulingTest : public ::testing::Test {
  protected:
   void Start(int max_queued) {
     ServerSetup setup;
-    setup.max_concurrent = 1;
-    setup.max_queued = max_queued;
+    setup.limits.max_concurrent = 1;
+    setup.limits.max_queued = max_queued;
     harness_ = std::make_unique<ServiceHarness>(setup);
     ASSERT_TRUE(harness_->registry().WaitUntilLoaded().ok());
     absl::StatusOr<std::shared_ptr<const ServedModel>> served = harness_->registry().Get("fake");
