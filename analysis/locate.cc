@@ -27,6 +27,35 @@ std::vector<HeadScore> TopHeads(const at::Tensor& scores, int64_t k) {
   return heads;
 }
 
+// What each neuron writes: the top tokens of its value vector's projection, sign-corrected by its
+// coefficient (a neuron with m < 0 promotes the bottom tokens of v). values[i] belongs to
+// reports[i]; the projections are batched (64 rows bound the [rows, V] buffer).
+void FillTopTokens(const Attribution& a, const std::vector<at::Tensor>& values,
+                   const std::vector<NeuronReport*>& reports, int64_t k) {
+  constexpr int64_t kRows = 64;
+  for (size_t start = 0; start < values.size() && k > 0; start += kRows) {
+    const size_t end = std::min(values.size(), start + kRows);
+    std::vector<at::Tensor> rows;
+    for (size_t i = start; i < end; ++i) {
+      const at::Tensor v = values[i].to(at::kFloat);
+      rows.push_back(reports[i]->coefficient < 0 ? -v : v);
+    }
+    const at::Tensor projections = a.Project(at::stack(rows));  // [rows, V]
+    const auto [top, indices] =
+        at::topk(projections, std::min<int64_t>(k, projections.size(1)), /*dim=*/1);
+    const at::Tensor scores = top.to(at::kCPU, at::kDouble).contiguous();
+    const at::Tensor ids = indices.to(at::kCPU).contiguous();
+    const int64_t per_row = scores.size(1);
+    for (size_t i = start; i < end; ++i) {
+      const int64_t row = static_cast<int64_t>(i - start);
+      for (int64_t j = 0; j < per_row; ++j) {
+        reports[i]->top_tokens.push_back({ids.data_ptr<int64_t>()[row * per_row + j],
+                                          scores.data_ptr<double>()[row * per_row + j]});
+      }
+    }
+  }
+}
+
 absl::Status CheckOptions(const ModelConfig& config, const LocateOptions& o) {
   const int64_t limit = 100000;
   const std::pair<const char*, int64_t> counts[] = {
@@ -103,12 +132,8 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
     report.top_heads = TopHeads(a.HeadIncrease(), options.top_heads);
     report.top_head_positions = TopHeads(a.HeadPositionIncrease(), options.top_head_positions);
 
-    // What each neuron writes: the projection of its value vector, sign-corrected by its
-    // coefficient (a neuron with m < 0 promotes the bottom tokens of v).
-    auto projection_tokens = [&](const at::Tensor& vector, double coefficient) {
-      return TopScores(a.Project((coefficient < 0 ? -vector : vector).unsqueeze(0))[0],
-                       options.top_tokens);
-    };
+    // Every reported neuron's value vector, for one batched projection at the end.
+    std::vector<at::Tensor> values;
     if (!report_progress("FFN neurons", 0.25)) return cancelled;
     const int64_t ffn_k = std::max(options.top_ffn_neurons, options.query_ffn_neurons);
     absl::StatusOr<NeuronRanking> ffn_ranking =
@@ -119,9 +144,8 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
     for (size_t i = 0; i < ffn.neurons.size() && static_cast<int64_t>(i) < options.top_ffn_neurons;
          ++i) {
       const RankedNeuron& n = ffn.neurons[i];
-      const at::Tensor value = model.weights().layers[n.layer].out_weight.select(1, n.index);
-      report.ffn_neurons.push_back({n.layer, n.index, -1, -1, n.score, n.coefficient,
-                                    projection_tokens(value, n.coefficient)});
+      values.push_back(model.weights().layers[n.layer].out_weight.select(1, n.index));
+      report.ffn_neurons.push_back({n.layer, n.index, -1, -1, n.score, n.coefficient, {}});
     }
     if (!report_progress("attention neurons", 0.45)) return cancelled;
     const int64_t attn_k = std::max(options.top_attention_neurons, options.query_attention_neurons);
@@ -135,10 +159,10 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
          ++i) {
       const RankedNeuron& n = attention.neurons[i];
       const AttentionNeuronIndex idx = SplitAttentionNeuronIndex(config, n.index);
-      const at::Tensor value =
-          model.weights().layers[n.layer].o_weight.select(1, idx.head * config.head_dim + idx.dim);
-      report.attention_neurons.push_back({n.layer, idx.dim, idx.head, idx.source_position, n.score,
-                                          n.coefficient, projection_tokens(value, n.coefficient)});
+      values.push_back(
+          model.weights().layers[n.layer].o_weight.select(1, idx.head * config.head_dim + idx.dim));
+      report.attention_neurons.push_back(
+          {n.layer, idx.dim, idx.head, idx.source_position, n.score, n.coefficient, {}});
     }
 
     if (!report_progress("query layers", 0.65)) return cancelled;
@@ -158,10 +182,14 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
       const int64_t layer = flat / config.d_ffn, n = flat % config.d_ffn;
       const double coefficient =
           trace->layers[layer].ffn_coefficients[a.position()][n].item<double>();
-      report.query_ffn_neurons.push_back(
-          {layer, n, -1, -1, score, coefficient,
-           projection_tokens(model.weights().layers[layer].out_weight.select(1, n), coefficient)});
+      values.push_back(model.weights().layers[layer].out_weight.select(1, n));
+      report.query_ffn_neurons.push_back({layer, n, -1, -1, score, coefficient, {}});
     }
+    std::vector<NeuronReport*> reported;
+    for (auto* list : {&report.ffn_neurons, &report.attention_neurons, &report.query_ffn_neurons}) {
+      for (NeuronReport& n : *list) reported.push_back(&n);
+    }
+    FillTopTokens(a, values, reported, options.top_tokens);
 
     if (options.ablate_top_ffn_neurons && !report.ffn_neurons.empty()) {
       if (!report_progress("ablation", 0.85)) return cancelled;

@@ -11,7 +11,8 @@ std::vector<TokenScore> TopScores(const at::Tensor& scores, int64_t k, bool larg
   const at::Tensor flat = scores.reshape({-1});
   const auto [values, indices] =
       at::topk(flat, std::clamp<int64_t>(k, 0, flat.numel()), -1, largest);
-  const at::Tensor v = values.to(at::kDouble).contiguous(), i = indices.contiguous();
+  const at::Tensor v = values.to(at::kCPU, at::kDouble).contiguous();
+  const at::Tensor i = indices.to(at::kCPU).contiguous();
   std::vector<TokenScore> out;
   for (int64_t j = 0; j < v.numel(); ++j)
     out.push_back({i.data_ptr<int64_t>()[j], v.data_ptr<double>()[j]});
