@@ -202,13 +202,14 @@ int main(int argc, char** argv) {
   std::thread signal_thread([&] {
     int signal = 0;
     sigwait(&signals, &signal);
+    // Draining starts before /readyz turns 503, so a client that saw 503 never gets admitted.
+    service.StartDraining();
     stopping = true;
     std::fprintf(stderr, "{\"event\":\"shutdown\",\"signal\":%d,\"drain_seconds\":%d}\n", signal,
                  absl::GetFlag(FLAGS_drain_seconds));
     health->Shutdown();  // NOT_SERVING, like /readyz: load balancers stop sending work
     // New calls are answered UNAVAILABLE while admitted ones finish, up to --drain_seconds; then
     // the server stops and cancels whatever still runs.
-    service.StartDraining();
     const bool idle =
         service.WaitUntilIdle(absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_drain_seconds)));
     std::fprintf(stderr, "{\"event\":\"drained\",\"complete\":%s}\n", idle ? "true" : "false");

@@ -348,6 +348,19 @@ class ServerTest(unittest.TestCase):
         self.assertIn("factlens_request_duration_seconds_bucket", text)
         self.assertEqual(urllib.request.urlopen(self.server.http + "/readyz", timeout=5).read().strip(), b"ready")
 
+    def test_calls_on_one_prompt_share_the_cached_forward_pass(self):
+        def lookups(result):
+            series = f'factlens_trace_cache_lookups_total{{model="gpt2-facts-tiny",result="{result}"}} '
+            lines = [l for l in self.server.metrics().splitlines() if l.startswith(series)]
+            return float(lines[0].split()[-1]) if lines else 0.0
+
+        prompt = "The capital of Norway is"  # used by no other test
+        hits, misses = lookups("hit"), lookups("miss")
+        for level in ("FFN_LAYER", "HEAD", "FFN_NEURON"):
+            self.client.rank(prompt, " Oslo", level, top_k=3)
+        self.assertEqual(lookups("miss") - misses, 1)
+        self.assertEqual(lookups("hit") - hits, 2)
+
 
 class LifecycleTest(unittest.TestCase):
     def test_sigterm_drains_a_running_request_and_exits_zero(self):
@@ -365,8 +378,16 @@ class LifecycleTest(unittest.TestCase):
         t.start()
         self.assertTrue(first.wait(60), "the request never started")  # SIGTERM while it runs
         server.proc.send_signal(signal.SIGTERM)
-        # New calls are refused while the running one drains (or, once the server is gone, fail to
-        # connect): UNAVAILABLE either way, never a hang.
+        # Once /readyz stops answering "ready" (the server turns it 503 after it starts draining, or
+        # it is gone), new calls are refused while the running one drains (or fail to connect):
+        # UNAVAILABLE either way, never a hang.
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(server.http + "/readyz", timeout=5)
+            except OSError:  # HTTPError 503, or connection refused
+                break
+            time.sleep(0.01)
         with self.assertRaises(FactlensError) as cm:
             Client(server.address, retries=1, timeout=10).predict(PROMPT)
         self.assertEqual(cm.exception.code, C.UNAVAILABLE)
