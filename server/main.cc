@@ -16,6 +16,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
@@ -29,9 +30,9 @@
 
 ABSL_FLAG(std::string, listen, "0.0.0.0:50051",
           "gRPC address (host:port; port 0 picks a free one)");
-ABSL_FLAG(std::vector<std::string>, model, {},
-          "NAME=DIR_OR_REPO_ID[,device=cpu|cuda[:N]][,dtype=float32|float16|bfloat16]; repeatable "
-          "(comma-separated lists also work). Default: the embedded demo model gpt2-facts-tiny");
+ABSL_FLAG(std::string, model, "",
+          "NAME=DIR_OR_REPO_ID[,device=cpu|cuda[:N]][,dtype=float32|float16|bfloat16]; repeat the "
+          "flag for several models. Default: the embedded demo model gpt2-facts-tiny");
 ABSL_FLAG(int, max_prompt_tokens, 512, "Longest prompt accepted, in tokens");
 ABSL_FLAG(int, max_top_k, 1000, "Largest top_k (and ablation count) accepted");
 ABSL_FLAG(int, max_batch_items, 256, "Most items in one LocateFacts request");
@@ -119,6 +120,52 @@ int Fail(const absl::Status& status) {
   return 2;
 }
 
+// Every value given to --model, in order. absl keeps only a flag's last occurrence, so the
+// repeated flag is read from argv (forms --model=V, -model=V, --model V, -model V; "--" ends
+// flags); absl still parses it, which rejects a --model without a value.
+std::vector<std::string> ModelFlagValues(int argc, char** argv) {
+  std::vector<std::string> values;
+  for (int i = 1; i < argc; ++i) {
+    const absl::string_view arg = argv[i];
+    if (arg == "--") break;
+    for (const absl::string_view name : {"--model", "-model"}) {
+      if (arg == name && i + 1 < argc) {
+        values.push_back(argv[++i]);
+      } else if (absl::StartsWith(arg, absl::StrCat(name, "="))) {
+        values.push_back(std::string(arg.substr(name.size() + 1)));
+      }
+    }
+  }
+  return values;
+}
+
+// The numeric flags' ranges; InvalidArgument naming the first flag out of range.
+absl::Status CheckNumericFlags() {
+  struct Range {
+    const char* flag;
+    int64_t value, min;
+  };
+  const Range ranges[] = {
+      {"max_prompt_tokens", absl::GetFlag(FLAGS_max_prompt_tokens), 1},
+      {"max_top_k", absl::GetFlag(FLAGS_max_top_k), 1},
+      {"max_batch_items", absl::GetFlag(FLAGS_max_batch_items), 1},
+      {"max_message_bytes", absl::GetFlag(FLAGS_max_message_bytes), 1024},
+      {"max_concurrent", absl::GetFlag(FLAGS_max_concurrent), 1},
+      {"max_queued", absl::GetFlag(FLAGS_max_queued), 0},
+      {"trace_cache_mb", absl::GetFlag(FLAGS_trace_cache_mb), 0},
+      {"default_deadline_seconds", absl::GetFlag(FLAGS_default_deadline_seconds), 1},
+      {"drain_seconds", absl::GetFlag(FLAGS_drain_seconds), 0},
+      {"threads", absl::GetFlag(FLAGS_threads), 0},
+  };
+  for (const Range& r : ranges) {
+    if (r.value < r.min) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", r.flag, "=", r.value, ": must be at least ", r.min));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -130,15 +177,22 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  if (absl::Status flags = CheckNumericFlags(); !flags.ok()) return Fail(flags);
   factlens::ConfigureCpuThreads(absl::GetFlag(FLAGS_threads));
 
   std::vector<factlens::ModelSpec> specs;
-  std::vector<std::string> model_flags = absl::GetFlag(FLAGS_model);
+  std::vector<std::string> model_flags = ModelFlagValues(argc, argv);
   if (model_flags.empty())
     model_flags.push_back(std::string("gpt2-facts-tiny=") + FACTLENS_DEFAULT_MODEL);
   for (const std::string& text : model_flags) {
     absl::StatusOr<factlens::ModelSpec> spec = factlens::ParseModelSpec(text);
     if (!spec.ok()) return Fail(spec.status());
+    for (const factlens::ModelSpec& earlier : specs) {
+      if (earlier.name == spec->name) {
+        return Fail(absl::InvalidArgumentError(
+            absl::StrCat("--model: the name '", spec->name, "' is given twice")));
+      }
+    }
     specs.push_back(*spec);
   }
   factlens::ServiceOptions options;

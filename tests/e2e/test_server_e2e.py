@@ -399,6 +399,31 @@ class LifecycleTest(unittest.TestCase):
         self.assertEqual(lines[-1]["rpc"], "LocateFacts")
         self.assertEqual(lines[-1]["code"], 0)
 
+    def test_bad_flags_stop_the_server_at_once_naming_the_flag(self):
+        for flags, named in [(["--max_concurrent=0"], "--max_concurrent"), (["--max_top_k=-5"], "--max_top_k"),
+                             (["--trace_cache_mb=-1"], "--trace_cache_mb"),
+                             (["--model", "a=/nowhere", "--model", "a=/elsewhere"], "given twice"),
+                             (["--model", "broken"], "--model")]:
+            run = subprocess.run([SERVER, "--listen", "127.0.0.1:0", "--http_listen", "", *flags],
+                                 capture_output=True, text=True, timeout=60)
+            self.assertEqual(run.returncode, 2, (flags, run.stderr))
+            self.assertIn(named, run.stderr, flags)
+
+    def test_several_models_with_options(self):
+        models = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "models")
+        server = Server("--model", f"demo={models}/gpt2-facts-tiny",
+                        f"--model=llama={models}/llama-facts-tiny,dtype=float32,device=cpu")
+        try:
+            with Client(server.address) as c:
+                served = [(m.name, m.family, m.dtype, m.device, m.ready) for m in c.list_models()]
+                self.assertEqual(served, [("demo", "gpt2", "float32", "cpu", True),
+                                          ("llama", "llama", "float32", "cpu", True)])
+                for model in ("demo", "llama"):  # both demo models answer " Paris"
+                    c.model = model
+                    self.assertEqual(c.predict(PROMPT, top_k=1).predictions[0].token, " Paris")
+        finally:
+            self.assertEqual(server.stop(), 0)
+
     def test_message_size_limit(self):
         server = Server("--max_message_bytes", "2048")
         try:
