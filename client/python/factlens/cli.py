@@ -191,8 +191,12 @@ def main(argv=None) -> int:
     except FactlensError as e:
         print(f"factlens: {e}", file=sys.stderr)
         return 1
-    if args.json:
-        print(result.to_json())
-    else:
-        printer(result)
+    try:
+        if args.json:
+            print(result.to_json())
+        else:
+            printer(result)
+        sys.stdout.flush()
+    except BrokenPipeError:  # e.g. `factlens ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
     return 0
