@@ -32,7 +32,8 @@ ABSL_FLAG(std::string, listen, "0.0.0.0:50051",
           "gRPC address (host:port; port 0 picks a free one)");
 ABSL_FLAG(std::string, model, "",
           "NAME=DIR_OR_REPO_ID[,device=cpu|cuda[:N]][,dtype=float32|float16|bfloat16]; repeat the "
-          "flag for several models. Default: the embedded demo model gpt2-facts-tiny");
+          "flag on the command line for several models (a --flagfile may hold one). Default: "
+          "the embedded demo model gpt2-facts-tiny");
 ABSL_FLAG(int, max_prompt_tokens, 512, "Longest prompt accepted, in tokens");
 ABSL_FLAG(int, max_top_k, 1000, "Largest top_k (and ablation count) accepted");
 ABSL_FLAG(int, max_batch_items, 256, "Most items in one LocateFacts request");
@@ -182,6 +183,13 @@ int main(int argc, char** argv) {
 
   std::vector<factlens::ModelSpec> specs;
   std::vector<std::string> model_flags = ModelFlagValues(argc, argv);
+  const std::string parsed_model = absl::GetFlag(FLAGS_model);  // e.g. from a --flagfile
+  if (model_flags.empty() && !parsed_model.empty()) model_flags.push_back(parsed_model);
+  if (!model_flags.empty() && model_flags.back() != parsed_model) {
+    return Fail(absl::InvalidArgumentError(
+        "--model: give every --model on the command line or every one in one flagfile, not both "
+        "(absl keeps only the last one it reads)"));
+  }
   if (model_flags.empty())
     model_flags.push_back(std::string("gpt2-facts-tiny=") + FACTLENS_DEFAULT_MODEL);
   for (const std::string& text : model_flags) {
