@@ -71,10 +71,11 @@ class _ProgressBar:
     def __init__(self, description):
         from tqdm import tqdm
 
-        self._bar = tqdm(total=100, desc=description, unit="%", bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+        self._description = description
+        self._bar = tqdm(total=100, desc=description, unit="%", bar_format="{desc}: {percentage:3.0f}%|{bar}|")
 
     def __call__(self, stage, fraction):
-        self._bar.set_postfix_str(stage, refresh=False)
+        self._bar.set_description_str(f"{self._description} ({stage})", refresh=False)
         self._bar.update(round(100 * fraction) - self._bar.n)
 
     def close(self):
