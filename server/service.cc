@@ -130,11 +130,6 @@ void FactLensService::StartDraining() {
   draining_ = true;
 }
 
-bool FactLensService::Draining() {
-  absl::MutexLock lock(&mu_);
-  return draining_;
-}
-
 bool FactLensService::WaitUntilIdle(absl::Time deadline) {
   absl::MutexLock lock(&mu_);
   const auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return active_calls_ == 0; };
@@ -173,12 +168,14 @@ grpc::Status FactLensService::Serve(grpc::ServerContext* context, const char* rp
   record.rpc = rpc;
   record.model = model;
   record.peer = context->peer();
+  bool draining;
   {
     absl::MutexLock lock(&mu_);
     ++active_calls_;
+    draining = draining_;
   }
   absl::Status status = Authenticate(*context);
-  if (status.ok() && Draining()) {
+  if (status.ok() && draining) {
     status = absl::UnavailableError("the server is shutting down");
   }
   if (status.ok()) {

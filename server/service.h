@@ -86,7 +86,6 @@ class FactLensService final : public v1::FactLens::Service {
   // The FullCapture() trace of `ids` through the model's trace cache (counted in metrics).
   absl::StatusOr<std::shared_ptr<const ForwardTrace>> FullTrace(
       const ServedModel& m, const std::vector<int64_t>& ids) const;
-  bool Draining();
 
   const ModelRegistry* registry_;
   const ServiceOptions options_;

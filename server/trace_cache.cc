@@ -48,13 +48,14 @@ absl::StatusOr<std::shared_ptr<const ForwardTrace>> TraceCache::GetOrCompute(
     index_.erase(oldest.ids);
     entries_.pop_back();
   }
-  stats_.entries = static_cast<int64_t>(entries_.size());
   return trace;
 }
 
 TraceCache::Stats TraceCache::stats() const {
   absl::MutexLock lock(&mu_);
-  return stats_;
+  Stats stats = stats_;
+  stats.entries = static_cast<int64_t>(entries_.size());
+  return stats;
 }
 
 }  // namespace factlens

@@ -33,7 +33,7 @@ class TraceCache {
       const std::function<absl::StatusOr<ForwardTrace>()>& compute);
 
   struct Stats {
-    int64_t hits = 0, misses = 0, entries = 0, bytes = 0;
+    int64_t hits = 0, misses = 0, entries = 0, bytes = 0;  // entries: counted when read
   };
   Stats stats() const;
 
