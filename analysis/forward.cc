@@ -323,4 +323,11 @@ absl::StatusOr<ForwardTrace> Forward(const Model& model, absl::Span<const int64_
   return trace;
 }
 
+CaptureOptions LogitsAt(int64_t position) {
+  CaptureOptions capture;
+  capture.residuals = false;
+  capture.positions = {position};
+  return capture;
+}
+
 }  // namespace factlens

@@ -28,6 +28,9 @@ struct CaptureOptions {
   std::vector<int64_t> positions;
 };
 
+// Only the logits, at one query position (negative counts from the end).
+CaptureOptions LogitsAt(int64_t position);
+
 // Per-layer captures; tensors not asked for are undefined. P = kept positions, T = all positions.
 // All captured tensors are float32 on the model's device.
 struct LayerTrace {

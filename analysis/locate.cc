@@ -198,10 +198,8 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
         ablations.push_back(
             {AblationTarget::kFfnNeuron, n.layer, 0, 0, n.neuron, a.position(), 0.0});
       }
-      CaptureOptions logits_only;
-      logits_only.residuals = false;
-      logits_only.positions = {a.position()};
-      absl::StatusOr<ForwardTrace> ablated = Forward(model, token_ids, logits_only, ablations);
+      absl::StatusOr<ForwardTrace> ablated =
+          Forward(model, token_ids, LogitsAt(a.position()), ablations);
       if (!ablated.ok()) return ablated.status();
       report.ablation.removed = static_cast<int64_t>(ablations.size());
       report.ablation.before = report.outcome;

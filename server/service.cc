@@ -312,21 +312,18 @@ grpc::Status FactLensService::Detokenize(grpc::ServerContext* context,
 grpc::Status FactLensService::Predict(grpc::ServerContext* context,
                                       const v1::PredictRequest* request,
                                       v1::PredictResponse* response) {
-  return Serve(context, "Predict", request->model(), true,
-               [&](const ServedModel& m) -> absl::Status {
-                 absl::StatusOr<PromptAt> at = ParsePromptAt(m, *request, options_);
-                 if (!at.ok()) return at.status();
-                 CaptureOptions capture;
-                 capture.residuals = false;
-                 capture.positions = {at->position};
-                 absl::StatusOr<ForwardTrace> trace = Forward(*m.model, at->ids, capture);
-                 if (!trace.ok()) return trace.status();
-                 const at::Tensor probs = at::softmax(trace->logits[0].to(at::kDouble), -1);
-                 for (const auto& [id, p] : TopScores(probs, at->top_k))
-                   FillTokenScore(m, id, p, response->add_predictions());
-                 for (int64_t id : at->ids) response->add_input_ids(id);
-                 return absl::OkStatus();
-               });
+  return Serve(
+      context, "Predict", request->model(), true, [&](const ServedModel& m) -> absl::Status {
+        absl::StatusOr<PromptAt> at = ParsePromptAt(m, *request, options_);
+        if (!at.ok()) return at.status();
+        absl::StatusOr<ForwardTrace> trace = Forward(*m.model, at->ids, LogitsAt(at->position));
+        if (!trace.ok()) return trace.status();
+        const at::Tensor probs = at::softmax(trace->logits[0].to(at::kDouble), -1);
+        for (const auto& [id, p] : TopScores(probs, at->top_k))
+          FillTokenScore(m, id, p, response->add_predictions());
+        for (int64_t id : at->ids) response->add_input_ids(id);
+        return absl::OkStatus();
+      });
 }
 
 grpc::Status FactLensService::Decompose(grpc::ServerContext* context,
@@ -559,9 +556,7 @@ grpc::Status FactLensService::Ablate(grpc::ServerContext* context, const v1::Abl
             return absl::InvalidArgumentError(absl::StrCat("ablations: ", a.status().message()));
           ablations.push_back(*a);
         }
-        CaptureOptions capture;
-        capture.residuals = false;
-        capture.positions = {position};
+        const CaptureOptions capture = LogitsAt(position);
         FACTLENS_ASSIGN_OR_RETURN(const ForwardTrace before, Forward(*m.model, ids, capture));
         FACTLENS_ASSIGN_OR_RETURN(const ForwardTrace after,
                                   Forward(*m.model, ids, capture, ablations));

@@ -14,10 +14,7 @@ int64_t ArgmaxAfter(const std::string& model_dir, const std::vector<int64_t>& id
   absl::StatusOr<std::shared_ptr<const Model>> model = Model::Load(testing::SourcePath(model_dir));
   EXPECT_TRUE(model.ok()) << model.status();
   if (!model.ok()) return -1;
-  CaptureOptions capture;
-  capture.residuals = false;
-  capture.positions = {-1};
-  absl::StatusOr<ForwardTrace> trace = Forward(**model, ids, capture);
+  absl::StatusOr<ForwardTrace> trace = Forward(**model, ids, LogitsAt(-1));
   EXPECT_TRUE(trace.ok()) << trace.status();
   if (!trace.ok()) return -1;
   EXPECT_EQ(trace->logits.sizes(), (std::vector<int64_t>{1, (*model)->config().vocab_size}));

@@ -72,10 +72,8 @@ int main(int argc, char** argv) {
     ids.assign(encoding->ids.begin(), encoding->ids.end());
   }
 
-  factlens::CaptureOptions capture;
-  capture.residuals = false;
-  capture.positions = {-1};
-  absl::StatusOr<factlens::ForwardTrace> trace = factlens::Forward(**model, ids, capture);
+  absl::StatusOr<factlens::ForwardTrace> trace =
+      factlens::Forward(**model, ids, factlens::LogitsAt(-1));
   if (!trace.ok()) return Fail(trace.status());
 
   const factlens::ModelConfig& config = (*model)->config();
