@@ -210,118 +210,101 @@ absl::Status ReadBytesField(WireReader* r, std::string_view name, uint32_t field
   return r->ReadLengthDelimited(v, offset);
 }
 
-absl::Status ParsePiece(std::string_view data, size_t base, SentencePieceModel::Piece* p) {
-  WireReader r(data, base, "ModelProto.pieces");
-  while (!r.done()) {
+absl::Status ReadStringField(WireReader* r, std::string_view name, uint32_t field, int wt,
+                             std::string* out) {
+  std::string_view v;
+  size_t offset;
+  TOK_RETURN_IF_ERROR(ReadBytesField(r, name, field, wt, &v, &offset));
+  out->assign(v.data(), v.size());
+  return absl::OkStatus();
+}
+
+// Reads every field of the message `r` holds, in order: on_field(field, wire_type) must consume
+// it (or skip it with r->SkipField).
+template <typename OnField>
+absl::Status ForEachField(WireReader* r, OnField on_field) {
+  while (!r->done()) {
     uint32_t field;
     int wt;
-    TOK_RETURN_IF_ERROR(r.ReadTag(&field, &wt));
+    TOK_RETURN_IF_ERROR(r->ReadTag(&field, &wt));
+    TOK_RETURN_IF_ERROR(on_field(field, wt));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParsePiece(std::string_view data, size_t base, SentencePieceModel::Piece* p) {
+  WireReader r(data, base, "ModelProto.pieces");
+  return ForEachField(&r, [&](uint32_t field, int wt) -> absl::Status {
     switch (field) {
-      case 1: {
-        std::string_view v;
-        size_t off;
-        TOK_RETURN_IF_ERROR(ReadBytesField(&r, "piece", field, wt, &v, &off));
-        p->piece.assign(v.data(), v.size());
-        break;
-      }
+      case 1:
+        return ReadStringField(&r, "piece", field, wt, &p->piece);
       case 2: {
         if (wt != kFixed32) return r.WrongWireType("score", field, wt, kFixed32);
         uint32_t bits;
         TOK_RETURN_IF_ERROR(r.ReadFixed32(&bits));
         static_assert(sizeof(float) == sizeof(uint32_t), "IEEE-754 float expected");
         std::memcpy(&p->score, &bits, sizeof(bits));
-        break;
+        return absl::OkStatus();
       }
       case 3:
-        TOK_RETURN_IF_ERROR(ReadInt32Field(&r, "type", field, wt, &p->type));
-        break;
+        return ReadInt32Field(&r, "type", field, wt, &p->type);
       default:
-        TOK_RETURN_IF_ERROR(r.SkipField(field, wt, 0));
+        return r.SkipField(field, wt, 0);
     }
-  }
-  return absl::OkStatus();
+  });
 }
 
 absl::Status ParseTrainerSpec(std::string_view data, size_t base, SentencePieceModel* m) {
   WireReader r(data, base, "ModelProto.trainer_spec");
-  while (!r.done()) {
-    uint32_t field;
-    int wt;
-    TOK_RETURN_IF_ERROR(r.ReadTag(&field, &wt));
+  return ForEachField(&r, [&](uint32_t field, int wt) -> absl::Status {
     switch (field) {
       case 3:
-        TOK_RETURN_IF_ERROR(ReadInt32Field(&r, "model_type", field, wt, &m->model_type));
-        break;
+        return ReadInt32Field(&r, "model_type", field, wt, &m->model_type);
       case 24:
-        TOK_RETURN_IF_ERROR(ReadBoolField(&r, "treat_whitespace_as_suffix", field, wt,
-                                          &m->treat_whitespace_as_suffix));
-        break;
+        return ReadBoolField(&r, "treat_whitespace_as_suffix", field, wt,
+                             &m->treat_whitespace_as_suffix);
       case 35:
-        TOK_RETURN_IF_ERROR(ReadBoolField(&r, "byte_fallback", field, wt, &m->byte_fallback));
-        break;
+        return ReadBoolField(&r, "byte_fallback", field, wt, &m->byte_fallback);
       case 40:
-        TOK_RETURN_IF_ERROR(ReadInt32Field(&r, "unk_id", field, wt, &m->unk_id));
-        break;
+        return ReadInt32Field(&r, "unk_id", field, wt, &m->unk_id);
       case 41:
-        TOK_RETURN_IF_ERROR(ReadInt32Field(&r, "bos_id", field, wt, &m->bos_id));
-        break;
+        return ReadInt32Field(&r, "bos_id", field, wt, &m->bos_id);
       case 42:
-        TOK_RETURN_IF_ERROR(ReadInt32Field(&r, "eos_id", field, wt, &m->eos_id));
-        break;
+        return ReadInt32Field(&r, "eos_id", field, wt, &m->eos_id);
       case 43:
-        TOK_RETURN_IF_ERROR(ReadInt32Field(&r, "pad_id", field, wt, &m->pad_id));
-        break;
-      case 45: {
-        std::string_view v;
-        size_t off;
-        TOK_RETURN_IF_ERROR(ReadBytesField(&r, "unk_piece", field, wt, &v, &off));
-        m->unk_piece.assign(v.data(), v.size());
-        break;
-      }
+        return ReadInt32Field(&r, "pad_id", field, wt, &m->pad_id);
+      case 45:
+        return ReadStringField(&r, "unk_piece", field, wt, &m->unk_piece);
       default:
-        TOK_RETURN_IF_ERROR(r.SkipField(field, wt, 0));
+        return r.SkipField(field, wt, 0);
     }
-  }
-  return absl::OkStatus();
+  });
 }
 
 absl::Status ParseNormalizerSpec(std::string_view data, size_t base, SentencePieceModel* m) {
   WireReader r(data, base, "ModelProto.normalizer_spec");
-  while (!r.done()) {
-    uint32_t field;
-    int wt;
-    TOK_RETURN_IF_ERROR(r.ReadTag(&field, &wt));
+  return ForEachField(&r, [&](uint32_t field, int wt) -> absl::Status {
     switch (field) {
-      case 1: {
-        std::string_view v;
-        size_t off;
-        TOK_RETURN_IF_ERROR(ReadBytesField(&r, "name", field, wt, &v, &off));
-        m->normalizer_name.assign(v.data(), v.size());
-        break;
-      }
+      case 1:
+        return ReadStringField(&r, "name", field, wt, &m->normalizer_name);
       case 2: {
         std::string_view v;
         size_t off;
         TOK_RETURN_IF_ERROR(ReadBytesField(&r, "precompiled_charsmap", field, wt, &v, &off));
         m->has_precompiled_charsmap = !v.empty();
-        break;
+        return absl::OkStatus();
       }
       case 3:
-        TOK_RETURN_IF_ERROR(ReadBoolField(&r, "add_dummy_prefix", field, wt, &m->add_dummy_prefix));
-        break;
+        return ReadBoolField(&r, "add_dummy_prefix", field, wt, &m->add_dummy_prefix);
       case 4:
-        TOK_RETURN_IF_ERROR(
-            ReadBoolField(&r, "remove_extra_whitespaces", field, wt, &m->remove_extra_whitespaces));
-        break;
+        return ReadBoolField(&r, "remove_extra_whitespaces", field, wt,
+                             &m->remove_extra_whitespaces);
       case 5:
-        TOK_RETURN_IF_ERROR(
-            ReadBoolField(&r, "escape_whitespaces", field, wt, &m->escape_whitespaces));
-        break;
+        return ReadBoolField(&r, "escape_whitespaces", field, wt, &m->escape_whitespaces);
       default:
-        TOK_RETURN_IF_ERROR(r.SkipField(field, wt, 0));
+        return r.SkipField(field, wt, 0);
     }
-  }
-  return absl::OkStatus();
+  });
 }
 
 absl::Status InvalidModel(std::string_view what) {
@@ -402,10 +385,7 @@ absl::StatusOr<SentencePieceModel> ParseSentencePieceModel(std::string_view byte
   }
   SentencePieceModel m;
   WireReader r(bytes, 0, "ModelProto");
-  while (!r.done()) {
-    uint32_t field;
-    int wt;
-    TOK_RETURN_IF_ERROR(r.ReadTag(&field, &wt));
+  const absl::Status parsed = ForEachField(&r, [&](uint32_t field, int wt) -> absl::Status {
     std::string_view sub;
     size_t sub_offset = 0;
     switch (field) {
@@ -416,20 +396,18 @@ absl::StatusOr<SentencePieceModel> ParseSentencePieceModel(std::string_view byte
               absl::StrCat("implausibly many pieces (limit ", kMaxSentencePieces, ")"));
         }
         m.pieces.emplace_back();
-        TOK_RETURN_IF_ERROR(ParsePiece(sub, sub_offset, &m.pieces.back()));
-        break;
+        return ParsePiece(sub, sub_offset, &m.pieces.back());
       case 2:
         TOK_RETURN_IF_ERROR(ReadBytesField(&r, "trainer_spec", field, wt, &sub, &sub_offset));
-        TOK_RETURN_IF_ERROR(ParseTrainerSpec(sub, sub_offset, &m));
-        break;
+        return ParseTrainerSpec(sub, sub_offset, &m);
       case 3:
         TOK_RETURN_IF_ERROR(ReadBytesField(&r, "normalizer_spec", field, wt, &sub, &sub_offset));
-        TOK_RETURN_IF_ERROR(ParseNormalizerSpec(sub, sub_offset, &m));
-        break;
+        return ParseNormalizerSpec(sub, sub_offset, &m);
       default:  // self_test_data (4), denormalizer_spec (5), extensions, unknown fields
-        TOK_RETURN_IF_ERROR(r.SkipField(field, wt, 0));
+        return r.SkipField(field, wt, 0);
     }
-  }
+  });
+  TOK_RETURN_IF_ERROR(parsed);
   TOK_RETURN_IF_ERROR(ValidateModel(m));
   return m;
 }
