@@ -7,6 +7,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "tests/file_util.h"
 #include "tests/testing.h"
 
 namespace factlens {
@@ -15,10 +16,7 @@ namespace {
 using ::testing::HasSubstr;
 
 std::string ReadFixture(const std::string& relative) {
-  std::ifstream in(testing::SourcePath(relative));
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
+  return testing::ReadFileToString(testing::SourcePath(relative));
 }
 
 TEST(ModelConfigTest, Gpt2ReferenceWithNullInnerTakesHfDefaults) {

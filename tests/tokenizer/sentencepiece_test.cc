@@ -27,6 +27,7 @@
 #include "absl/status/status.h"
 #include "analysis/tokenizer/sentencepiece_model.h"
 #include "analysis/tokenizer/tokenizer.h"
+#include "tests/file_util.h"
 #include "tests/tokenizer/sentencepiece_test_util.h"
 
 namespace factlens {
@@ -36,13 +37,6 @@ using ::testing::HasSubstr;
 using Json = nlohmann::json;
 
 // ---------------------------------------------------------------- helpers
-
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 void WriteAll(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary);
@@ -478,7 +472,8 @@ TEST(SentencePieceReader, Files) {
   // tokenizer.json is preferred over tokenizer.model.
   WriteAll(path, "garbage");
   WriteAll(dir.path() + "/tokenizer.json",
-           ReadAll(std::string(FACTLENS_TOKENIZER_DATA_DIR) + "/llama2/tokenizer.json"));
+           testing::ReadFileToString(std::string(FACTLENS_TOKENIZER_DATA_DIR) +
+                                     "/llama2/tokenizer.json"));
   auto from_dir = Tokenizer::FromModelDirectory(dir.path());
   ASSERT_TRUE(from_dir.ok()) << from_dir.status();
   EXPECT_EQ((*from_dir)->vocab_size(), 32000);
@@ -585,8 +580,8 @@ TEST(SentencePieceConversion, TokenizerConfigOptions) {
 // whitespace-only pieces, otherwise decreasing with the id), trainer/normalizer specs of
 // Llama-2 (identity rule, no whitespace removal, dummy prefix, byte fallback).
 std::string Llama2ModelBytes() {
-  const Json j =
-      Json::parse(ReadAll(std::string(FACTLENS_TOKENIZER_DATA_DIR) + "/llama2/tokenizer.json"));
+  const Json j = Json::parse(testing::ReadFileToString(std::string(FACTLENS_TOKENIZER_DATA_DIR) +
+                                                       "/llama2/tokenizer.json"));
   const Json& vocab = j["model"]["vocab"];
   std::vector<std::string> pieces(vocab.size());
   for (auto it = vocab.begin(); it != vocab.end(); ++it) pieces[it.value().get<int>()] = it.key();
@@ -609,8 +604,8 @@ std::string Llama2ModelBytes() {
 }
 
 TEST(SentencePieceLlama2, ConvertsToTheHfTokenizerJson) {
-  const Json file =
-      Json::parse(ReadAll(std::string(FACTLENS_TOKENIZER_DATA_DIR) + "/llama2/tokenizer.json"));
+  const Json file = Json::parse(testing::ReadFileToString(std::string(FACTLENS_TOKENIZER_DATA_DIR) +
+                                                          "/llama2/tokenizer.json"));
   auto m = tok::ParseSentencePieceModel(Llama2ModelBytes());
   ASSERT_TRUE(m.ok()) << m.status();
   auto doc = tok::SentencePieceToTokenizerJson(*m, tok::SentencePieceOptions());
@@ -640,8 +635,8 @@ TEST(SentencePieceLlama2, ConvertsToTheHfTokenizerJson) {
 TEST(SentencePieceLlama2, ReproducesTheHfGoldens) {
   auto t = Tokenizer::FromSentencePieceString(Llama2ModelBytes());
   ASSERT_TRUE(t.ok()) << t.status();
-  const Json goldens =
-      Json::parse(ReadAll(std::string(FACTLENS_TOKENIZER_DATA_DIR) + "/tokenizer-goldens.json"));
+  const Json goldens = Json::parse(testing::ReadFileToString(
+      std::string(FACTLENS_TOKENIZER_DATA_DIR) + "/tokenizer-goldens.json"));
   const Json& cases = goldens["llama2"]["cases"];
   ASSERT_GE(cases.size(), 40u);
   for (const Json& c : cases) {
@@ -664,7 +659,8 @@ TEST(SentencePieceLlama2, DemoModelDirectoryMatches) {
   const std::string demo = std::string(FACTLENS_SOURCE_DIR) + "/models/llama-facts-tiny";
   auto reference = Tokenizer::FromModelDirectory(demo);
   ASSERT_TRUE(reference.ok()) << reference.status();
-  auto sp = LoadDirWithConfig(Llama2ModelBytes(), ReadAll(demo + "/tokenizer_config.json"));
+  auto sp = LoadDirWithConfig(Llama2ModelBytes(),
+                              testing::ReadFileToString(demo + "/tokenizer_config.json"));
   ASSERT_NE(sp, nullptr);
   EXPECT_EQ(sp->vocab_size(), (*reference)->vocab_size());
   EXPECT_EQ(sp->bos_id(), (*reference)->bos_id());

@@ -11,23 +11,17 @@
 #include <string>
 
 #include "analysis/tokenizer/tokenizer.h"
+#include "tests/file_util.h"
 
 namespace factlens {
 namespace {
 
 using Json = nlohmann::json;
 
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 const Json& Goldens() {
   static const Json* const goldens = [] {
-    const std::string text =
-        ReadAll(std::string(FACTLENS_TOKENIZER_DATA_DIR) + "/tokenizer-goldens.json");
+    const std::string text = testing::ReadFileToString(std::string(FACTLENS_TOKENIZER_DATA_DIR) +
+                                                       "/tokenizer-goldens.json");
     return new Json(Json::parse(text, nullptr, false));
   }();
   return *goldens;

@@ -17,6 +17,7 @@
 #include "absl/status/status.h"
 #include "analysis/tokenizer/bpe.h"
 #include "analysis/tokenizer/tokenizer.h"
+#include "tests/file_util.h"
 
 namespace factlens {
 namespace {
@@ -41,13 +42,6 @@ const Tokenizer& Real(const std::string& name) {
     slot = std::move(*t);
   }
   return *slot;
-}
-
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 // A minimal valid tokenizer.json; tests mutate it.
@@ -217,7 +211,7 @@ TEST(MalformedJson, MissingFilesAreNotFound) {
 }
 
 TEST(MalformedJson, TruncatedRealFilesNeverCrash) {
-  const std::string full = ReadAll(DataPath("llama2"));
+  const std::string full = testing::ReadFileToString(DataPath("llama2"));
   for (size_t len : {size_t{0}, size_t{1}, size_t{100}, full.size() / 2, full.size() - 2}) {
     auto t = Tokenizer::FromJsonString(std::string_view(full).substr(0, len));
     EXPECT_FALSE(t.ok());
@@ -281,8 +275,8 @@ TEST(RealTokenizers, DecodeSkipsSpecialTokensAndRejectsUnknownIds) {
 
 // Byte offsets must describe the same spans as HF's character offsets.
 TEST(RealTokenizers, ByteOffsetsMatchGoldenCharacterOffsets) {
-  const Json goldens =
-      Json::parse(ReadAll(std::string(FACTLENS_TOKENIZER_DATA_DIR) + "/tokenizer-goldens.json"));
+  const Json goldens = Json::parse(testing::ReadFileToString(
+      std::string(FACTLENS_TOKENIZER_DATA_DIR) + "/tokenizer-goldens.json"));
   for (const char* name : {"gpt2", "llama2", "llama3"}) {
     for (const Json& c : goldens[name]["cases"]) {
       const std::string text = c["text"].get<std::string>();
@@ -341,7 +335,7 @@ TEST(RealTokenizers, ConcurrentEncodeIsConsistent) {
 // Sequence post-processor. With that post-processor the golden ids must get 128000 in front
 // (offsets [0, 0)) when add_special_tokens is set, and stay unchanged otherwise.
 TEST(RealTokenizers, Llama3SequenceTemplatePostProcessor) {
-  Json j = Json::parse(ReadAll(DataPath("llama3")));
+  Json j = Json::parse(testing::ReadFileToString(DataPath("llama3")));
   j["post_processor"] = Json::parse(R"({"type": "Sequence", "processors": [
       {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
       {"type": "TemplateProcessing",
@@ -353,8 +347,8 @@ TEST(RealTokenizers, Llama3SequenceTemplatePostProcessor) {
   auto t = Tokenizer::FromJsonString(j.dump());
   ASSERT_TRUE(t.ok()) << t.status();
   EXPECT_EQ((*t)->bos_id(), 128000);
-  const Json goldens =
-      Json::parse(ReadAll(std::string(FACTLENS_TOKENIZER_DATA_DIR) + "/tokenizer-goldens.json"));
+  const Json goldens = Json::parse(testing::ReadFileToString(
+      std::string(FACTLENS_TOKENIZER_DATA_DIR) + "/tokenizer-goldens.json"));
   for (const Json& c : goldens["llama3"]["cases"]) {
     const bool add = c["add_special_tokens"].get<bool>();
     auto enc = (*t)->Encode(c["text"].get<std::string>(), add);
@@ -373,7 +367,7 @@ TEST(RealTokenizers, Llama3SequenceTemplatePostProcessor) {
 // ---------------------------------------------------------------- BPE merge loop
 
 TEST(Bpe, PriorityQueueMatchesQuadraticReference) {
-  const Json j = Json::parse(ReadAll(DataPath("llama3")));
+  const Json j = Json::parse(testing::ReadFileToString(DataPath("llama3")));
   auto model = tok::BpeModel::FromJson(j["model"], /*byte_level=*/true);
   ASSERT_TRUE(model.ok()) << model.status();
   std::mt19937 rng(1234);
@@ -409,7 +403,7 @@ TEST(Bpe, PriorityQueueMatchesQuadraticReference) {
 // Llama-2-style vocabularies are cut at metaspace boundaries for caching; the result must equal
 // merging the whole word at once.
 TEST(Bpe, MetaspaceSplittingMatchesWholeWordMerging) {
-  const Json j = Json::parse(ReadAll(DataPath("llama2")));
+  const Json j = Json::parse(testing::ReadFileToString(DataPath("llama2")));
   auto model = tok::BpeModel::FromJson(j["model"], /*byte_level=*/false);
   ASSERT_TRUE(model.ok()) << model.status();
   ASSERT_TRUE((*model)->splits_at_metaspace());
@@ -431,7 +425,7 @@ TEST(Bpe, MetaspaceSplittingMatchesWholeWordMerging) {
     }
   }
   // GPT-2 merges do join "x" + "▁…"-free byte tokens, but it is byte-level: never split.
-  const Json g = Json::parse(ReadAll(DataPath("gpt2")));
+  const Json g = Json::parse(testing::ReadFileToString(DataPath("gpt2")));
   auto gpt2 = tok::BpeModel::FromJson(g["model"], /*byte_level=*/true);
   ASSERT_TRUE(gpt2.ok());
   EXPECT_FALSE((*gpt2)->splits_at_metaspace());
