@@ -22,6 +22,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "analysis/cpu_threads.h"
+#include "analysis/model_files.h"
 #include "server/http_endpoint.h"
 #include "server/metrics.h"
 #include "server/model_registry.h"
@@ -59,16 +60,8 @@ ABSL_FLAG(std::string, port_file, "", "Once serving, write '<grpc port> <http po
 
 namespace {
 
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read '", path, "'"));
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 absl::StatusOr<std::vector<std::string>> ReadTokens(const std::string& path) {
-  absl::StatusOr<std::string> text = ReadFile(path);
+  absl::StatusOr<std::string> text = factlens::ReadTextFile(path);
   if (!text.ok()) return text.status();
   std::vector<std::string> tokens;
   std::istringstream lines(*text);
@@ -94,12 +87,13 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials() {
   grpc::SslServerCredentialsOptions options(
       ca.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
                  : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
-  absl::StatusOr<std::string> cert_pem = ReadFile(cert), key_pem = ReadFile(key);
+  absl::StatusOr<std::string> cert_pem = factlens::ReadTextFile(cert),
+                              key_pem = factlens::ReadTextFile(key);
   if (!cert_pem.ok()) return cert_pem.status();
   if (!key_pem.ok()) return key_pem.status();
   options.pem_key_cert_pairs.push_back({*key_pem, *cert_pem});
   if (!ca.empty()) {
-    absl::StatusOr<std::string> ca_pem = ReadFile(ca);
+    absl::StatusOr<std::string> ca_pem = factlens::ReadTextFile(ca);
     if (!ca_pem.ok()) return ca_pem.status();
     options.pem_root_certs = *ca_pem;
   }
