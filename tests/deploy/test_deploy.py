@@ -11,17 +11,16 @@ shared library the server loads; the Prometheus configuration must pass promtool
 """
 import os
 import re
-import shlex
 import subprocess
 import sys
-import tempfile
-import time
 import unittest
 import urllib.request
 
 import yaml
 
 SERVER, SOURCE = sys.argv[1], sys.argv[2]
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+from server_process import ServerProcess  # noqa: E402
 DEPLOY = os.path.join(SOURCE, "deploy")
 IMAGE_MODELS = "/opt/factlens/models"
 
@@ -89,27 +88,16 @@ class DeployTest(unittest.TestCase):
         self.assertLessEqual(monitor["selector"]["matchLabels"].items(), self.labels.items())
 
     def test_the_server_runs_with_the_deployments_arguments_and_answers_its_probes(self):
-        work = tempfile.mkdtemp(prefix="factlens-deploy-")
         args = [a.replace(IMAGE_MODELS, os.path.join(SOURCE, "models")) for a in self.container["args"]]
         args = [re.sub(r"^--(listen|http_listen)=0\.0\.0\.0:\d+$", r"--\1=127.0.0.1:0", a) for a in args]
-        port_file = os.path.join(work, "ports")
-        with open(os.path.join(work, "log"), "w+") as log:
-            proc = subprocess.Popen([SERVER, *args, "--port_file", port_file], stdout=log, stderr=subprocess.STDOUT)
-            try:
-                deadline = time.time() + 60
-                while not (os.path.exists(port_file) and os.path.getsize(port_file) > 0):
-                    self.assertIsNone(proc.poll(), "the server exited")
-                    self.assertLess(time.time(), deadline, "the server did not start")
-                    time.sleep(0.1)
-                with open(port_file) as f:
-                    http = int(f.read().split()[1])
-                for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-                    path = self.container[probe]["httpGet"]["path"]
-                    with urllib.request.urlopen(f"http://127.0.0.1:{http}{path}", timeout=5) as r:
-                        self.assertEqual(r.status, 200, probe)
-            finally:
-                proc.terminate()
-                self.assertEqual(proc.wait(timeout=60), 0)
+        server = ServerProcess(SERVER, *args, default_flags=False)  # exactly the Deployment's flags
+        try:
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                path = self.container[probe]["httpGet"]["path"]
+                with urllib.request.urlopen(server.http + path, timeout=5) as r:
+                    self.assertEqual(r.status, 200, probe)
+        finally:
+            self.assertEqual(server.stop(), 0)
 
     def test_dockerfile_flags_ports_and_model(self):
         with open(os.path.join(SOURCE, "Dockerfile")) as f:

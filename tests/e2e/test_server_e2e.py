@@ -19,6 +19,7 @@ import urllib.request
 
 SERVER, CLIENT_DIR = sys.argv[1], sys.argv[2]
 sys.path.insert(0, CLIENT_DIR)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 
 import grpc  # noqa: E402
 
@@ -27,6 +28,7 @@ from factlens.v1 import factlens_pb2 as pb  # noqa: E402
 from factlens.v1 import factlens_pb2_grpc as pb_grpc  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc  # noqa: E402
+from server_process import ServerProcess  # noqa: E402
 
 TOKEN = "s3cret-token"
 PROMPT = "The capital of France is"
@@ -34,37 +36,9 @@ PARIS = 6342
 C = grpc.StatusCode
 
 
-class Server:
-    """A factlens_server child process on free loopback ports."""
-
-    def __init__(self, *flags):
-        self.dir = tempfile.mkdtemp(prefix="factlens-e2e-")
-        port_file = os.path.join(self.dir, "ports")
-        self.log = open(os.path.join(self.dir, "server.log"), "w+")
-        self.proc = subprocess.Popen([SERVER, "--listen", "127.0.0.1:0", "--http_listen", "127.0.0.1:0",
-                                      "--port_file", port_file, "--threads", "1", *flags],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 60
-        while not (os.path.exists(port_file) and os.path.getsize(port_file) > 0):
-            if self.proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("server did not start:\n" + self.logs())
-            time.sleep(0.05)
-        with open(port_file) as f:
-            grpc_port, http_port = f.read().split()
-        self.address, self.http = f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}"
-
-    def logs(self):
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
-
-    def metrics(self):
-        return urllib.request.urlopen(self.http + "/metrics", timeout=5).read().decode()
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
+def Server(*flags):
+    """factlens_server (the binary under test) on free loopback ports, with `flags`."""
+    return ServerProcess(SERVER, *flags)
 
 
 def openssl_certificate(directory, name, common_name, san=None, ca=None):
