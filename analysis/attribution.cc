@@ -17,9 +17,10 @@ namespace factlens {
 // The output distribution of one residual base x under bs logits, and the tangent direction u with
 // d/dt log softmax(bs(x + t·v))[w] at t = 0 equal to u·v.
 struct Attribution::Base {
-  at::Tensor probs;     // [V] float64
-  double log_prob = 0;  // log p(w | x)
-  at::Tensor tangent;   // [d] float32
+  at::Tensor probs;      // [V] float64
+  double log_prob = 0;   // log p(w | x)
+  at::Tensor tangent;    // [d] float64
+  double magnitude = 0;  // ‖g ⊙ c(x)‖/σ · max_u ‖E_u‖ ≥ max_u |bs(x)_u|
 };
 
 // One layer's neurons: K shared vectors (FFN: rows of W_out; attention: columns of W_O) and R
@@ -33,8 +34,15 @@ struct Attribution::NeuronSet {
 
 namespace {
 
-// Absolute slack on bound comparisons, covering float32 rounding of exact values and bounds.
-constexpr double kBoundSlack = 1e-5;
+// Unit roundoffs: a correctly rounded operation errs by at most this, relative.
+constexpr double kFloat32Unit = 0x1p-24;
+constexpr double kFloat64Unit = 0x1p-53;
+
+// Attribution::ExactValueErrorBound for a magnitude sum B + B_x (a double or a tensor of them).
+template <typename Magnitude>
+Magnitude ExactErrorBound(const Magnitude& magnitude, double d_model, double vocab) {
+  return (magnitude * (2 * d_model + 14) + (vocab + 90)) * kFloat64Unit;
+}
 
 absl::Status InterruptedError() { return absl::CancelledError("interrupted"); }
 // Elements of one float32 [chunk, V] projection block of exhaustive evaluation.
@@ -116,34 +124,48 @@ absl::StatusOr<std::unique_ptr<Attribution>> Attribution::Create(const Model& mo
   a->position_ = position;
   const ModelWeights& w = model.weights();
   a->norm_weight_ = w.final_norm_weight.to(at::kFloat);
-  a->unembedding_ = w.unembedding.to(at::kFloat);
+  a->max_norm_weight_ = a->norm_weight_.abs().max().item<double>();
   a->projector_ = std::make_unique<VocabProjector>(model, trace.final_residual[position]);
   a->sigma_ = a->projector_->final_scale();
   if (target.include_final_norm_bias && w.final_norm_bias.defined()) {
-    a->bias_logits_ = at::mv(a->unembedding_, w.final_norm_bias.to(at::kFloat));
+    a->bias_logits_ = a->projector_->Unembed(w.final_norm_bias.unsqueeze(0))[0];
   }
-  a->max_unembedding_norm_sq_ = a->unembedding_.pow(2).sum(1).max().item<double>();
+  a->max_unembedding_norm_ = w.max_unembedding_norm;
 
-  auto make_base = [&](const at::Tensor& residual) {
-    auto base = std::make_shared<Base>();
-    at::Tensor logits = a->Project(residual.unsqueeze(0))[0];
-    if (a->bias_logits_.defined()) logits = logits + a->bias_logits_;
-    const at::Tensor log_probs = at::log_softmax(logits.to(at::kDouble), 0);
-    base->probs = log_probs.exp();
-    base->log_prob = log_probs[target.token_id].item<double>();
-    // f'(0) = (E_w − Σ p_u E_u)·(g ⊙ c(v))/σ = c(g ⊙ (E_w − pᵀE))·v/σ (c is self-adjoint).
-    at::Tensor direction = (a->unembedding_[target.token_id] -
-                            at::mv(a->unembedding_.t(), base->probs.to(at::kFloat))) *
-                           a->norm_weight_;
-    if (config.family == ModelFamily::kGpt2) direction = direction - direction.mean();
-    base->tangent = direction / a->sigma_;
-    return base;
-  };
+  // Every base at once (one pass over the unembedding for their logits, one for their tangents):
+  // [attention base of layer 0, FFN base of layer 0, ..., final residual].
+  std::vector<at::Tensor> residuals;
   for (const LayerTrace& layer : trace.layers) {
-    a->attn_bases_.push_back(make_base(layer.residual_in[position]));
-    a->ffn_bases_.push_back(make_base(layer.residual_mid[position]));
+    residuals.push_back(layer.residual_in[position]);
+    residuals.push_back(layer.residual_mid[position]);
   }
-  a->final_base_ = make_base(trace.final_residual[position]);
+  residuals.push_back(trace.final_residual[position]);
+  const at::Tensor scaled = a->projector_->ScaledForUnembedding(at::stack(residuals));
+  at::Tensor logits = a->projector_->Unembed(scaled);
+  if (a->bias_logits_.defined()) logits = logits + a->bias_logits_;
+  const at::Tensor log_probs = at::log_softmax(logits, 1);
+  const at::Tensor probs = log_probs.exp();
+  const at::Tensor magnitudes = scaled.norm(2, 1) * a->max_unembedding_norm_;
+  // f'(0) = (E_w − Σ p_u E_u)·(g ⊙ c(v))/σ = c(g ⊙ (E_w − pᵀE))·v/σ (c is self-adjoint).
+  const at::Tensor target_row = w.unembedding[target.token_id].to(at::kDouble);
+  at::Tensor directions = (target_row.unsqueeze(0) - a->projector_->WeightedUnembeddingSum(probs)) *
+                          a->norm_weight_.to(at::kDouble);
+  if (config.family == ModelFamily::kGpt2) directions = directions - directions.mean(1, true);
+  const at::Tensor tangents = directions / a->sigma_;
+  std::vector<std::shared_ptr<const Base>> bases;
+  for (int64_t i = 0; i < static_cast<int64_t>(residuals.size()); ++i) {
+    auto base = std::make_shared<Base>();
+    base->probs = probs[i];
+    base->log_prob = log_probs[i][target.token_id].item<double>();
+    base->tangent = tangents[i];
+    base->magnitude = magnitudes[i].item<double>();
+    bases.push_back(std::move(base));
+  }
+  for (size_t l = 0; l < trace.layers.size(); ++l) {
+    a->attn_bases_.push_back(bases[2 * l]);
+    a->ffn_bases_.push_back(bases[2 * l + 1]);
+  }
+  a->final_base_ = bases.back();
   return a;
 }
 
@@ -160,36 +182,39 @@ at::Tensor Attribution::FromLogProbIncrease(const Base& base, const at::Tensor& 
   return delta.to(at::kDouble);
 }
 
+double Attribution::ExactValueErrorBound(double magnitude, double base_magnitude) const {
+  return ExactErrorBound(magnitude + base_magnitude, static_cast<double>(model_.config().d_model),
+                         static_cast<double>(projector_->vocab_size()));
+}
+
 at::Tensor Attribution::ExactFromProjections(const Base& base, const at::Tensor& projections,
                                              const at::Tensor& coefficients) const {
-  // projections [K, V] of unit vectors, coefficients [R, K]: the metric for coefficient[r, k] ·
-  // vector k, as [R, K] float64.
   const int64_t k = projections.size(0), r = coefficients.size(0), vocab = projections.size(1);
+  const at::Tensor coefficients64 = coefficients.to(at::kDouble);
   if (target_.metric == Metric::kLogitIncrease) {
-    return coefficients.to(at::kDouble) *
-           projections.select(1, target_.token_id).to(at::kDouble).unsqueeze(0);
+    return coefficients64 * projections.select(1, target_.token_id).unsqueeze(0);
   }
   // log p(w|x+v) − log p(w|x) = −log Σ_u p_u exp(b_u − b_w). Shifting by b_w (not by max_u b_u)
-  // keeps the sum near 1 when the increase is small, so float32 exponentials lose nothing to
-  // cancellation; the shift never sits more than 80 below the maximum, so nothing overflows. The
-  // sum over the vocabulary is accumulated in float64. Rows go in blocks to bound temporaries.
+  // keeps the sum near 1 when the increase is small, so nothing is lost to cancellation; the
+  // shift never sits more than 80 below the maximum, so nothing overflows. Everything is float64,
+  // elementwise per candidate except the sum over the vocabulary. Rows go in blocks to bound
+  // temporaries.
   const int64_t rows = std::max<int64_t>(1, kBlockElements / (r * vocab));
   std::vector<at::Tensor> parts;
   for (int64_t start = 0; start < k; start += rows) {
     const int64_t n = std::min(rows, k - start);
-    const at::Tensor scaled = projections.narrow(0, start, n).unsqueeze(0) *
-                              coefficients.narrow(1, start, n).to(at::kFloat).unsqueeze(-1);
-    const at::Tensor target_logit = scaled.select(-1, target_.token_id).unsqueeze(-1);
-    const at::Tensor shift =
-        at::maximum(target_logit, std::get<0>(scaled.max(-1, /*keepdim=*/true)) - 80);
-    const at::Tensor mixture = at::matmul((scaled - shift).exp().to(at::kDouble), base.probs);
-    parts.push_back((target_logit - shift).squeeze(-1).to(at::kDouble) - mixture.log());
+    at::Tensor scaled = projections.narrow(0, start, n).unsqueeze(0) *
+                        coefficients64.narrow(1, start, n).unsqueeze(-1);  // [R, n, V]
+    const at::Tensor target_logit = scaled.select(-1, target_.token_id).unsqueeze(-1).clone();
+    const at::Tensor shift = at::maximum(target_logit, scaled.amax(-1, /*keepdim=*/true) - 80);
+    const at::Tensor mixture = at::matmul(scaled.sub_(shift).exp_(), base.probs);  // in place
+    parts.push_back((target_logit - shift).squeeze(-1) - mixture.log());
   }
   return FromLogProbIncrease(base, at::cat(parts, 1));
 }
 
 at::Tensor Attribution::Increase(const Base& base, const at::Tensor& vectors) const {
-  const at::Tensor projections = Project(vectors.reshape({-1, vectors.size(-1)}));
+  const at::Tensor projections = projector_->Project(vectors.reshape({-1, vectors.size(-1)}));
   const at::Tensor values =
       ExactFromProjections(base, projections, at::ones({1, projections.size(0)}))[0];
   return values.reshape(vectors.sizes().slice(0, vectors.dim() - 1));
@@ -276,23 +301,47 @@ Attribution::NeuronSet Attribution::AttentionNeurons(int64_t layer) const {
   return set;
 }
 
+absl::StatusOr<at::Tensor> Attribution::ExactValues(const NeuronSet& set,
+                                                    const Interrupted& interrupted) const {
+  if (target_.metric == Metric::kLogitIncrease) {
+    // Linear in the vector: bs(m·v)[w] = m·(g ⊙ c(v)/σ)·E_w, one matrix-vector product.
+    const at::Tensor target_row = model_.weights().unembedding[target_.token_id].to(at::kDouble);
+    const at::Tensor values = at::mv(projector_->ScaledForUnembedding(set.vectors), target_row);
+    return (set.coefficients.to(at::kDouble) * values.unsqueeze(0)).reshape({-1});
+  }
+  const int64_t k = set.vectors.size(0);
+  const int64_t chunk = std::max<int64_t>(1, kExhaustiveBlockElements / projector_->vocab_size());
+  std::vector<at::Tensor> parts;
+  for (int64_t start = 0; start < k; start += chunk) {
+    if (interrupted && interrupted()) return InterruptedError();
+    const int64_t n = std::min(chunk, k - start);
+    parts.push_back(ExactFromProjections(*set.base,
+                                         projector_->Project(set.vectors.narrow(0, start, n)),
+                                         set.coefficients.narrow(1, start, n)));  // [R, n]
+  }
+  return at::cat(parts, 1).reshape({-1});
+}
+
 absl::StatusOr<at::Tensor> Attribution::AllExact(const std::vector<NeuronSet>& sets,
                                                  const Interrupted& interrupted) const {
   std::vector<at::Tensor> layers;
-  const int64_t vocab = unembedding_.size(0);
   for (const NeuronSet& set : sets) {
-    const int64_t k = set.vectors.size(0);
-    const int64_t chunk = std::max<int64_t>(1, kExhaustiveBlockElements / vocab);
-    std::vector<at::Tensor> parts;
-    for (int64_t start = 0; start < k; start += chunk) {
-      if (interrupted && interrupted()) return InterruptedError();
-      const int64_t n = std::min(chunk, k - start);
-      parts.push_back(ExactFromProjections(*set.base, Project(set.vectors.narrow(0, start, n)),
-                                           set.coefficients.narrow(1, start, n)));  // [R, n]
-    }
-    layers.push_back(at::cat(parts, 1).reshape({-1}));
+    absl::StatusOr<at::Tensor> values = ExactValues(set, interrupted);
+    if (!values.ok()) return values.status();
+    layers.push_back(*std::move(values));
   }
   return at::stack(layers);
+}
+
+at::Tensor Attribution::Magnitudes(const NeuronSet& set) const {
+  // ‖g ⊙ c(v)‖ ≤ max|g|·‖v‖ (centering is an orthogonal projection). The float32 norm errs by at
+  // most (d + 2)·2^-24 relative; the bound is raised by that.
+  const double d = static_cast<double>(model_.config().d_model);
+  const at::Tensor row_norms =
+      set.vectors.norm(2, 1).to(at::kDouble) * (1 + (d + 2) * kFloat32Unit);
+  return (set.coefficients.to(at::kDouble).abs() * row_norms *
+          (max_norm_weight_ * max_unembedding_norm_ / sigma_))
+      .reshape({-1});
 }
 
 at::Tensor Attribution::FfnNeuronIncrease() const {
@@ -341,109 +390,122 @@ absl::StatusOr<NeuronRanking> Attribution::Rank(const std::vector<NeuronSet>& se
   const bool top = order == RankOrder::kTop;
   for (const NeuronSet& set : sets) ranking.total += set.coefficients.numel();
   k = std::clamp<int64_t>(k, 0, ranking.total);
-
-  // Per layer: the first-order value m·f'(0) of every neuron (the tangent, an upper bound on the
-  // log-prob increase by concavity) and, for bottom-k, Hoeffding's lower bound
-  // m·f'(0) − m²·max‖E_u‖²·‖g ⊙ c(v)‖²/(2σ²).
-  std::vector<at::Tensor> bounds, exact_values;
-  for (const NeuronSet& set : sets) {
-    const at::Tensor first_order = set.coefficients * at::mv(set.vectors, set.base->tangent);
-    at::Tensor bound = first_order;
-    if (!top && mode == RankMode::kExact) {
-      at::Tensor directions = set.vectors;
-      if (model_.config().family == ModelFamily::kGpt2)
-        directions = directions - directions.mean(1, true);
-      const at::Tensor norms_sq = (directions * norm_weight_).pow(2).sum(1) / (sigma_ * sigma_);
-      bound = first_order - set.coefficients.pow(2) * norms_sq * (max_unembedding_norm_sq_ / 2);
-    }
-    bound = bound.reshape({-1});
-    if (target_.metric == Metric::kProbIncrease) bound = FromLogProbIncrease(*set.base, bound);
-    if (target_.metric == Metric::kLogitIncrease) {
-      // Linear in the vector: the exact value costs one matrix-vector product per layer.
-      at::Tensor direction = unembedding_[target_.token_id] * norm_weight_;
-      if (model_.config().family == ModelFamily::kGpt2) direction = direction - direction.mean();
-      bound = (set.coefficients * at::mv(set.vectors, direction / sigma_)).reshape({-1});
-    }
-    bounds.push_back(bound.to(at::kDouble));
-  }
-  if (target_.metric == Metric::kLogitIncrease && mode != RankMode::kApproximate) {
-    ranking.mode = RankMode::kExhaustive;
-  }
+  // The logit increase is linear in the vector: its exact value costs what a bound would.
+  const bool linear = target_.metric == Metric::kLogitIncrease;
+  if (linear && mode != RankMode::kApproximate) mode = ranking.mode = RankMode::kExhaustive;
 
   struct Candidate {
-    double value;
-    int64_t layer;
+    double value;  // exact value, or (while a candidate) its safe bound
+    int64_t set;
     int64_t index;
+    double error;  // rounding bound of `value`
   };
   auto better = [top](const Candidate& a, const Candidate& b) {
     if (a.value != b.value) return top ? a.value > b.value : a.value < b.value;
-    return std::tie(a.layer, a.index) < std::tie(b.layer, b.index);
+    return std::tie(a.set, a.index) < std::tie(b.set, b.index);
   };
+  auto append = [&](std::vector<Candidate>& out, int64_t s, const at::Tensor& values,
+                    const at::Tensor& errors) {
+    const at::Tensor v = values.to(at::kDouble).contiguous(), e = errors.contiguous();
+    const double* vd = v.data_ptr<double>();
+    const double* ed = e.data_ptr<double>();
+    for (int64_t i = 0; i < v.numel(); ++i) out.push_back({vd[i], s, i, ed[i]});
+  };
+  const double d = static_cast<double>(model_.config().d_model);
+  std::vector<at::Tensor> exact_errors;  // per set: ExactValueErrorBound of every neuron
+  for (const NeuronSet& set : sets) {
+    exact_errors.push_back(ExactErrorBound(Magnitudes(set) + set.base->magnitude, d,
+                                           static_cast<double>(projector_->vocab_size())));
+  }
   std::vector<Candidate> results;
 
-  if (mode == RankMode::kExhaustive && target_.metric != Metric::kLogitIncrease) {
-    absl::StatusOr<at::Tensor> all = AllExact(sets, interrupted);
-    if (!all.ok()) return all.status();
+  if (mode == RankMode::kExhaustive) {
+    for (size_t s = 0; s < sets.size(); ++s) {
+      absl::StatusOr<at::Tensor> values = ExactValues(sets[s], interrupted);
+      if (!values.ok()) return values.status();
+      append(results, s, *values, exact_errors[s]);
+    }
     ranking.evaluated = ranking.total;
-    for (size_t s = 0; s < sets.size(); ++s) {
-      const at::Tensor values = (*all)[s].contiguous();
-      const double* data = values.data_ptr<double>();
-      for (int64_t i = 0; i < values.numel(); ++i) results.push_back({data[i], sets[s].layer, i});
-    }
-  } else if (mode == RankMode::kApproximate || target_.metric == Metric::kLogitIncrease) {
-    for (size_t s = 0; s < sets.size(); ++s) {
-      const at::Tensor values = bounds[s].contiguous();
-      const double* data = values.data_ptr<double>();
-      for (int64_t i = 0; i < values.numel(); ++i) results.push_back({data[i], sets[s].layer, i});
-    }
-    ranking.evaluated = target_.metric == Metric::kLogitIncrease ? ranking.total : 0;
   } else {
-    // Candidates in bound order; evaluate in batches until the k-th exact value beats every
-    // remaining bound.
+    // Per layer: the first-order value m·f'(0) of every neuron — by concavity an upper bound on
+    // the log-prob increase — and, for bottom-k, Hoeffding's lower bound
+    // m·f'(0) − m²·max‖E_u‖²·‖g ⊙ c(v)‖²/(2σ²). Both are computed in float32 (one pass over the
+    // layer's weights) and widened by their worst-case rounding: m·(v·t) errs by at most
+    // (d + 3)·2^-24·|m|·‖v‖·‖t‖ (t rounded to float32, a length-d dot product in any order, the
+    // product with m), the quadratic term by (d + 8)·2^-24 relative.
     std::vector<Candidate> candidates;
     for (size_t s = 0; s < sets.size(); ++s) {
-      const at::Tensor values = bounds[s].contiguous();
-      const double* data = values.data_ptr<double>();
-      for (int64_t i = 0; i < values.numel(); ++i)
-        candidates.push_back({data[i], static_cast<int64_t>(s), i});
+      const NeuronSet& set = sets[s];
+      const at::Tensor coefficients = set.coefficients.to(at::kDouble);
+      const at::Tensor first_order =
+          (set.coefficients * at::mv(set.vectors, set.base->tangent.to(at::kFloat)))
+              .to(at::kDouble);
+      const at::Tensor row_norms =
+          set.vectors.norm(2, 1).to(at::kDouble) * (1 + (d + 2) * kFloat32Unit);
+      const double tangent_norm = set.base->tangent.norm().item<double>();
+      const at::Tensor rounding =
+          coefficients.abs() * row_norms * (tangent_norm * (d + 3) * kFloat32Unit);
+      at::Tensor bound = first_order;
+      if (mode == RankMode::kExact) bound = top ? first_order + rounding : first_order - rounding;
+      if (!top && mode == RankMode::kExact) {
+        at::Tensor directions = set.vectors;
+        if (model_.config().family == ModelFamily::kGpt2)
+          directions = directions - directions.mean(1, true);
+        const at::Tensor norms_sq = (directions * norm_weight_).pow(2).sum(1).to(at::kDouble) /
+                                    (sigma_ * sigma_) * (1 + (d + 8) * kFloat32Unit);
+        bound = bound - coefficients.pow(2) * norms_sq *
+                            (max_unembedding_norm_ * max_unembedding_norm_ / 2);
+      }
+      bound = bound.reshape({-1});
+      if (target_.metric == Metric::kProbIncrease) bound = FromLogProbIncrease(*set.base, bound);
+      if (mode == RankMode::kApproximate) {
+        append(results, s, bound, rounding.reshape({-1}));
+      } else {
+        append(candidates, s, bound, exact_errors[s]);
+      }
     }
-    std::sort(candidates.begin(), candidates.end(), better);
-    const int64_t first_batch = std::clamp<int64_t>(k, 64, 512);
-    size_t next = 0;
-    while (next < candidates.size()) {
-      if (interrupted && interrupted()) return InterruptedError();
-      const size_t batch_end = std::min(candidates.size(), next + (next == 0 ? first_batch : 128));
-      // One projection GEMM for the whole batch (each GEMM streams the whole unembedding), then
-      // the exact values per layer, whose bases differ.
-      std::map<int64_t, std::vector<int64_t>> by_set;
-      for (size_t c = next; c < batch_end; ++c)
-        by_set[candidates[c].layer].push_back(candidates[c].index);
-      std::vector<at::Tensor> vectors;
-      for (const auto& [s, indices] : by_set) {
-        const at::Tensor rows = at::tensor(indices, at::kLong).remainder(sets[s].vectors.size(0));
-        vectors.push_back(sets[s].vectors.index_select(0, rows));
-      }
-      const at::Tensor projections = Project(at::cat(vectors, 0));
-      int64_t offset = 0;
-      for (const auto& [s, indices] : by_set) {
-        const NeuronSet& set = sets[s];
-        const int64_t n = static_cast<int64_t>(indices.size());
-        const at::Tensor coefficient =
-            set.coefficients.reshape({-1}).index_select(0, at::tensor(indices, at::kLong));
-        const at::Tensor values = ExactFromProjections(*set.base, projections.narrow(0, offset, n),
-                                                       coefficient.unsqueeze(0))[0]
-                                      .contiguous();
-        offset += n;
-        const double* data = values.data_ptr<double>();
-        for (int64_t i = 0; i < n; ++i) results.push_back({data[i], set.layer, indices[i]});
-      }
-      ranking.evaluated += static_cast<int64_t>(batch_end - next);
-      next = batch_end;
-      if (static_cast<int64_t>(results.size()) >= k && k > 0 && next < candidates.size()) {
-        std::nth_element(results.begin(), results.begin() + (k - 1), results.end(), better);
-        const double kth = results[k - 1].value;
-        const double bound = candidates[next].value;
-        if (top ? kth >= bound + kBoundSlack : kth <= bound - kBoundSlack) break;
+    if (mode == RankMode::kExact) {
+      // Candidates in bound order; evaluate in batches until the k-th exact value, less its
+      // rounding bound, beats the largest remaining (widened) bound.
+      std::sort(candidates.begin(), candidates.end(), better);
+      const int64_t first_batch = std::clamp<int64_t>(k, 64, 512);
+      size_t next = 0;
+      while (next < candidates.size()) {
+        if (interrupted && interrupted()) return InterruptedError();
+        const size_t batch_end =
+            std::min(candidates.size(), next + (next == 0 ? first_batch : 128));
+        // One projection GEMM for the whole batch (each GEMM streams the whole unembedding), then
+        // the exact values per layer, whose bases differ.
+        std::map<int64_t, std::vector<int64_t>> by_set;
+        for (size_t c = next; c < batch_end; ++c)
+          by_set[candidates[c].set].push_back(candidates[c].index);
+        std::vector<at::Tensor> vectors;
+        for (const auto& [s, indices] : by_set) {
+          const at::Tensor rows = at::tensor(indices, at::kLong).remainder(sets[s].vectors.size(0));
+          vectors.push_back(sets[s].vectors.index_select(0, rows));
+        }
+        const at::Tensor projections = projector_->Project(at::cat(vectors, 0));
+        int64_t offset = 0;
+        for (const auto& [s, indices] : by_set) {
+          const NeuronSet& set = sets[s];
+          const int64_t n = static_cast<int64_t>(indices.size());
+          const at::Tensor index = at::tensor(indices, at::kLong);
+          const at::Tensor coefficient = set.coefficients.reshape({-1}).index_select(0, index);
+          const at::Tensor values = ExactFromProjections(
+              *set.base, projections.narrow(0, offset, n), coefficient.unsqueeze(0))[0];
+          offset += n;
+          const size_t first = results.size();
+          append(results, s, values, exact_errors[s].index_select(0, index));
+          for (int64_t i = 0; i < n; ++i) results[first + i].index = indices[i];
+        }
+        ranking.evaluated += static_cast<int64_t>(batch_end - next);
+        next = batch_end;
+        if (static_cast<int64_t>(results.size()) >= k && k > 0 && next < candidates.size()) {
+          std::nth_element(results.begin(), results.begin() + (k - 1), results.end(), better);
+          const Candidate& kth = results[k - 1];
+          const double bound = candidates[next].value;
+          if (top ? kth.value - kth.error >= bound : kth.value + kth.error <= bound) break;
+        }
       }
     }
   }
@@ -451,10 +513,11 @@ absl::StatusOr<NeuronRanking> Attribution::Rank(const std::vector<NeuronSet>& se
   std::partial_sort(results.begin(), results.begin() + keep, results.end(), better);
   for (int64_t i = 0; i < keep; ++i) {
     const Candidate& c = results[i];
-    const NeuronSet& set = sets[c.layer];  // sets are indexed by layer
+    const NeuronSet& set = sets[c.set];
     const int64_t kk = set.vectors.size(0);
     ranking.neurons.push_back(
-        {c.layer, c.index, c.value, set.coefficients[c.index / kk][c.index % kk].item<double>()});
+        {set.layer, c.index, c.value, set.coefficients[c.index / kk][c.index % kk].item<double>()});
+    ranking.max_error = std::max(ranking.max_error, c.error);
   }
   return ranking;
 }

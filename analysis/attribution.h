@@ -67,6 +67,11 @@ struct NeuronRanking {
   RankMode mode = RankMode::kExact;
   int64_t evaluated = 0;  // candidates evaluated exactly
   int64_t total = 0;      // neurons considered
+  // A bound on |score − the value the mode defines| from rounding, over the reported neurons:
+  // exact and exhaustive scores are float64 evaluations (Attribution::ExactValueErrorBound);
+  // approximate scores are float32 first-order values. Scores of one neuron from two modes that
+  // both evaluate exactly differ by at most the sum of the two rankings' max_error.
+  double max_error = 0;
 };
 
 // Trace requirements of Attribution: everything, at every position.
@@ -76,6 +81,13 @@ CaptureOptions FullCapture();
 // the frozen final-norm scale σ and, per layer, the output distribution of the two residual bases
 // (before the attention and before the FFN). Immutable afterwards; const methods are thread-safe.
 // The model and trace must outlive it.
+//
+// Precision: every metric value (the *Increase() methods, and the scores of exact and exhaustive
+// rankings) is computed in float64 from the float32 trace, one candidate's arithmetic independent
+// of the others in its batch up to float64 rounding, so the pruned and exhaustive modes report the
+// same neurons with scores equal to within ExactValueErrorBound (~1e-12 on real models). The
+// pruning compares bounds computed in float32 and widened by their own worst-case rounding error,
+// so the exact top-k does not depend on the CPU, BLAS kernel or thread count.
 class Attribution {
  public:
   // `trace` must come from Forward(model, ids, FullCapture()). InvalidArgument (naming the field)
@@ -92,8 +104,18 @@ class Attribution {
   // Log-probability of the target at the position under the bs logits (frozen σ, bias per option).
   double target_log_prob() const;
 
-  // Before-softmax values bs(v) = E·(g ⊙ c(v)/σ) of vectors [B, d] -> [B, V] float32 (no bias).
+  // Before-softmax values bs(v) = E·(g ⊙ c(v)/σ) of vectors [B, d] -> [B, V] float64 (no bias).
   at::Tensor Project(const at::Tensor& vectors) const;
+
+  // Worst-case rounding error of one metric value computed here, for a vector v whose projection
+  // magnitude is B = ‖g ⊙ c(v)‖/σ · max_u ‖E_u‖ (so |bs(v)_u| ≤ B), added to a base of magnitude
+  // B_x (the same quantity for the residual): 2^-53·((2d + 14)·(B + B_x) + V + 90). Derivation:
+  // each bs value is a float64 dot product of length d, erring by ≤ (d + 5)·2^-53·B (Higham, any
+  // summation order); the increase −log Σ_u p_u·exp(b_u − b_w) moves by at most twice the largest
+  // logit error, plus the base probabilities' errors (the same bound with B_x), plus the rounding
+  // of the shift (≤ 2B + 80), the V-term float64 sum and the exp/log (≤ 90 ulps together).
+  // Probability increases are p(w|x)·expm1(Δ) with p(w|x+v) ≤ 1, so the bound carries over.
+  double ExactValueErrorBound(double magnitude, double base_magnitude) const;
 
   // Increases of whole layers' outputs: [L] (attention: base residual_in; FFN: base residual_mid).
   at::Tensor AttentionLayerIncrease() const;
@@ -126,12 +148,19 @@ class Attribution {
 
   // Metric values of vectors [B, d] added to base `base`.
   at::Tensor Increase(const Base& base, const at::Tensor& vectors) const;
+  // projections: float64 bs of K unit vectors [K, V]; coefficients [R, K]: the metric for
+  // coefficient[r, k] · vector k, as [R, K] float64.
   at::Tensor ExactFromProjections(const Base& base, const at::Tensor& projections,
                                   const at::Tensor& coefficients) const;
   NeuronSet FfnNeurons(int64_t layer) const;
   NeuronSet AttentionNeurons(int64_t layer) const;
+  // Every neuron's exact value, [R·K] float64 per set (flat index order).
+  absl::StatusOr<at::Tensor> ExactValues(const NeuronSet& set,
+                                         const Interrupted& interrupted) const;
   absl::StatusOr<at::Tensor> AllExact(const std::vector<NeuronSet>& sets,
                                       const Interrupted& interrupted) const;
+  // Upper bounds B ≥ ‖g ⊙ c(m·v)‖/σ · max_u ‖E_u‖ of every neuron of the set, [R·K] float64.
+  at::Tensor Magnitudes(const NeuronSet& set) const;
   absl::StatusOr<NeuronRanking> Rank(const std::vector<NeuronSet>& sets, int64_t k, RankOrder order,
                                      RankMode mode, const Interrupted& interrupted) const;
   // The metric's value for a log-prob increase Δ over `base`.
@@ -143,10 +172,10 @@ class Attribution {
   int64_t position_ = 0;
   double sigma_ = 1;
   std::unique_ptr<VocabProjector> projector_;
-  at::Tensor norm_weight_;              // g, float32
-  at::Tensor unembedding_;              // E [V, d], float32
-  at::Tensor bias_logits_;              // E·β or undefined
-  double max_unembedding_norm_sq_ = 0;  // max_u ‖E_u‖²
+  at::Tensor norm_weight_;           // g, float32
+  double max_norm_weight_ = 0;       // max_j |g_j|
+  at::Tensor bias_logits_;           // E·β (float64) or undefined
+  double max_unembedding_norm_ = 0;  // max_u ‖E_u‖, float64
   std::vector<std::shared_ptr<const Base>> attn_bases_, ffn_bases_;
   std::shared_ptr<const Base> final_base_;
 };

@@ -16,13 +16,19 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   return bias.defined() ? at::linear(x, weight, bias) : at::linear(x, weight);
 }
 
+// The precision HF computes RMSNorm, attention softmax and rotary angles in: float32, or float64
+// for a float64 (reference) model.
+c10::ScalarType AtLeastFloat32(c10::ScalarType dtype) {
+  return dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
 // LayerNorm (GPT-2) or RMSNorm computed as HF LlamaRMSNorm does (in float32, then scaled).
 at::Tensor Norm(const ModelConfig& config, const at::Tensor& x, const at::Tensor& weight,
                 const at::Tensor& bias) {
   if (config.family == ModelFamily::kGpt2) {
     return at::layer_norm(x, {config.d_model}, weight, bias, config.norm_eps);
   }
-  const at::Tensor x32 = x.to(at::kFloat);
+  const at::Tensor x32 = x.to(AtLeastFloat32(x.scalar_type()));
   const at::Tensor normed =
       x32 * at::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + config.norm_eps);
   return weight * normed.to(x.scalar_type());
@@ -109,7 +115,8 @@ at::Tensor Attention(const PassContext& pass, int64_t layer_index, const at::Ten
   const int64_t group = heads / kv_heads;
   const at::Tensor k_heads = k.repeat_interleave(group, /*dim=*/1).permute({1, 2, 0});  // [H,Dh,T]
   const at::Tensor v_heads = v.repeat_interleave(group, /*dim=*/1).transpose(0, 1);     // [H,T,Dh]
-  at::Tensor scores = at::matmul(q.transpose(0, 1), k_heads).to(at::kFloat) * scale;    // [H,T,T]
+  at::Tensor scores = at::matmul(q.transpose(0, 1), k_heads).to(AtLeastFloat32(q.scalar_type())) *
+                      scale;  // [H,T,T]
   scores = scores.masked_fill(pass.causal_mask, -std::numeric_limits<float>::infinity());
   at::Tensor probs = at::softmax(scores, -1);
   const std::vector<Ablation>& ablations = pass.ablations[layer_index];
@@ -120,7 +127,7 @@ at::Tensor Attention(const PassContext& pass, int64_t layer_index, const at::Ten
       });
   if (pass.capture.attention_probs) {
     trace.attention_probs =
-        pass.keep_index.defined() ? probs.index_select(1, pass.keep_index) : probs;
+        (pass.keep_index.defined() ? probs.index_select(1, pass.keep_index) : probs).to(at::kFloat);
   }
   at::Tensor head_outputs = at::matmul(probs.to(v.scalar_type()), v_heads).transpose(0, 1);
   ApplyAblations(ablations, AblationTarget::kAttentionNeuron, head_outputs,
@@ -217,11 +224,10 @@ absl::Status CheckAblation(const ModelConfig& c, int64_t num_tokens, size_t i, c
 
 }  // namespace
 
-at::Tensor RotaryInverseFrequencies(const ModelConfig& config) {
+at::Tensor RotaryInverseFrequencies(const ModelConfig& config, c10::ScalarType dtype) {
   const RopeConfig& rope = config.rope;
   const int64_t dim = config.head_dim;
-  at::Tensor inv_freq =
-      1.0 / at::pow(rope.theta, at::arange(0, dim, 2, at::kLong).to(at::kFloat) / dim);
+  at::Tensor inv_freq = 1.0 / at::pow(rope.theta, at::arange(0, dim, 2, at::kLong).to(dtype) / dim);
   if (rope.type == RopeType::kLinear) return inv_freq / rope.factor;
   if (rope.type != RopeType::kLlama3) return inv_freq;
   const double old_context = static_cast<double>(rope.original_max_position_embeddings);
@@ -284,8 +290,10 @@ absl::StatusOr<ForwardTrace> Forward(const Model& model, absl::Span<const int64_
     if (config.family == ModelFamily::kGpt2) {
       x = x + w.position_embedding.narrow(0, 0, t);
     } else {
-      const at::Tensor freqs = at::outer(at::arange(t, long_options).to(at::kFloat),
-                                         RotaryInverseFrequencies(config).to(model.device()));
+      const c10::ScalarType angle_dtype = AtLeastFloat32(model.dtype());
+      const at::Tensor freqs =
+          at::outer(at::arange(t, long_options).to(angle_dtype),
+                    RotaryInverseFrequencies(config, angle_dtype).to(model.device()));
       const at::Tensor angles = at::cat({freqs, freqs}, -1);
       pass.rope_cos = angles.cos().to(model.dtype());
       pass.rope_sin = angles.sin().to(model.dtype());

@@ -82,9 +82,10 @@ absl::StatusOr<ForwardTrace> Forward(const Model& model, absl::Span<const int64_
                                      const CaptureOptions& capture = {},
                                      absl::Span<const Ablation> ablations = {});
 
-// The RoPE inverse frequencies [head_dim / 2] (float32), as HF computes them for the model's
-// rope config. Llama only.
-at::Tensor RotaryInverseFrequencies(const ModelConfig& config);
+// The RoPE inverse frequencies [head_dim / 2] in `dtype`, as HF computes them (in float32) for the
+// model's rope config. Llama only.
+at::Tensor RotaryInverseFrequencies(const ModelConfig& config,
+                                    c10::ScalarType dtype = c10::ScalarType::Float);
 
 }  // namespace factlens
 

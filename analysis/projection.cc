@@ -26,14 +26,29 @@ VocabProjector::VocabProjector(const Model& model, const at::Tensor& final_resid
   const double mean_square =
       center_ ? x.var(/*unbiased=*/false).item<double>() : x.pow(2).mean().item<double>();
   sigma_ = std::sqrt(mean_square + c.norm_eps);
-  scale_ = model.weights().final_norm_weight.to(at::kFloat) / sigma_;
-  unembedding_ = model.weights().unembedding.to(at::kFloat);
+  scale_ = model.weights().final_norm_weight.to(at::kDouble) / sigma_;
+  unembedding_ = model.weights().unembedding64;
+}
+
+at::Tensor VocabProjector::ScaledForUnembedding(const at::Tensor& vectors) const {
+  at::Tensor v = vectors.to(at::kDouble);
+  if (center_) v = v - v.mean(-1, /*keepdim=*/true);
+  return v * scale_;
 }
 
 at::Tensor VocabProjector::Project(const at::Tensor& vectors) const {
-  at::Tensor v = vectors.to(at::kFloat);
-  if (center_) v = v - v.mean(-1, /*keepdim=*/true);
-  return at::matmul(v * scale_, unembedding_.t());
+  std::vector<int64_t> shape = vectors.sizes().vec();
+  const at::Tensor projected = Unembed(ScaledForUnembedding(vectors.reshape({-1, shape.back()})));
+  shape.back() = projected.size(1);
+  return projected.reshape(shape);
+}
+
+at::Tensor VocabProjector::Unembed(const at::Tensor& x) const {
+  return at::matmul(x.to(at::kDouble), unembedding_.t());
+}
+
+at::Tensor VocabProjector::WeightedUnembeddingSum(const at::Tensor& weights) const {
+  return at::matmul(weights.to(at::kDouble), unembedding_);
 }
 
 std::pair<std::vector<TokenScore>, std::vector<TokenScore>> VocabProjector::TopAndBottom(

@@ -25,11 +25,25 @@ std::vector<TokenScore> TopScores(const at::Tensor& scores, int64_t k, bool larg
 
 // Projects vectors into vocabulary space with the final norm's scale σ frozen at one position:
 // bs(v) = E·(g ⊙ c(v)/σ) (c centres for LayerNorm models). Immutable; thread-safe.
+//
+// Everything is float64, on the model's float64 unembedding prepared at load
+// (ModelWeights::unembedding64), so a value's rounding error is that of float64 arithmetic
+// whatever the batch it is computed in:
+// with u = 2^-53, |computed − exact| ≤ (d + 5)·u·Σ_j |w_j·E_uj| for w = g ⊙ c(v)/σ, on any CPU,
+// BLAS kernel or thread count (Higham's bound for a dot product in any summation order). Top
+// tokens therefore do not swap between machines unless their values tie to ~1e-13.
 class VocabProjector {
  public:
   VocabProjector(const Model& model, const at::Tensor& final_residual);
   double final_scale() const { return sigma_; }
-  at::Tensor Project(const at::Tensor& vectors) const;  // [..., d] -> [..., V] float32
+  int64_t vocab_size() const { return unembedding_.size(0); }
+  at::Tensor Project(const at::Tensor& vectors) const;  // [..., d] -> [..., V] float64
+  // x·Eᵀ in float64 (no norm scale): [n, d] -> [n, V].
+  at::Tensor Unembed(const at::Tensor& x) const;
+  // weights·E in float64: [n, V] -> [n, d] (e.g. expectations Σ_u p_u E_u).
+  at::Tensor WeightedUnembeddingSum(const at::Tensor& weights) const;
+  // g ⊙ c(v)/σ in float64, the vector whose inner products with E_u are bs(v): [n, d] -> [n, d].
+  at::Tensor ScaledForUnembedding(const at::Tensor& vectors) const;
   // The k largest and k smallest values of one vector's projection.
   std::pair<std::vector<TokenScore>, std::vector<TokenScore>> TopAndBottom(const at::Tensor& vector,
                                                                            int64_t k) const;
@@ -37,8 +51,8 @@ class VocabProjector {
  private:
   bool center_;
   double sigma_;
-  at::Tensor scale_;        // g / σ
-  at::Tensor unembedding_;  // [V, d] float32
+  at::Tensor scale_;        // g / σ, float64
+  at::Tensor unembedding_;  // [V, d] float64 (the model's)
 };
 
 }  // namespace factlens

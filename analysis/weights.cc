@@ -14,6 +14,30 @@
 #include "analysis/tensor_io.h"
 
 namespace factlens {
+
+namespace {
+constexpr std::pair<c10::ScalarType, std::string_view> kComputeDTypes[] = {
+    {c10::ScalarType::Float, "float32"},
+    {c10::ScalarType::Double, "float64"},
+    {c10::ScalarType::Half, "float16"},
+    {c10::ScalarType::BFloat16, "bfloat16"},
+};
+}  // namespace
+
+absl::StatusOr<c10::ScalarType> ParseComputeDType(std::string_view name) {
+  for (const auto& [dtype, dtype_name] : kComputeDTypes) {
+    if (dtype_name == name) return dtype;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown dtype '", std::string(name), "' (expected float32, float64, float16 or bfloat16)"));
+}
+
+std::string_view ComputeDTypeName(c10::ScalarType dtype) {
+  for (const auto& [d, name] : kComputeDTypes) {
+    if (d == dtype) return name;
+  }
+  return "unknown";
+}
 namespace {
 
 std::string ShapeString(at::IntArrayRef shape) {
@@ -197,8 +221,8 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Load(const std::string& refe
   model->dtype_ = options.dtype.value_or(device.is_cpu() ? c10::ScalarType::Float
                                                          : CheckpointDType(checkpoint));
   if (model->dtype_ != c10::ScalarType::Float && model->dtype_ != c10::ScalarType::BFloat16 &&
-      model->dtype_ != c10::ScalarType::Half) {
-    return absl::InvalidArgumentError("dtype must be float32, float16 or bfloat16");
+      model->dtype_ != c10::ScalarType::Half && model->dtype_ != c10::ScalarType::Double) {
+    return absl::InvalidArgumentError("dtype must be float32, float64, float16 or bfloat16");
   }
   if (device.is_cpu() && model->dtype_ == c10::ScalarType::Half) {
     return absl::InvalidArgumentError("float16 compute is not supported on CPU; use float32");
@@ -215,6 +239,16 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Load(const std::string& refe
     return absl::ResourceExhaustedError(absl::StrCat("loading ", directory, " failed: ", e.what()));
   }
   model->resident_bytes_ = reader.resident_bytes();
+  ModelWeights& w = model->weights_;
+  try {
+    w.unembedding64 = w.unembedding.to(at::kDouble);
+    w.max_unembedding_norm = w.unembedding64.pow(2).sum(1).max().sqrt().item<double>();
+  } catch (const std::exception& e) {
+    return absl::ResourceExhaustedError(absl::StrCat("loading ", directory, " failed: ", e.what()));
+  }
+  if (!w.unembedding64.is_same(w.unembedding)) {
+    model->resident_bytes_ += w.unembedding64.numel() * w.unembedding64.element_size();
+  }
   return std::shared_ptr<const Model>(std::move(model));
 }
 

@@ -9,6 +9,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -36,13 +37,25 @@ struct ModelWeights {
   std::vector<LayerWeights> layers;
   at::Tensor final_norm_weight, final_norm_bias;  // bias: GPT-2 only
   at::Tensor unembedding;                         // [V, d]; the token embedding when tied
+  // Prepared once at load for the method's float64 projections (analysis/projection.h): the
+  // unembedding in float64 on the model's device (V·d·8 bytes, counted in resident_bytes) and
+  // max_u ‖E_u‖.
+  at::Tensor unembedding64;
+  double max_unembedding_norm = 0;
 };
+
+// Compute dtype names as flags and model specs spell them: float32, float64, float16, bfloat16.
+// Parse: InvalidArgument listing the valid names for anything else.
+absl::StatusOr<c10::ScalarType> ParseComputeDType(std::string_view name);
+std::string_view ComputeDTypeName(c10::ScalarType dtype);
 
 struct LoadOptions {
   // "cpu", "cuda", "cuda:1", ...
   std::string device = "cpu";
   // Compute dtype. Default: float32 on CPU; on CUDA the checkpoint's floating dtype.
-  // float16 on CPU is refused (libtorch's CPU matmuls do not support it).
+  // float16 on CPU is refused (libtorch's CPU matmuls do not support it). float64 computes the
+  // forward pass in double precision (a reference run: the parity tests use it so that their
+  // outcome does not depend on the CPU's float32 kernels); traces are float32 in every case.
   std::optional<c10::ScalarType> dtype;
 };
 

@@ -32,7 +32,8 @@
 ABSL_FLAG(std::string, listen, "0.0.0.0:50051",
           "gRPC address (host:port; port 0 picks a free one)");
 ABSL_FLAG(std::string, model, "",
-          "NAME=DIR_OR_REPO_ID[,device=cpu|cuda[:N]][,dtype=float32|float16|bfloat16]; repeat the "
+          "NAME=DIR_OR_REPO_ID[,device=cpu|cuda[:N]][,dtype=float32|float64|float16|bfloat16]; "
+          "repeat the "
           "flag on the command line for several models (a --flagfile may hold one). Default: "
           "the embedded demo model gpt2-facts-tiny");
 ABSL_FLAG(int, max_prompt_tokens, 512, "Longest prompt accepted, in tokens");

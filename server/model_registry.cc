@@ -12,7 +12,8 @@ absl::StatusOr<ModelSpec> ParseModelSpec(const std::string& text) {
   const auto bad = [&](const std::string& why) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--model '", text, "': ", why,
-        " (expected NAME=DIR_OR_REPO_ID[,device=cpu|cuda[:N]][,dtype=float32|float16|bfloat16])"));
+        " (expected "
+        "NAME=DIR_OR_REPO_ID[,device=cpu|cuda[:N]][,dtype=float32|float64|float16|bfloat16])"));
   };
   const size_t eq = text.find('=');
   if (eq == std::string::npos || eq == 0) return bad("missing NAME=");
@@ -28,14 +29,9 @@ absl::StatusOr<ModelSpec> ParseModelSpec(const std::string& text) {
     if (key == "device") {
       spec.load.device = value;
     } else if (key == "dtype") {
-      if (value == "float32")
-        spec.load.dtype = c10::ScalarType::Float;
-      else if (value == "float16")
-        spec.load.dtype = c10::ScalarType::Half;
-      else if (value == "bfloat16")
-        spec.load.dtype = c10::ScalarType::BFloat16;
-      else
-        return bad(absl::StrCat("unknown dtype '", value, "'"));
+      absl::StatusOr<c10::ScalarType> dtype = ParseComputeDType(value);
+      if (!dtype.ok()) return bad(std::string(dtype.status().message()));
+      spec.load.dtype = *dtype;
     } else {
       return bad(absl::StrCat("unknown option '", key, "'"));
     }

@@ -22,17 +22,6 @@
 namespace factlens {
 namespace {
 
-std::string DTypeName(c10::ScalarType t) {
-  switch (t) {
-    case c10::ScalarType::Half:
-      return "float16";
-    case c10::ScalarType::BFloat16:
-      return "bfloat16";
-    default:
-      return "float32";
-  }
-}
-
 std::optional<int32_t> OptionalPosition(bool has, int32_t value) {
   return has ? std::optional<int32_t>(value) : std::nullopt;
 }
@@ -262,7 +251,7 @@ grpc::Status FactLensService::ListModels(grpc::ServerContext* context, const v1:
     info->set_ffn_width(c.d_ffn);
     info->set_vocab_size(c.vocab_size);
     info->set_max_positions(c.max_positions);
-    info->set_dtype(DTypeName(served->model->dtype()));
+    info->set_dtype(std::string(ComputeDTypeName(served->model->dtype())));
     info->set_device(served->model->device().str());
   }
   return grpc::Status::OK;

@@ -25,6 +25,9 @@ ABSL_FLAG(std::string, json_out, "", "Also write the report as JSON to this file
 ABSL_FLAG(bool, json, false, "Print JSON instead of text");
 ABSL_FLAG(std::string, mode, "exact", "Neuron ranking: exact (pruned), exhaustive or approximate");
 ABSL_FLAG(std::string, device, "cpu", "cpu, cuda or cuda:N");
+ABSL_FLAG(std::string, dtype, "",
+          "Compute dtype: float32 (the default on CPU), float64 (a reference run whose results do "
+          "not depend on the CPU's float32 kernels), bfloat16 or float16 (CUDA)");
 ABSL_FLAG(int, threads, 0, "CPU threads for libtorch and BLIS (0 = one per core)");
 
 namespace {
@@ -42,6 +45,11 @@ int main(int argc, char** argv) {
   factlens::ConfigureCpuThreads(absl::GetFlag(FLAGS_threads));
   factlens::LoadOptions load;
   load.device = absl::GetFlag(FLAGS_device);
+  if (!absl::GetFlag(FLAGS_dtype).empty()) {
+    absl::StatusOr<c10::ScalarType> dtype = factlens::ParseComputeDType(absl::GetFlag(FLAGS_dtype));
+    if (!dtype.ok()) return Fail(dtype.status());
+    load.dtype = *dtype;
+  }
   absl::StatusOr<std::shared_ptr<const factlens::Model>> model =
       factlens::Model::Load(absl::GetFlag(FLAGS_model), load);
   if (!model.ok()) return Fail(model.status());
