@@ -60,8 +60,12 @@ TEST_F(LocateTest, StandardReportForParis) {
   ASSERT_TRUE(trace.ok());
   absl::StatusOr<std::unique_ptr<Attribution>> a = Attribution::Create(*model_, *trace, {kParis});
   ASSERT_TRUE(a.ok());
-  const at::Tensor all = (*a)->FfnNeuronIncrease();
-  EXPECT_NEAR(report->ffn_neurons[0].score, all.max().item<double>(), 1e-6);
+  const NeuronRanking all = (*a)->RankFfnNeurons(1, RankOrder::kTop, RankMode::kExhaustive).value();
+  // Both float64 evaluations, each within its ranking's rounding bound (attribution.h).
+  EXPECT_NEAR(report->ffn_neurons[0].score, all.neurons[0].score,
+              report->ffn_ranking_stats.max_error + all.max_error);
+  EXPECT_EQ(report->ffn_neurons[0].layer, all.neurons[0].layer);
+  EXPECT_EQ(report->ffn_neurons[0].neuron, all.neurons[0].index);
 }
 
 TEST_F(LocateTest, ProgressCallbackCanStopTheWork) {

@@ -165,7 +165,12 @@ class ServerTest(unittest.TestCase):
         r = self.client.decompose(PROMPT, target=" Paris", include_heads=True, logit_lens_top_k=3)
         (pos,) = r.positions
         self.assertEqual(pos.position, 4)
-        self.assertLess(pos.reconstruction_error, 1e-4)
+        # Derived, not measured: the float32 residual stream rounds once per addition (2L) and each
+        # component is a float32 product over at most d terms: (d + 2 + 2L)·2^-24 of the components'
+        # magnitudes (max |c| ≤ ‖c‖) bounds the reconstruction error on any CPU (gpt2-facts-tiny:
+        # d = 64, L = 4).
+        bound = (64 + 2 + 2 * 4) * 2.0 ** -24 * sum(c.norm for c in pos.components)
+        self.assertLessEqual(pos.reconstruction_error, bound)
         kinds = [pb.Component.Kind.Name(c.component.kind) for c in pos.components]
         self.assertEqual(kinds.count("HEAD"), 16)
         self.assertEqual(kinds.count("ATTENTION_BIAS"), 4)

@@ -1,9 +1,14 @@
 """The C++ fact-localization report on gpt2-facts-tiny, checked against numpy_reference.py.
 
 Usage: test_locate_report.py FACTLENS_LOCATE MODEL_DIR
-Runs `factlens_locate --json` for "The capital of France is" -> " Paris" and compares every number
-it can recompute independently in float64. Tolerances: 1e-4 absolute on log-prob increases
-(the C++ side projects in float32), 1e-6 on probabilities.
+Runs `factlens_locate --json --dtype float64` for "The capital of France is" -> " Paris" and compares
+every number it can recompute independently in float64 (numpy). Neither side depends on the CPU's
+float32 kernels: the C++ forward pass runs in float64 and its method evaluates in float64
+(analysis/attribution.h), so what separates the two is the float32 rounding of the C++ trace
+(2^-24 relative per tensor) — the same on every machine. Tolerances: 1e-4 absolute on log-prob
+increases and query-layer scores, 1e-5 on σ, 1e-3 after ablating 100 neurons (100 removed
+subvalues, each rounded to float32 in the trace). The checked-in example (a default float32 run)
+is compared with the derived float32 forward bound (FLOAT32_TOLERANCE).
 """
 import json
 import os
@@ -21,10 +26,19 @@ IDS = [464, 3139, 286, 4881, 318]  # GPT-2 ids of "The capital of France is" (HF
 PARIS = 6342
 
 
+def float32_tolerance(config):
+    """Relative bound on a float32 forward pass's error (tests/forward_parity_test.cc): 6L + 1 chained
+    matrix products of at most n = max(d, d_ffn) terms, each erring by n·2^-24 of its magnitude, on
+    either of two sides."""
+    d = config["n_embd"]
+    n = max(d, config.get("n_inner") or 4 * d)
+    return 2 * (6 * config["n_layer"] + 1) * n * 2.0 ** -24
+
+
 class LocateReportTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        out = subprocess.run([LOCATE, "--model", MODEL_DIR, "--json", "--threads", "1"],
+        out = subprocess.run([LOCATE, "--model", MODEL_DIR, "--json", "--threads", "1", "--dtype", "float64"],
                              check=True, capture_output=True, text=True).stdout
         cls.report = json.loads(out)
         cls.model = ref.Gpt2(MODEL_DIR)
@@ -91,7 +105,9 @@ class LocateReportTest(unittest.TestCase):
         for key in ("input_ids", "target", "predictions"):
             self.assertEqual([p.get("id") for p in example[key]] if key == "predictions" else example[key],
                              [p.get("id") for p in self.report[key]] if key == "predictions" else self.report[key])
-        np.testing.assert_allclose(example["ffn_layer_increase"], self.report["ffn_layer_increase"], atol=1e-6)
+        scale = max(1.0, np.abs(self.report["ffn_layer_increase"]).max())
+        np.testing.assert_allclose(example["ffn_layer_increase"], self.report["ffn_layer_increase"],
+                                   atol=float32_tolerance(self.model.config) * scale)
         self.assertEqual([(n["layer"], n["neuron"]) for n in example["ffn_neurons"][:20]],
                          [(n["layer"], n["neuron"]) for n in self.report["ffn_neurons"][:20]])
 
