@@ -240,6 +240,10 @@ int main(int argc, char** argv) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  // gRPC turns SO_REUSEPORT on by default, which lets a second server bind a port that is already
+  // serving and take a share of its connections (another user's models, tokens or TLS on a shared
+  // box). Off: a taken port fails the bind, and the server stops saying so.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   int port = 0;
   builder.AddListeningPort(absl::GetFlag(FLAGS_listen), *credentials, &port);
   builder.RegisterService(&service);
@@ -247,8 +251,10 @@ int main(int argc, char** argv) {
   builder.SetMaxSendMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) {
-    return Fail(
-        absl::UnavailableError(absl::StrCat("cannot listen on ", absl::GetFlag(FLAGS_listen))));
+    return Fail(absl::UnavailableError(
+        absl::StrCat("cannot listen on --listen ", absl::GetFlag(FLAGS_listen),
+                     ": the address is invalid or already in use (is another server running "
+                     "there?)")));
   }
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   health->SetServingStatus(false);  // not ready until the models are loaded

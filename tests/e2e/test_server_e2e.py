@@ -388,6 +388,20 @@ class LifecycleTest(unittest.TestCase):
             self.assertEqual(run.returncode, 2, (flags, run.stderr))
             self.assertIn(named, run.stderr, flags)
 
+    def test_a_taken_grpc_port_stops_the_second_server(self):
+        # gRPC's default SO_REUSEPORT would let a second server share the port and receive some of
+        # the first one's connections; the server turns it off and refuses to start.
+        first = Server()
+        try:
+            run = subprocess.run([SERVER, "--listen", first.address, "--http_listen", "", "--threads", "1"],
+                                 capture_output=True, text=True, timeout=60)
+            self.assertEqual(run.returncode, 2, run.stderr)
+            self.assertIn("already in use", run.stderr)
+            self.assertIn(first.address, run.stderr)
+            self.assertNotIn('"event":"listening"', run.stderr)
+        finally:
+            self.assertEqual(first.stop(), 0)
+
     def test_several_models_with_options(self):
         models = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "models")
         server = Server("--model", f"demo={models}/gpt2-facts-tiny",
