@@ -41,7 +41,7 @@ constexpr double kFloat64Unit = 0x1p-53;
 // Attribution::ExactValueErrorBound for a magnitude sum B + B_x (a double or a tensor of them).
 template <typename Magnitude>
 Magnitude ExactErrorBound(const Magnitude& magnitude, double d_model, double vocab) {
-  return (magnitude * (2 * d_model + 14) + (vocab + 90)) * kFloat64Unit;
+  return (magnitude * (4 * d_model + 16) + (vocab + 90)) * kFloat64Unit;
 }
 
 absl::Status InterruptedError() { return absl::CancelledError("interrupted"); }
@@ -145,7 +145,9 @@ absl::StatusOr<std::unique_ptr<Attribution>> Attribution::Create(const Model& mo
   if (a->bias_logits_.defined()) logits = logits + a->bias_logits_;
   const at::Tensor log_probs = at::log_softmax(logits, 1);
   const at::Tensor probs = log_probs.exp();
-  const at::Tensor magnitudes = scaled.norm(2, 1) * a->max_unembedding_norm_;
+  // ‖x‖·max|g|/σ·max‖E_u‖, the form ExactValueErrorBound's derivation needs.
+  const at::Tensor magnitudes = at::stack(residuals).to(at::kDouble).norm(2, 1) *
+                                (a->max_norm_weight_ * a->max_unembedding_norm_ / a->sigma_);
   // f'(0) = (E_w − Σ p_u E_u)·(g ⊙ c(v))/σ = c(g ⊙ (E_w − pᵀE))·v/σ (c is self-adjoint).
   const at::Tensor target_row = w.unembedding[target.token_id].to(at::kDouble);
   at::Tensor directions = (target_row.unsqueeze(0) - a->projector_->WeightedUnembeddingSum(probs)) *
@@ -390,9 +392,9 @@ absl::StatusOr<NeuronRanking> Attribution::Rank(const std::vector<NeuronSet>& se
   const bool top = order == RankOrder::kTop;
   for (const NeuronSet& set : sets) ranking.total += set.coefficients.numel();
   k = std::clamp<int64_t>(k, 0, ranking.total);
-  // The logit increase is linear in the vector: its exact value costs what a bound would.
-  const bool linear = target_.metric == Metric::kLogitIncrease;
-  if (linear && mode != RankMode::kApproximate) mode = ranking.mode = RankMode::kExhaustive;
+  // The logit increase is linear in the vector: its exact value costs what a bound (or a
+  // first-order value) would, so every mode evaluates it exactly and says so.
+  if (target_.metric == Metric::kLogitIncrease) mode = ranking.mode = RankMode::kExhaustive;
 
   struct Candidate {
     double value;  // exact value, or (while a candidate) its safe bound

@@ -107,13 +107,16 @@ class Attribution {
   // Before-softmax values bs(v) = E·(g ⊙ c(v)/σ) of vectors [B, d] -> [B, V] float64 (no bias).
   at::Tensor Project(const at::Tensor& vectors) const;
 
-  // Worst-case rounding error of one metric value computed here, for a vector v whose projection
-  // magnitude is B = ‖g ⊙ c(v)‖/σ · max_u ‖E_u‖ (so |bs(v)_u| ≤ B), added to a base of magnitude
-  // B_x (the same quantity for the residual): 2^-53·((2d + 14)·(B + B_x) + V + 90). Derivation:
-  // each bs value is a float64 dot product of length d, erring by ≤ (d + 5)·2^-53·B (Higham, any
-  // summation order); the increase −log Σ_u p_u·exp(b_u − b_w) moves by at most twice the largest
-  // logit error, plus the base probabilities' errors (the same bound with B_x), plus the rounding
-  // of the shift (≤ 2B + 80), the V-term float64 sum and the exp/log (≤ 90 ulps together).
+  // Worst-case rounding error of one metric value computed here, for a vector v with magnitude
+  // B = ‖v‖·max_j|g_j|/σ · max_u ‖E_u‖ (≥ ‖g ⊙ c(v)‖/σ · max_u ‖E_u‖ ≥ |bs(v)_u|) added to a base
+  // residual x of magnitude B_x (the same quantity for x): 2^-53·((4d + 16)·(B + B_x) + V + 90).
+  // Derivation (u = 2^-53): each bs value is a float64 dot product of length d, erring by
+  // ≤ d·u·B (Higham, any summation order) plus the rounding of its input g ⊙ c(v)/σ: ≤ 3u per
+  // element and, for LayerNorm's centering, the mean's error ≤ u·Σ|v_j|, which moves the dot
+  // product by ≤ d·u·B: (2d + 3)·u·B per logit. The increase −log Σ_u p_u·exp(b_u − b_w) moves by
+  // at most twice the largest logit error; the base probabilities' relative errors (twice the
+  // same bound with B_x) move it by as much; the shift's rounding (≤ u·(2B + 80) per term) and
+  // the exp, the V-term float64 sum and the log add ≤ u·(2B + V + 90).
   // Probability increases are p(w|x)·expm1(Δ) with p(w|x+v) ≤ 1, so the bound carries over.
   double ExactValueErrorBound(double magnitude, double base_magnitude) const;
 

@@ -198,6 +198,21 @@ TEST(RankingTest, ApproximateModeIsTheFirstOrderValueAndSaysSo) {
     EXPECT_GE(n.score + slack, all[n.layer][n.index].item<double>());
   }
   EXPECT_GE(approx.neurons[0].score + slack, exact.neurons[0].score);
+
+  // The logit increase is linear, so even an approximate ranking of it is exact, and says so.
+  AttributionTarget logit{7};
+  logit.metric = Metric::kLogitIncrease;
+  absl::StatusOr<std::unique_ptr<Attribution>> linear = Attribution::Create(**model, *trace, logit);
+  ASSERT_TRUE(linear.ok());
+  const NeuronRanking ranked =
+      (*linear)->RankFfnNeurons(5, RankOrder::kTop, RankMode::kApproximate).value();
+  EXPECT_EQ(ranked.mode, RankMode::kExhaustive);
+  const at::Tensor values = (*linear)->FfnNeuronIncrease();
+  ASSERT_EQ(ranked.neurons.size(), 5u);
+  EXPECT_EQ(ranked.neurons[0].score, values.max().item<double>());
+  for (const RankedNeuron& n : ranked.neurons) {
+    EXPECT_EQ(n.score, values[n.layer][n.index].item<double>());
+  }
 }
 
 class DemoRankingTest : public ::testing::TestWithParam<std::string> {};
