@@ -322,7 +322,10 @@ absl::StatusOr<ForwardTrace> Forward(const Model& model, absl::Span<const int64_
     if (capture.residuals) trace.final_residual = kept_final.to(at::kFloat);
     if (capture.logits) {
       const at::Tensor normed = Norm(config, kept_final, w.final_norm_weight, w.final_norm_bias);
-      trace.logits = at::linear(normed, w.unembedding).to(at::kFloat);
+      // In float64 through the unembedding prepared at load: one row's logits then do not depend
+      // on how many rows are computed (a [1, d] and a [T, d] float32 product round differently),
+      // so Predict and LocateFact report the same probability on any CPU.
+      trace.logits = at::linear(normed.to(at::kDouble), w.unembedding64);
     }
   } catch (const std::exception& e) {
     // libtorch reports failures (e.g. device out of memory) as exceptions.

@@ -32,7 +32,7 @@ struct CaptureOptions {
 CaptureOptions LogitsAt(int64_t position);
 
 // Per-layer captures; tensors not asked for are undefined. P = kept positions, T = all positions.
-// All captured tensors are float32 on the model's device.
+// All captured tensors are float32 on the model's device, except the logits (float64, see below).
 struct LayerTrace {
   at::Tensor residual_in;       // [P, d]
   at::Tensor attn_out;          // [P, d], includes the output-projection bias
@@ -50,7 +50,9 @@ struct ForwardTrace {
   std::vector<LayerTrace> layers;
   at::Tensor embedding;       // [P, d] token (+ position) embedding = layers[0].residual_in
   at::Tensor final_residual;  // [P, d] residual before the final norm
-  at::Tensor logits;          // [P, V]
+  // [P, V] float64: the float32 normed final residual through the float64 unembedding
+  // (ModelWeights::unembedding64), whatever the compute dtype.
+  at::Tensor logits;
 };
 
 // A component to remove (scale 0) or scale during a forward pass, for causal checks.

@@ -225,7 +225,8 @@ TEST(ModelLoadingTest, BadDeviceAndDtypeOptions) {
   EXPECT_EQ((*model)->weights().layers[0].q_weight.scalar_type(), at::kBFloat16);
   absl::StatusOr<ForwardTrace> trace = Forward(**model, kGpt2Ids);
   ASSERT_TRUE(trace.ok()) << trace.status();
-  EXPECT_EQ(trace->logits.scalar_type(), at::kFloat);  // captures are float32 whatever the compute
+  EXPECT_EQ(trace->final_residual.scalar_type(), at::kFloat);  // captures: float32 whatever
+  EXPECT_EQ(trace->logits.scalar_type(), at::kDouble);         // the compute; logits: float64
 }
 
 TEST(ForwardTest, BadInputsAreInvalidArgumentNamingTheField) {
