@@ -20,7 +20,7 @@ struct Attribution::Base {
   at::Tensor probs;      // [V] float64
   double log_prob = 0;   // log p(w | x)
   at::Tensor tangent;    // [d] float64
-  double magnitude = 0;  // ‖g ⊙ c(x)‖/σ · max_u ‖E_u‖ ≥ max_u |bs(x)_u|
+  double magnitude = 0;  // ‖x‖·max|g|/σ · max_u ‖E_u‖ ≥ max_u |bs(x)_u|
 };
 
 // One layer's neurons: K shared vectors (FFN: rows of W_out; attention: columns of W_O) and R

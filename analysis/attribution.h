@@ -85,9 +85,9 @@ CaptureOptions FullCapture();
 // Precision: every metric value (the *Increase() methods, and the scores of exact and exhaustive
 // rankings) is computed in float64 from the float32 trace, one candidate's arithmetic independent
 // of the others in its batch up to float64 rounding, so the pruned and exhaustive modes report the
-// same neurons with scores equal to within ExactValueErrorBound (~1e-12 on real models). The
-// pruning compares bounds computed in float32 and widened by their own worst-case rounding error,
-// so the exact top-k does not depend on the CPU, BLAS kernel or thread count.
+// same neurons with scores equal to within ExactValueErrorBound (below 1e-9 on the demo models).
+// The pruning compares bounds computed in float32 and widened by their own worst-case rounding
+// error, so the exact top-k does not depend on the CPU, BLAS kernel or thread count.
 class Attribution {
  public:
   // `trace` must come from Forward(model, ids, FullCapture()). InvalidArgument (naming the field)

@@ -31,7 +31,7 @@ std::vector<TokenScore> TopScores(const at::Tensor& scores, int64_t k, bool larg
 // whatever the batch it is computed in:
 // with u = 2^-53, |computed − exact| ≤ (d + 5)·u·Σ_j |w_j·E_uj| for w = g ⊙ c(v)/σ, on any CPU,
 // BLAS kernel or thread count (Higham's bound for a dot product in any summation order). Top
-// tokens therefore do not swap between machines unless their values tie to ~1e-13.
+// tokens therefore do not swap between machines unless their values tie to float64 rounding.
 class VocabProjector {
  public:
   VocabProjector(const Model& model, const at::Tensor& final_residual);

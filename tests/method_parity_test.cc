@@ -1,13 +1,13 @@
 // The method against the float64 reference computations in tests/data/hf-reference (method.*).
 //
 // Our side runs the float64 forward pass (LoadOptions::dtype) and the method's float64 evaluation
-// (attribution.h: every increase is a float64 computation with a rounding bound of ~1e-14 here),
-// so nothing compared depends on the CPU's float32 kernels. What remains is fixed data: the
-// references are float64 computations from HF's *float32* forward tensors (whose own rounding,
-// ≤ 4e-6 relative, is measured by forward_parity_test.cc) stored as float32 (2^-24 relative), and
-// our float32 trace (2^-24 relative). Tolerance 2e-5 absolute covers that fixed error with
-// margin; observed errors are printed. A wrong convention (centering, bias, σ, base residual)
-// errs by 1e-3 or more on these models.
+// (attribution.h: every increase is a float64 computation with a derived rounding bound far below
+// the tolerance), so nothing compared depends on the CPU's float32 kernels. What remains is fixed
+// data: the references are float64 computations from HF's *float32* forward tensors (whose own
+// rounding, ≤ 4e-6 relative, is measured by forward_parity_test.cc) stored as float32 (2^-24
+// relative), and our float32 trace (2^-24 relative). Tolerance 2e-5 absolute covers that fixed
+// error with margin; observed errors are printed. A wrong convention (centering, bias, σ, base
+// residual) errs by 1e-3 or more on these models.
 #include <ATen/ATen.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>

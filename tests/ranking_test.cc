@@ -5,7 +5,7 @@
 //
 // Tolerances are not tuned to a CPU: both modes evaluate every score in float64, and each ranking
 // reports max_error, the worst-case rounding bound of its scores (derived in attribution.h:
-// ~1e-13 on these models), so two modes' scores of one neuron differ by at most the sum of their
+// asserted below 1e-9 here), so two modes' scores of one neuron differ by at most the sum of their
 // max_error on any CPU, BLAS kernel or thread count; scores closer than that count as ties.
 #include <ATen/ATen.h>
 #include <gmock/gmock.h>
