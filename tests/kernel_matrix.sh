@@ -18,9 +18,10 @@
 #   netlib         the netlib reference BLAS (LD_LIBRARY_PATH); without the two 50-fact demo
 #                  ranking tests, whose exhaustive float64 evaluations take > 15 min on it
 # The fuzz test (clang/libFuzzer on the torch-free parsers) does not touch BLAS and is left out.
-# Known (2026-12-01): with any LD_LIBRARY_PATH set, factlens_server's metrics endpoint fails to start
-# ("Cannot create threads ... null context when constructing CivetServer"), so under openblas and
-# netlib the 8 tests that start the server fail; see bench/RESULTS.md.
+# Known (2026-12-01): installing libopenblas0-pthread also switches liblapack.so.3 to OpenBLAS's,
+# and with it loaded factlens_server's metrics endpoint fails to start ("Cannot create threads ...
+# null context when constructing CivetServer"); the 8 server tests then fail under every setting
+# until the package is removed. See bench/RESULTS.md.
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 build="${1:-$root/build}"
