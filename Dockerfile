@@ -1,16 +1,28 @@
-# factlens_server image (CPU): a build stage with the full toolchain, a slim runtime stage with only
-# the shared libraries the server loads (scripts/setup.sh --profile runtime, checked against the
-# binary by tests/deploy/test_deploy.py) and the embedded demo model.
+# factlens_server image: a build stage with the full toolchain (Debian's packages, NVIDIA's CUDA 13.0
+# toolkit, PyPI's torch 2.11.0 whose libtorch is a CUDA build), a runtime stage with only the shared
+# libraries the server loads (scripts/setup.sh --profile runtime: Debian's runtime packages, the torch
+# wheel and the CUDA libraries as PyPI wheels, no toolkit; checked against the binary by
+# tests/deploy/test_deploy.py) and the embedded demo model. The same image serves on CPU and, on
+# hosts with the NVIDIA Container Toolkit, on GPUs (--model NAME=DIR,device=cuda).
 #
 #   docker build -t factlens:0.1.0 .
 #   docker run --rm -p 50051:50051 -p 9090:9090 factlens:0.1.0            # serves the demo model
 #   docker run --rm -p 50051:50051 -p 9090:9090 -v /models/gpt2:/models/gpt2:ro factlens:0.1.0 \
 #       --model gpt2=/models/gpt2
 #
-# GPU images need a CUDA libtorch, which Debian does not package; they are not built yet.
+# Not built yet on the project's machines (no Docker engine there), so the NVIDIA package names below
+# are unverified: see deploy/README.md.
 
 FROM debian:12 AS build
-ENV DEBIAN_FRONTEND=noninteractive
+ENV DEBIAN_FRONTEND=noninteractive FACTLENS_VENV=/opt/factlens/venv
+# NVIDIA's CUDA 13.0 compiler and headers (libtorch's CMake config needs them).
+ADD https://developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64/cuda-keyring_1.1-1_all.deb /tmp/
+RUN dpkg -i /tmp/cuda-keyring_1.1-1_all.deb && apt-get update -q \
+    && apt-get install -y -q --no-install-recommends cuda-nvcc-13-0 cuda-cudart-dev-13-0 \
+       libcublas-dev-13-0 libcusparse-dev-13-0 libcufft-dev-13-0 libcurand-dev-13-0 \
+       libcusolver-dev-13-0 cuda-nvrtc-dev-13-0 cuda-nvtx-13-0 cuda-cupti-dev-13-0 \
+       libnvjitlink-dev-13-0 libcudnn9-dev-cuda-13 libnccl-dev \
+    && rm -rf /var/lib/apt/lists/*
 COPY scripts/setup.sh /src/scripts/setup.sh
 RUN /src/scripts/setup.sh --profile build && rm -rf /var/lib/apt/lists/*
 COPY . /src
@@ -20,7 +32,10 @@ RUN FACTLENS_BUILD_DIR=/build /src/scripts/build.sh factlens_server \
     && cp -r /src/models/gpt2-facts-tiny /out/opt/factlens/models/
 
 FROM debian:12 AS runtime
-ENV DEBIAN_FRONTEND=noninteractive
+# The server's RUNPATH names the venv's torch/lib; the CUDA libraries it links directly (cudart) are in
+# the wheels' folder, which only libtorch's own RUNPATH names.
+ENV DEBIAN_FRONTEND=noninteractive FACTLENS_VENV=/opt/factlens/venv \
+    LD_LIBRARY_PATH=/opt/factlens/venv/lib/python3.11/site-packages/nvidia/cu13/lib
 COPY scripts/setup.sh /tmp/setup.sh
 RUN /tmp/setup.sh --profile runtime && rm -rf /var/lib/apt/lists/* /tmp/setup.sh \
     && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin factlens

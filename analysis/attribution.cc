@@ -217,8 +217,8 @@ at::Tensor Attribution::ExactFromProjections(const Base& base, const at::Tensor&
 
 at::Tensor Attribution::Increase(const Base& base, const at::Tensor& vectors) const {
   const at::Tensor projections = projector_->Project(vectors.reshape({-1, vectors.size(-1)}));
-  const at::Tensor values =
-      ExactFromProjections(base, projections, at::ones({1, projections.size(0)}))[0];
+  const at::Tensor values = ExactFromProjections(
+      base, projections, at::ones({1, projections.size(0)}, projections.options()))[0];
   return values.reshape(vectors.sizes().slice(0, vectors.dim() - 1));
 }
 
@@ -408,7 +408,8 @@ absl::StatusOr<NeuronRanking> Attribution::Rank(const std::vector<NeuronSet>& se
   };
   auto append = [&](std::vector<Candidate>& out, int64_t s, const at::Tensor& values,
                     const at::Tensor& errors) {
-    const at::Tensor v = values.to(at::kDouble).contiguous(), e = errors.contiguous();
+    const at::Tensor v = values.to(at::kCPU, at::kDouble).contiguous();
+    const at::Tensor e = errors.to(at::kCPU, at::kDouble).contiguous();
     const double* vd = v.data_ptr<double>();
     const double* ed = e.data_ptr<double>();
     for (int64_t i = 0; i < v.numel(); ++i) out.push_back({vd[i], s, i, ed[i]});
@@ -483,7 +484,9 @@ absl::StatusOr<NeuronRanking> Attribution::Rank(const std::vector<NeuronSet>& se
           by_set[candidates[c].set].push_back(candidates[c].index);
         std::vector<at::Tensor> vectors;
         for (const auto& [s, indices] : by_set) {
-          const at::Tensor rows = at::tensor(indices, at::kLong).remainder(sets[s].vectors.size(0));
+          const at::Tensor rows = at::tensor(indices, at::kLong)
+                                      .remainder(sets[s].vectors.size(0))
+                                      .to(sets[s].vectors.device());
           vectors.push_back(sets[s].vectors.index_select(0, rows));
         }
         const at::Tensor projections = projector_->Project(at::cat(vectors, 0));
@@ -491,7 +494,7 @@ absl::StatusOr<NeuronRanking> Attribution::Rank(const std::vector<NeuronSet>& se
         for (const auto& [s, indices] : by_set) {
           const NeuronSet& set = sets[s];
           const int64_t n = static_cast<int64_t>(indices.size());
-          const at::Tensor index = at::tensor(indices, at::kLong);
+          const at::Tensor index = at::tensor(indices, at::kLong).to(set.coefficients.device());
           const at::Tensor coefficient = set.coefficients.reshape({-1}).index_select(0, index);
           const at::Tensor values = ExactFromProjections(
               *set.base, projections.narrow(0, offset, n), coefficient.unsqueeze(0))[0];

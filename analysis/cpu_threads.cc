@@ -1,33 +1,47 @@
 #include "analysis/cpu_threads.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/Utils.h>
+#include <ATen/Version.h>
 #include <unistd.h>
 
-#include <cstdlib>
-#include <fstream>
+#include <sstream>
 #include <string>
+#include <vector>
+
+#include "absl/strings/str_join.h"
 
 namespace factlens {
 
 void ConfigureCpuThreads(int threads) {
   if (threads <= 0) threads = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
   if (threads <= 0) threads = 1;
-  setenv("BLIS_NUM_THREADS", std::to_string(threads).c_str(), /*overwrite=*/0);
   at::set_num_threads(threads);
 }
 
-std::string LoadedBlasLibrary() {
-  std::ifstream maps("/proc/self/maps");
-  std::string line;
-  while (std::getline(maps, line)) {
-    const size_t slash = line.find('/');
-    if (slash != std::string::npos && line.find("libblas.so") != std::string::npos) {
-      std::string path = line.substr(slash);
-      char resolved[4096];
-      return realpath(path.c_str(), resolved) != nullptr ? std::string(resolved) : path;
+std::string CpuMathLibraries() {
+  // Lines of at::show_config() such as
+  //   "  - Intel(R) oneAPI Math Kernel Library Version 2024.2-Product Build 20240605 for ..."
+  //   "  - Intel(R) MKL-DNN v3.10.2 (Git Hash ...)"
+  //   "  - CPU capability usage: AVX2"
+  std::istringstream config(at::show_config());
+  std::vector<std::string> parts;
+  auto word_after = [](const std::string& line, const std::string& marker) {
+    const size_t at = line.find(marker);
+    if (at == std::string::npos) return std::string();
+    const std::string rest = line.substr(at + marker.size());
+    return rest.substr(0, rest.find_first_of(" -("));
+  };
+  for (std::string line; std::getline(config, line);) {
+    if (std::string v = word_after(line, "Math Kernel Library Version "); !v.empty()) {
+      parts.push_back("MKL " + v);
+    } else if (std::string v = word_after(line, "MKL-DNN "); !v.empty()) {
+      parts.push_back("oneDNN " + v);
+    } else if (std::string v = word_after(line, "CPU capability usage: "); !v.empty()) {
+      parts.push_back("CPU capability " + v);
     }
   }
-  return "not loaded";
+  return parts.empty() ? "unknown" : absl::StrJoin(parts, ", ");
 }
 
 }  // namespace factlens

@@ -6,15 +6,13 @@
 
 namespace factlens {
 
-// Sets libtorch's intra-op threads to `threads` (0 = one per core) and, unless the environment
-// already says otherwise, BLIS_NUM_THREADS to the same number: BLIS, the BLAS the set-up script
-// selects, runs single-threaded without it. Call once at start-up, before any tensor work.
-// Not thread-safe (it edits the environment).
+// Sets libtorch's intra-op threads (OpenMP, and MKL's with them) to `threads` (0 = one per core).
+// Call once at start-up, before any tensor work. Not thread-safe.
 void ConfigureCpuThreads(int threads);
 
-// The file libblas.so.3 resolves to in this process (e.g. ".../blis-pthread/libblas.so.3"), or
-// "not loaded". Thread-safe.
-std::string LoadedBlasLibrary();
+// The CPU math libraries inside this libtorch and the kernels it dispatches to, e.g.
+// "MKL 2024.2, oneDNN v3.10.2, CPU capability AVX2" (from at::show_config()). Thread-safe.
+std::string CpuMathLibraries();
 
 }  // namespace factlens
 

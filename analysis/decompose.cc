@@ -32,7 +32,7 @@ absl::StatusOr<PositionDecomposition> Decompose(const Model& model, const Forwar
     return (head ? increases[layer][*head] : increases[layer]).item<double>();
   };
 
-  at::Tensor sum = at::zeros({c.d_model}, at::kDouble);
+  at::Tensor sum = at::zeros({c.d_model}, at::TensorOptions(at::kDouble).device(model.device()));
   auto add = [&](ComponentRef ref, std::optional<double> increase) -> absl::Status {
     FACTLENS_ASSIGN_OR_RETURN(at::Tensor vector, ComponentVector(model, trace, position, ref));
     DecomposedComponent component{

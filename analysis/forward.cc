@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "analysis/device.h"
 
 namespace factlens {
 namespace {
@@ -328,8 +329,7 @@ absl::StatusOr<ForwardTrace> Forward(const Model& model, absl::Span<const int64_
       trace.logits = at::linear(normed.to(at::kDouble), w.unembedding64);
     }
   } catch (const std::exception& e) {
-    // libtorch reports failures (e.g. device out of memory) as exceptions.
-    return absl::ResourceExhaustedError(absl::StrCat("forward pass failed: ", e.what()));
+    return StatusFromException(e, "the forward pass", model.device());
   }
   return trace;
 }

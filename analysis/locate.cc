@@ -6,6 +6,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "analysis/device.h"
 #include "analysis/forward.h"
 #include "analysis/tracing.h"
 
@@ -13,7 +14,7 @@ namespace factlens {
 namespace {
 
 std::vector<double> ToVector(const at::Tensor& t) {
-  const at::Tensor c = t.to(at::kDouble).contiguous();
+  const at::Tensor c = t.to(at::kCPU, at::kDouble).contiguous();
   return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
 }
 
@@ -212,7 +213,7 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
     report_progress("done", 1.0);
     return report;
   } catch (const std::exception& e) {
-    return absl::ResourceExhaustedError(absl::StrCat("fact localization failed: ", e.what()));
+    return StatusFromException(e, "fact localization", model.device());
   }
 }
 

@@ -153,7 +153,8 @@ at::Tensor QueryFfnNeuronScores(const Attribution& attribution,
   const Model& model = attribution.model();
   const ModelConfig& c = model.config();
   const ForwardTrace& trace = attribution.trace();
-  at::Tensor sum = at::zeros({c.n_layers, c.d_ffn}, at::kDouble);
+  at::Tensor sum =
+      at::zeros({c.n_layers, c.d_ffn}, at::TensorOptions(at::kDouble).device(model.device()));
   for (const RankedNeuron& n : attention_neurons) {
     const AttentionNeuronIndex i = SplitAttentionNeuronIndex(c, n.index);
     const NeuronKey key = AttentionNeuronKey(model, n.layer, i.head, i.dim);

@@ -1,7 +1,6 @@
 #include "analysis/weights.h"
 
 #include <ATen/ATen.h>
-#include <ATen/Context.h>
 
 #include <cstring>
 #include <set>
@@ -9,6 +8,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "analysis/device.h"
 #include "analysis/model_files.h"
 #include "analysis/status_macros.h"
 #include "analysis/tensor_io.h"
@@ -70,9 +70,7 @@ class WeightReader {
                                               "; weights must be F32, F16 or BF16"));
     }
     FACTLENS_ASSIGN_OR_RETURN(at::Tensor tensor, TensorFromLocation(location));
-    tensor = tensor.to(device_, dtype_);
-    resident_bytes_ += tensor.numel() * tensor.element_size();
-    return tensor;
+    return tensor.to(device_, dtype_);
   }
 
   // The tensor if `present`, else an undefined one; a present tensor must exist.
@@ -81,13 +79,10 @@ class WeightReader {
     return Required(name, std::move(shape));
   }
 
-  uint64_t resident_bytes() const { return resident_bytes_; }
-
  private:
   const Checkpoint& checkpoint_;
   c10::Device device_;
   c10::ScalarType dtype_;
-  uint64_t resident_bytes_ = 0;
 };
 
 absl::Status LoadGpt2(const ModelConfig& c, const Checkpoint& checkpoint, WeightReader& r,
@@ -173,22 +168,6 @@ absl::Status LoadLlama(const ModelConfig& c, WeightReader& r, ModelWeights& w) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<c10::Device> ParseDevice(const std::string& name) {
-  try {
-    c10::Device device(name);
-    if (device.is_cuda() && !at::hasCUDA()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "device '", name, "': this build of factlens has no CUDA support or no GPU"));
-    }
-    if (!device.is_cpu() && !device.is_cuda()) {
-      return absl::InvalidArgumentError(absl::StrCat("device '", name, "' is not cpu or cuda"));
-    }
-    return device;
-  } catch (const std::exception&) {
-    return absl::InvalidArgumentError(absl::StrCat("device '", name, "' is not a valid device"));
-  }
-}
-
 // The floating dtype most of the checkpoint's tensors use.
 c10::ScalarType CheckpointDType(const Checkpoint& checkpoint) {
   std::map<DType, uint64_t> bytes;
@@ -201,7 +180,58 @@ c10::ScalarType CheckpointDType(const Checkpoint& checkpoint) {
   return bytes[DType::kF16] > bytes[DType::kF32] ? c10::ScalarType::Half : c10::ScalarType::Float;
 }
 
+// Bytes of every distinct storage the weights hold (views and tied tensors counted once).
+uint64_t DistinctStorageBytes(const ModelWeights& w) {
+  std::set<const void*> seen;
+  uint64_t bytes = 0;
+  auto add = [&](const at::Tensor& t) {
+    if (t.defined() && seen.insert(t.storage().unsafeGetStorageImpl()).second) {
+      bytes += t.storage().nbytes();
+    }
+  };
+  for (const at::Tensor* t : {&w.token_embedding, &w.position_embedding, &w.final_norm_weight,
+                              &w.final_norm_bias, &w.unembedding, &w.unembedding64}) {
+    add(*t);
+  }
+  for (const LayerWeights& l : w.layers) {
+    for (const at::Tensor* t :
+         {&l.attn_norm_weight, &l.attn_norm_bias, &l.q_weight, &l.k_weight, &l.v_weight, &l.q_bias,
+          &l.k_bias, &l.v_bias, &l.o_weight, &l.o_bias, &l.ffn_norm_weight, &l.ffn_norm_bias,
+          &l.in_weight, &l.in_bias, &l.gate_weight, &l.gate_bias, &l.out_weight, &l.out_bias}) {
+      add(*t);
+    }
+  }
+  return bytes;
+}
+
+// The compute dtype: `requested`, else float32 on CPU and `checkpoint_dtype` on a GPU.
+absl::StatusOr<c10::ScalarType> ComputeDType(std::optional<c10::ScalarType> requested,
+                                             c10::Device device, c10::ScalarType checkpoint_dtype) {
+  const c10::ScalarType dtype =
+      requested.value_or(device.is_cpu() ? c10::ScalarType::Float : checkpoint_dtype);
+  if (dtype != c10::ScalarType::Float && dtype != c10::ScalarType::BFloat16 &&
+      dtype != c10::ScalarType::Half && dtype != c10::ScalarType::Double) {
+    return absl::InvalidArgumentError("dtype must be float32, float64, float16 or bfloat16");
+  }
+  if (device.is_cpu() && dtype == c10::ScalarType::Half) {
+    return absl::InvalidArgumentError("float16 compute is not supported on CPU; use float32");
+  }
+  return dtype;
+}
+
 }  // namespace
+
+absl::Status Model::PrepareForAnalysis() {
+  ModelWeights& w = weights_;
+  try {
+    w.unembedding64 = w.unembedding.to(at::kDouble);
+    w.max_unembedding_norm = w.unembedding64.pow(2).sum(1).max().sqrt().item<double>();
+  } catch (const std::exception& e) {
+    return StatusFromException(e, absl::StrCat("preparing ", directory_, " for analysis"), device_);
+  }
+  resident_bytes_ = DistinctStorageBytes(w);
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::shared_ptr<const Model>> Model::Load(const std::string& reference,
                                                          const LoadOptions& options) {
@@ -215,19 +245,14 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Load(const std::string& refe
   }
   FACTLENS_ASSIGN_OR_RETURN(const c10::Device device, ParseDevice(options.device));
   FACTLENS_ASSIGN_OR_RETURN(const Checkpoint checkpoint, Checkpoint::Open(directory));
+  FACTLENS_ASSIGN_OR_RETURN(const c10::ScalarType dtype,
+                            ComputeDType(options.dtype, device, CheckpointDType(checkpoint)));
+  if (device.is_cuda()) UseFullPrecisionMatmuls();
 
   std::shared_ptr<Model> model(new Model(*std::move(config), device));
   model->directory_ = directory;
-  model->dtype_ = options.dtype.value_or(device.is_cpu() ? c10::ScalarType::Float
-                                                         : CheckpointDType(checkpoint));
-  if (model->dtype_ != c10::ScalarType::Float && model->dtype_ != c10::ScalarType::BFloat16 &&
-      model->dtype_ != c10::ScalarType::Half && model->dtype_ != c10::ScalarType::Double) {
-    return absl::InvalidArgumentError("dtype must be float32, float64, float16 or bfloat16");
-  }
-  if (device.is_cpu() && model->dtype_ == c10::ScalarType::Half) {
-    return absl::InvalidArgumentError("float16 compute is not supported on CPU; use float32");
-  }
-  WeightReader reader(checkpoint, device, model->dtype_);
+  model->dtype_ = dtype;
+  WeightReader reader(checkpoint, device, dtype);
   try {
     if (model->config_.family == ModelFamily::kGpt2) {
       FACTLENS_RETURN_IF_ERROR(LoadGpt2(model->config_, checkpoint, reader, model->weights_));
@@ -235,20 +260,30 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Load(const std::string& refe
       FACTLENS_RETURN_IF_ERROR(LoadLlama(model->config_, reader, model->weights_));
     }
   } catch (const std::exception& e) {
-    // libtorch reports failures such as device out-of-memory as exceptions.
-    return absl::ResourceExhaustedError(absl::StrCat("loading ", directory, " failed: ", e.what()));
+    return StatusFromException(e, absl::StrCat("loading ", directory), device);
   }
-  model->resident_bytes_ = reader.resident_bytes();
-  ModelWeights& w = model->weights_;
-  try {
-    w.unembedding64 = w.unembedding.to(at::kDouble);
-    w.max_unembedding_norm = w.unembedding64.pow(2).sum(1).max().sqrt().item<double>();
-  } catch (const std::exception& e) {
-    return absl::ResourceExhaustedError(absl::StrCat("loading ", directory, " failed: ", e.what()));
+  FACTLENS_RETURN_IF_ERROR(model->PrepareForAnalysis());
+  return std::shared_ptr<const Model>(std::move(model));
+}
+
+absl::StatusOr<std::shared_ptr<const Model>> Model::FromWeights(ModelConfig config,
+                                                                ModelWeights weights,
+                                                                std::string name) {
+  if (!weights.unembedding.defined() ||
+      weights.layers.size() != static_cast<size_t>(config.n_layers)) {
+    return absl::InvalidArgumentError(
+        "weights lack an unembedding or disagree with the config's layers");
   }
-  if (!w.unembedding64.is_same(w.unembedding)) {
-    model->resident_bytes_ += w.unembedding64.numel() * w.unembedding64.element_size();
-  }
+  const c10::Device device = weights.unembedding.device();
+  FACTLENS_ASSIGN_OR_RETURN(
+      const c10::ScalarType dtype,
+      ComputeDType(weights.unembedding.scalar_type(), device, weights.unembedding.scalar_type()));
+  if (device.is_cuda()) UseFullPrecisionMatmuls();
+  std::shared_ptr<Model> model(new Model(std::move(config), device));
+  model->directory_ = std::move(name);
+  model->dtype_ = dtype;
+  model->weights_ = std::move(weights);
+  FACTLENS_RETURN_IF_ERROR(model->PrepareForAnalysis());
   return std::shared_ptr<const Model>(std::move(model));
 }
 

@@ -71,16 +71,28 @@ class Model {
   static absl::StatusOr<std::shared_ptr<const Model>> Load(const std::string& reference,
                                                            const LoadOptions& options = {});
 
+  // A model from weights already in memory (benchmarks of real shapes with random weights, future
+  // loaders): every tensor on one device in one compute dtype, the unembedding's; shapes as in
+  // ModelWeights and consistent with `config` (the caller's responsibility: only the layer count
+  // and the unembedding's presence are checked, InvalidArgument otherwise). `name` stands in for
+  // the directory in messages. Prepares what the method needs, as Load does.
+  static absl::StatusOr<std::shared_ptr<const Model>> FromWeights(ModelConfig config,
+                                                                  ModelWeights weights,
+                                                                  std::string name);
+
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }
   c10::Device device() const { return device_; }
   c10::ScalarType dtype() const { return dtype_; }
   const std::string& directory() const { return directory_; }
-  // Bytes of all weight tensors (shared tensors counted once).
+  // Bytes of all weight tensors, the prepared float64 unembedding included (shared storage counted
+  // once).
   uint64_t resident_bytes() const { return resident_bytes_; }
 
  private:
   Model(ModelConfig config, c10::Device device) : config_(std::move(config)), device_(device) {}
+  // Fills unembedding64, max_unembedding_norm and resident_bytes_ from weights_.
+  absl::Status PrepareForAnalysis();
   ModelConfig config_;
   ModelWeights weights_;
   c10::Device device_;

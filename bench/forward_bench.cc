@@ -1,5 +1,5 @@
 // CPU throughput of the BLAS libtorch uses, and forward-pass latency on the demo models.
-// Run: build/bench/forward_bench  (the loaded libblas is printed in the context).
+// Run: build/bench/forward_bench  (libtorch's CPU math libraries are printed in the context).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <benchmark/benchmark.h>
@@ -52,7 +52,7 @@ BENCHMARK_CAPTURE(BM_ForwardFullCapture, llama_facts_tiny, "models/llama-facts-t
 int main(int argc, char** argv) {
   factlens::ConfigureCpuThreads(0);
   at::matmul(at::ones({2, 2}), at::ones({2, 2}));  // loads the BLAS so the context can name it
-  benchmark::AddCustomContext("libblas", factlens::LoadedBlasLibrary());
+  benchmark::AddCustomContext("cpu_math", factlens::CpuMathLibraries());
   benchmark::AddCustomContext("torch_threads", std::to_string(at::get_num_threads()));
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

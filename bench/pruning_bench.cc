@@ -128,7 +128,7 @@ int main(int argc, char** argv) {
   }
   factlens::ConfigureCpuThreads(0);
   at::matmul(at::ones({2, 2}), at::ones({2, 2}));
-  std::printf("libblas %s, %d threads, top-k = %lld\n", factlens::LoadedBlasLibrary().c_str(),
+  std::printf("%s, %d threads, top-k = %lld\n", factlens::CpuMathLibraries().c_str(),
               at::get_num_threads(), static_cast<long long>(k));
   if (medium) {
     const std::string dir =

@@ -207,7 +207,7 @@ void FillDecomposition(const ServedModel& model, const PositionDecomposition& de
     component->set_norm(c.norm);
     if (c.increase) component->set_increase(*c.increase);
     if (include_vectors) {
-      const at::Tensor v = c.vector.to(at::kFloat).contiguous();
+      const at::Tensor v = c.vector.to(at::kCPU, at::kFloat).contiguous();
       component->mutable_vector()->Add(v.data_ptr<float>(), v.data_ptr<float>() + v.numel());
     }
     for (const TokenScore& t : c.lens_tokens)

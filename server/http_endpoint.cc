@@ -3,10 +3,13 @@
 #include <CivetServer.h>
 #include <arpa/inet.h>
 #include <civetweb.h>
+#include <dlfcn.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <exception>
@@ -20,6 +23,23 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+
+// Debian 12's civetweb creates every thread with a 100 KB stack (pthread_attr_setstacksize(&attr,
+// 102400), compiled in). glibc puts a thread's static TLS on its stack, and with libtorch's CUDA
+// libraries loaded the process's static TLS alone is ~190 KB (cuBLASLt 94 KB, libtorch_cpu 26 KB,
+// cusparseLt 16 KB, ...), so pthread_create fails with EINVAL and the endpoint cannot start
+// ("Cannot create threads: error 0 [null context when constructing CivetServer]"; the same with
+// OpenBLAS's LAPACK loaded). Any executable that links this file defines the function below, which
+// it exports because libcivetweb.so refers to it, so civetweb's calls bind here: requests under
+// 1 MiB are raised to 1 MiB, then glibc's own function does the work. Other callers asking for
+// 1 MiB or more (and those that never set a size) are unaffected.
+extern "C" int pthread_attr_setstacksize(pthread_attr_t* attr, size_t size) {
+  using SetStackSize = int (*)(pthread_attr_t*, size_t);
+  static const auto glibc =
+      reinterpret_cast<SetStackSize>(dlsym(RTLD_NEXT, "pthread_attr_setstacksize"));
+  constexpr size_t kMinimumStack = size_t{1} << 20;
+  return glibc(attr, std::max(size, kMinimumStack));
+}
 
 namespace factlens {
 namespace {

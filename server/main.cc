@@ -22,6 +22,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "analysis/cpu_threads.h"
+#include "analysis/device.h"
 #include "analysis/model_files.h"
 #include "server/http_endpoint.h"
 #include "server/metrics.h"
@@ -48,7 +49,10 @@ ABSL_FLAG(int, trace_cache_mb, 256,
           "pass (0 disables)");
 ABSL_FLAG(int, default_deadline_seconds, 600, "Deadline for requests that set none");
 ABSL_FLAG(int, drain_seconds, 30, "On SIGTERM/SIGINT: how long in-flight requests may finish");
-ABSL_FLAG(int, threads, 0, "CPU threads for libtorch and BLIS (0 = one per core)");
+ABSL_FLAG(int, threads, 0, "CPU threads for libtorch (0 = one per core)");
+ABSL_FLAG(double, gpu_memory_fraction, 1.0,
+          "Most of each GPU this server's models are on that it may hold, as a fraction of the "
+          "card (0 < f <= 1); beyond it a request gets RESOURCE_EXHAUSTED. For shared cards");
 ABSL_FLAG(std::string, auth_token_file, "",
           "File of accepted bearer tokens, one per line; empty: no auth");
 ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate chain (enables TLS)");
@@ -158,6 +162,11 @@ absl::Status CheckNumericFlags() {
       return absl::InvalidArgumentError(
           absl::StrCat("--", r.flag, "=", r.value, ": must be at least ", r.min));
     }
+  }
+  const double gpu_fraction = absl::GetFlag(FLAGS_gpu_memory_fraction);
+  if (!(gpu_fraction > 0 && gpu_fraction <= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--gpu_memory_fraction=", gpu_fraction, ": must be in (0, 1]"));
   }
   return absl::OkStatus();
 }
@@ -278,13 +287,26 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "{\"event\":\"drained\",\"complete\":%s}\n", idle ? "true" : "false");
     server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   });
-  const absl::Status loaded = registry.WaitUntilLoaded();
-  if (!loaded.ok()) {
-    std::fprintf(stderr, "factlens_server: %s\n", loaded.ToString().c_str());
+  // Start-up failures after the server started: stop it through the signal thread, exit 2.
+  auto stop_with_error = [&](const std::string& message) {
+    std::fprintf(stderr, "factlens_server: %s\n", message.c_str());
     kill(getpid(), SIGTERM);
     signal_thread.join();
     server->Wait();
     return 2;
+  };
+  const absl::Status loaded = registry.WaitUntilLoaded();
+  if (!loaded.ok()) return stop_with_error(loaded.ToString());
+  if (!stopping && absl::GetFlag(FLAGS_gpu_memory_fraction) < 1) {
+    for (const factlens::ModelSpec& spec : specs) {
+      const c10::Device device = registry.Loaded(spec.name)->model->device();
+      if (!device.is_cuda()) continue;
+      if (absl::Status limited =
+              factlens::LimitGpuMemory(device, absl::GetFlag(FLAGS_gpu_memory_fraction));
+          !limited.ok()) {
+        return stop_with_error("--gpu_memory_fraction: " + limited.ToString());
+      }
+    }
   }
   if (!stopping) {
     health->SetServingStatus(true);
@@ -294,6 +316,7 @@ int main(int argc, char** argv) {
       metrics->model_resident_bytes->WithLabels({spec.name, served->model->device().str()})
           .Set(static_cast<double>(served->model->resident_bytes()));
       metrics->model_ready->WithLabels({spec.name}).Set(1);
+      factlens::RecordGpuMemory(*metrics, {served->model->device()});
       std::fprintf(stderr,
                    "{\"event\":\"model_ready\",\"model\":\"%s\",\"load_seconds\":%.3f,\"resident_"
                    "bytes\":%llu}\n",

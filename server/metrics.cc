@@ -405,8 +405,10 @@ absl::StatusOr<ServerMetrics> ServerMetrics::Create(MetricsRegistry* registry,
   FACTLENS_ASSIGN_FAMILY(
       gpu_memory_bytes,
       registry->AddGauge("factlens_gpu_memory_bytes",
-                         "GPU memory allocated by this process, per device (only with a GPU).",
-                         {"device"}));
+                         "GPU memory by device and kind: allocated, reserved (allocator cache "
+                         "included), peak_allocated, free and total (the card's, all processes); "
+                         "only for devices that serve a model.",
+                         {"device", "kind"}));
   FACTLENS_ASSIGN_FAMILY(
       trace_cache_lookups_total,
       registry->AddCounter("factlens_trace_cache_lookups_total",

@@ -257,7 +257,7 @@ struct ServerMetrics {
   GaugeFamily* model_load_seconds = nullptr;            // {model}
   GaugeFamily* model_resident_bytes = nullptr;          // {model, device}
   GaugeFamily* model_ready = nullptr;                   // {model}, 0 or 1
-  GaugeFamily* gpu_memory_bytes = nullptr;              // {device}; set only when a GPU exists
+  GaugeFamily* gpu_memory_bytes = nullptr;              // {device, kind}; set only for CUDA models
   CounterFamily* trace_cache_lookups_total = nullptr;   // {model, result}: result hit | miss
   GaugeFamily* build_info = nullptr;                    // {version, commit, torch_version} = 1
 };

@@ -10,6 +10,7 @@
 #include "analysis/attribution.h"
 #include "analysis/components.h"
 #include "analysis/decompose.h"
+#include "analysis/device.h"
 #include "analysis/forward.h"
 #include "analysis/locate.h"
 #include "analysis/projection.h"
@@ -20,6 +21,19 @@
 #include "server/status_mapping.h"
 
 namespace factlens {
+
+void RecordGpuMemory(const ServerMetrics& metrics, const std::vector<c10::Device>& devices) {
+  for (const GpuMemory& m : GpuMemoryStats(devices)) {
+    const std::string device = absl::StrCat("cuda:", m.index);
+    for (const auto& [kind, bytes] : {std::pair<const char*, uint64_t>{"allocated", m.allocated},
+                                      {"reserved", m.reserved},
+                                      {"peak_allocated", m.peak_allocated},
+                                      {"free", m.free},
+                                      {"total", m.total}}) {
+      metrics.gpu_memory_bytes->WithLabels({device, kind}).Set(static_cast<double>(bytes));
+    }
+  }
+}
 namespace {
 
 std::optional<int32_t> OptionalPosition(bool has, int32_t value) {
@@ -188,11 +202,14 @@ grpc::Status FactLensService::Serve(grpc::ServerContext* context, const char* rp
       }
       if (status.ok()) {
         if (slot) record.queue_wait_seconds = absl::ToDoubleSeconds(slot->queue_wait());
+        const c10::Device device = (*served)->model->device();
         try {
+          const DeviceStreamScope stream(device);
           status = work(**served);
         } catch (const std::exception& e) {
-          status = absl::InternalError(e.what());
+          status = StatusFromException(e, rpc, device);
         }
+        if (metrics_ && device.is_cuda()) RecordGpuMemory(*metrics_, {device});
         if ((status.ok() || absl::IsCancelled(status)) && context->IsCancelled()) {
           status = absl::Now() >= deadline ? absl::DeadlineExceededError("deadline exceeded")
                                            : absl::CancelledError("cancelled by the client");
@@ -477,7 +494,8 @@ grpc::Status FactLensService::Trace(grpc::ServerContext* context, const v1::Trac
     for (const KeyTrace& key : traced->keys) {
       v1::KeyTrace* out = response->add_keys();
       out->set_key_name(key.key.name);
-      const at::Tensor layers = key.layer_scores.contiguous(), heads = key.head_scores.contiguous();
+      const at::Tensor layers = key.layer_scores.to(at::kCPU).contiguous();
+      const at::Tensor heads = key.head_scores.to(at::kCPU).contiguous();
       out->mutable_layer_scores()->Add(layers.data_ptr<double>(),
                                        layers.data_ptr<double>() + layers.numel());
       out->mutable_head_scores()->Add(heads.data_ptr<double>(),

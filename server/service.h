@@ -3,6 +3,8 @@
 #ifndef FACTLENS_SERVER_SERVICE_H_
 #define FACTLENS_SERVER_SERVICE_H_
 
+#include <c10/core/Device.h>
+
 #include <functional>
 #include <string>
 #include <vector>
@@ -35,6 +37,10 @@ struct RequestRecord {
   std::string peer;
 };
 using RequestObserver = std::function<void(const RequestRecord&)>;
+
+// Sets factlens_gpu_memory_bytes for the CUDA devices among `devices` (CPU ones are skipped).
+// Thread-safe. The service calls it after every request on a CUDA model; main.cc after loading.
+void RecordGpuMemory(const ServerMetrics& metrics, const std::vector<c10::Device>& devices);
 
 // The canonical name of a gRPC status code ("OK", "INVALID_ARGUMENT", ...).
 std::string StatusCodeName(grpc::StatusCode code);

@@ -6,47 +6,35 @@
 #
 #   tests/kernel_matrix.sh [BUILD_DIR] [SETTING...]      (default: every setting below)
 #
-# Settings (Debian's libtorch does its float32/float64 matrix products through libblas.so.3):
-#   default        BLIS as scripts/setup.sh selects it (the CPU's own kernels), library threads
-#   threads1       OMP_NUM_THREADS=1 BLIS_NUM_THREADS=1
-#   threads2       OMP_NUM_THREADS=2 BLIS_NUM_THREADS=2
-#   blis-haswell   BLIS_ARCH_TYPE=3  (Intel AVX2 + FMA kernels)
-#   blis-sandy     BLIS_ARCH_TYPE=4  (AVX without FMA)
-#   blis-penryn    BLIS_ARCH_TYPE=5  (SSE only)
-#   blis-generic   BLIS_ARCH_TYPE=25 (portable C reference kernels)
-#   openblas       OpenBLAS 0.3 instead of BLIS (LD_LIBRARY_PATH; installs libopenblas0-pthread)
-#   netlib         the netlib reference BLAS (LD_LIBRARY_PATH); without the two 50-fact demo
-#                  ranking tests, whose exhaustive float64 evaluations take > 15 min on it
-# The fuzz test (clang/libFuzzer on the torch-free parsers) does not touch BLAS and is left out.
-# Known (2026-12-01): installing libopenblas0-pthread also switches liblapack.so.3 to OpenBLAS's,
-# and with it loaded factlens_server's metrics endpoint fails to start ("Cannot create threads ...
-# null context when constructing CivetServer"); the 8 server tests then fail under every setting
-# until the package is removed. See bench/RESULTS.md.
+# Settings (PyTorch's libtorch does its CPU matrix products with MKL, some through oneDNN):
+#   default        the CPU's own kernels as MKL/oneDNN dispatch them, one thread per core
+#   threads1       OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+#   threads2       OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
+#   mkl-avx2       MKL_ENABLE_INSTRUCTIONS=AVX2 (no AVX-512 kernels, whatever the CPU has)
+#   mkl-sse42      MKL_ENABLE_INSTRUCTIONS=SSE4_2
+#   mkl-compatible MKL_CBWR=COMPATIBLE (MKL's conditional numerical reproducibility, generic path)
+#   onednn-sse41   ONEDNN_MAX_CPU_ISA=SSE41 (oneDNN's oldest kernels)
+#   onednn-avx2    ONEDNN_MAX_CPU_ISA=AVX2
+# The fuzz test (clang/libFuzzer on the torch-free parsers) does no matrix products and is left out.
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 build="${1:-$root/build}"
 shift || true
 settings=("$@")
-[ "${#settings[@]}" -gt 0 ] || settings=(default threads1 threads2 blis-haswell blis-sandy blis-penryn blis-generic openblas netlib)
-lib=/usr/lib/x86_64-linux-gnu
+[ "${#settings[@]}" -gt 0 ] || settings=(default threads1 threads2 mkl-avx2 mkl-sse42 mkl-compatible onednn-sse41 onednn-avx2)
 status=0
 for s in "${settings[@]}"; do
   env_args=() exclude="fuzz" jobs="$(nproc)"
   case "$s" in
     default) ;;
-    threads1) env_args=(OMP_NUM_THREADS=1 BLIS_NUM_THREADS=1) ;;
+    threads1) env_args=(OMP_NUM_THREADS=1 MKL_NUM_THREADS=1) ;;
     # One test at a time: two OpenMP pools of 2 threads on 2 cores spin-wait for each other.
-    threads2) env_args=(OMP_NUM_THREADS=2 BLIS_NUM_THREADS=2); jobs=1 ;;
-    blis-haswell) env_args=(BLIS_ARCH_TYPE=3) ;;
-    blis-sandy) env_args=(BLIS_ARCH_TYPE=4) ;;
-    blis-penryn) env_args=(BLIS_ARCH_TYPE=5) ;;
-    blis-generic) env_args=(BLIS_ARCH_TYPE=25) ;;
-    openblas)
-      if [ ! -e "$lib/openblas-pthread/libblas.so.3" ]; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends libopenblas0-pthread >/dev/null
-      fi
-      env_args=(LD_LIBRARY_PATH="$lib/openblas-pthread") ;;
-    netlib) env_args=(LD_LIBRARY_PATH="$lib/blas"); exclude="fuzz|DemoRankingTest" ;;
+    threads2) env_args=(OMP_NUM_THREADS=2 MKL_NUM_THREADS=2); jobs=1 ;;
+    mkl-avx2) env_args=(MKL_ENABLE_INSTRUCTIONS=AVX2) ;;
+    mkl-sse42) env_args=(MKL_ENABLE_INSTRUCTIONS=SSE4_2) ;;
+    mkl-compatible) env_args=(MKL_CBWR=COMPATIBLE) ;;
+    onednn-sse41) env_args=(ONEDNN_MAX_CPU_ISA=SSE41) ;;
+    onednn-avx2) env_args=(ONEDNN_MAX_CPU_ISA=AVX2) ;;
     *) echo "kernel_matrix: unknown setting '$s'" >&2; exit 2 ;;
   esac
   start=$(date +%s)

@@ -28,7 +28,7 @@ ABSL_FLAG(std::string, device, "cpu", "cpu, cuda or cuda:N");
 ABSL_FLAG(std::string, dtype, "",
           "Compute dtype: float32 (the default on CPU), float64 (a reference run whose results do "
           "not depend on the CPU's float32 kernels), bfloat16 or float16 (CUDA)");
-ABSL_FLAG(int, threads, 0, "CPU threads for libtorch and BLIS (0 = one per core)");
+ABSL_FLAG(int, threads, 0, "CPU threads for libtorch (0 = one per core)");
 
 namespace {
 

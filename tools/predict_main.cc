@@ -24,7 +24,7 @@ ABSL_FLAG(std::string, prompt, "The capital of France is", "Prompt text");
 ABSL_FLAG(std::string, ids, "", "Comma-separated token ids to use instead of --prompt");
 ABSL_FLAG(int, top_k, 10, "Number of next tokens to print (1..1000)");
 ABSL_FLAG(std::string, device, "cpu", "cpu, cuda or cuda:N");
-ABSL_FLAG(int, threads, 0, "CPU threads for libtorch and BLIS (0 = one per core)");
+ABSL_FLAG(int, threads, 0, "CPU threads for libtorch (0 = one per core)");
 
 namespace {
 
@@ -83,7 +83,7 @@ int main(int argc, char** argv) {
       static_cast<long long>(config.n_layers), static_cast<long long>(config.d_model),
       static_cast<long long>(config.vocab_size), load_seconds, (*model)->device().str().c_str());
   if ((*model)->device().is_cpu()) {
-    std::printf("blas    %s\n", factlens::LoadedBlasLibrary().c_str());
+    std::printf("cpu     %s\n", factlens::CpuMathLibraries().c_str());
   }
   std::printf("tokens ");
   for (int64_t id : ids) {

@@ -6,8 +6,9 @@ No cluster and no Docker daemon are needed (neither exists on the project's mach
 parsed, and what they say is checked against the real binary. The server is started with the
 Kubernetes Deployment's own arguments (the model path and listen ports mapped to this machine), and
 the probe paths it names must answer 200; every flag in the Deployment, the Dockerfile and the compose
-file must be one the server defines; the runtime packages the Dockerfile installs must provide every
-shared library the server loads; the Prometheus configuration must pass promtool.
+file must be one the server defines; the runtime profile of scripts/setup.sh, which the Dockerfile's
+runtime stage runs, must provide every shared library the server loads (Debian's runtime packages,
+or the torch wheel and the CUDA library wheels); the Prometheus configuration must pass promtool.
 """
 import os
 import re
@@ -112,6 +113,39 @@ class DeployTest(unittest.TestCase):
         self.assertIn("/src/models/gpt2-facts-tiny /out" + IMAGE_MODELS, text)
         self.assertIn(IMAGE_MODELS + "/gpt2-facts-tiny", flags["model"])
 
+    # The CUDA toolkit's libraries the server loads here, and the PyPI wheel that carries each in an
+    # image without the toolkit (torch 2.11.0's pins).
+    CUDA_LIBRARY_WHEELS = {
+        "libcudart": "nvidia-cuda-runtime", "libcublas": "nvidia-cublas", "libcublasLt": "nvidia-cublas",
+        "libcudnn": "nvidia-cudnn-cu13", "libcufft": "nvidia-cufft", "libcurand": "nvidia-curand",
+        "libcusolver": "nvidia-cusolver", "libcusparse": "nvidia-cusparse",
+        "libnvJitLink": "nvidia-nvjitlink", "libnvrtc": "nvidia-cuda-nvrtc", "libcupti": "nvidia-cuda-cupti",
+        "libnvToolsExt": "nvidia-nvtx", "libnccl": "nvidia-nccl-cu13",
+    }
+
+    def split_torch_libraries(self, libraries):
+        """(Debian-side libraries, {CUDA toolkit library: wheel}); checks the venv's libraries."""
+        with open(os.path.join(SOURCE, "scripts", "setup.sh")) as f:
+            setup = f.read()
+        wheels = set(re.findall(r"\b(nvidia-[a-z0-9-]+)==", setup))
+        self.assertIn('"torch==$TORCH_VERSION"', setup)
+        debian, cuda = [], {}
+        for library in libraries:
+            real = os.path.realpath(library)
+            if "/site-packages/torch/lib/" in real:
+                continue  # the torch wheel itself
+            if "/site-packages/nvidia/" in real:
+                self.assertIn(re.search(r"/site-packages/nvidia/([^/]+)/", real).group(1),
+                              {"cu13", "cusparselt", "nvshmem"}, real)
+                continue
+            if real.startswith("/usr/local/cuda"):
+                stem = os.path.basename(library).split(".so")[0]
+                cuda[library] = self.CUDA_LIBRARY_WHEELS.get(stem)
+                self.assertIn(cuda[library], wheels, f"{library}: no runtime wheel provides it")
+                continue
+            debian.append(library)
+        return debian, cuda
+
     def test_runtime_packages_provide_every_shared_library(self):
         with open(os.path.join(SOURCE, "scripts", "setup.sh")) as f:
             runtime = re.search(r"RUNTIME_PACKAGES=\(([^)]*)\)", f.read()).group(1).split()
@@ -126,6 +160,8 @@ class DeployTest(unittest.TestCase):
         closure |= {line.split()[0] for line in required.splitlines() if line.endswith(" required")}
         libraries = re.findall(r"=> (/\S+)", subprocess.run(["ldd", SERVER], capture_output=True, text=True).stdout)
         self.assertGreater(len(libraries), 20)
+        libraries, cuda = self.split_torch_libraries(libraries)
+        self.assertIn("nvidia-cublas", cuda.values())  # the CUDA libtorch is what the server loads
         # dpkg -S in one call: each library under its ldd path, its real path, and both under /usr
         # (Debian 12 has merged /usr; dpkg records whichever path the package shipped).
         candidates = {}

@@ -18,6 +18,7 @@ import urllib.parse
 import urllib.request
 
 SERVER, CLIENT_DIR = sys.argv[1], sys.argv[2]
+DEMO_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "models", "gpt2-facts-tiny")
 sys.path.insert(0, CLIENT_DIR)
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 
@@ -381,6 +382,8 @@ class LifecycleTest(unittest.TestCase):
     def test_bad_flags_stop_the_server_at_once_naming_the_flag(self):
         for flags, named in [(["--max_concurrent=0"], "--max_concurrent"), (["--max_top_k=-5"], "--max_top_k"),
                              (["--trace_cache_mb=-1"], "--trace_cache_mb"),
+                             (["--gpu_memory_fraction=1.5"], "--gpu_memory_fraction"),
+                             (["--model", "a=" + DEMO_MODEL + ",device=cuda:7"], "CUDA device"),
                              (["--model", "a=/nowhere", "--model", "a=/elsewhere"], "given twice"),
                              (["--model", "broken"], "--model")]:
             run = subprocess.run([SERVER, "--listen", "127.0.0.1:0", "--http_listen", "", *flags],

@@ -1,0 +1,134 @@
+#include "analysis/device.h"
+
+#include <ATen/Context.h>
+#include <c10/core/CachingDeviceAllocator.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/util/Exception.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <new>
+#include <optional>
+
+#include "absl/strings/str_cat.h"
+
+namespace factlens {
+
+absl::StatusOr<c10::Device> ParseDevice(absl::string_view name) {
+  std::optional<c10::Device> device;
+  try {
+    device.emplace(std::string(name));
+  } catch (const std::exception&) {
+  }
+  if (!device || !(device->is_cpu() || device->is_cuda()) ||
+      (device->is_cpu() && device->has_index())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("device '", name, "' is not one of cpu, cuda, cuda:N"));
+  }
+  if (device->is_cpu()) return *device;
+  const int visible = CudaDeviceCount();
+  const int index = device->has_index() ? device->index() : 0;
+  if (index >= visible) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("device '", name, "': this process sees ", visible, " CUDA device(s)",
+                     visible == 0 ? " (no GPU or no NVIDIA driver; run on cpu)" : ""));
+  }
+  return c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(index));
+}
+
+void UseFullPrecisionMatmuls() {
+  at::Context& context = at::globalContext();
+  context.setFloat32MatmulPrecision("highest");
+  context.setAllowFP16ReductionCuBLAS(/*allow_reduced_precision=*/false);
+  context.setAllowBF16ReductionCuBLAS(/*allow_reduced_precision=*/false);
+  context.setAllowFP16AccumulationCuBLAS(false);
+}
+
+int CudaDeviceCount() {
+  try {
+    return c10::cuda::device_count();  // 0 without a driver; it does not throw for that
+  } catch (const std::exception&) {
+    return 0;
+  }
+}
+
+std::vector<GpuMemory> GpuMemoryStats(const std::vector<c10::Device>& devices) {
+  std::vector<int> indices;
+  for (const c10::Device& device : devices) {
+    if (device.is_cuda()) indices.push_back(device.has_index() ? device.index() : 0);
+  }
+  std::sort(indices.begin(), indices.end());
+  indices.erase(std::unique(indices.begin(), indices.end()), indices.end());
+  std::vector<GpuMemory> out;
+  constexpr auto kAll = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+  for (const int index : indices) {
+    try {
+      const auto stats =
+          c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(index));
+      GpuMemory m;
+      m.index = index;
+      m.allocated = stats.allocated_bytes[kAll].current;
+      m.peak_allocated = stats.allocated_bytes[kAll].peak;
+      m.reserved = stats.reserved_bytes[kAll].current;
+      const c10::cuda::CUDAGuard on_device(static_cast<c10::DeviceIndex>(index));
+      size_t free = 0, total = 0;
+      if (cudaMemGetInfo(&free, &total) == cudaSuccess) {
+        m.free = free;
+        m.total = total;
+      }
+      out.push_back(m);
+    } catch (const std::exception&) {
+      // The allocator has not been initialised on this device yet: nothing allocated there.
+    }
+  }
+  return out;
+}
+
+absl::Status LimitGpuMemory(c10::Device device, double fraction) {
+  if (!device.is_cuda()) {
+    return absl::InvalidArgumentError(absl::StrCat("no GPU memory to limit on ", device.str()));
+  }
+  if (!(fraction > 0 && fraction <= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GPU memory fraction ", fraction, " is not in (0, 1]"));
+  }
+  try {
+    c10::cuda::CUDACachingAllocator::setMemoryFraction(fraction,
+                                                       device.has_index() ? device.index() : 0);
+  } catch (const std::exception& e) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot limit GPU memory on ", device.str(), ": ", e.what()));
+  }
+  return absl::OkStatus();
+}
+
+struct DeviceStreamScope::Guard {
+  explicit Guard(c10::cuda::CUDAStream stream) : guard(stream) {}
+  c10::cuda::CUDAStreamGuard guard;
+};
+
+DeviceStreamScope::DeviceStreamScope(c10::Device device) {
+  if (device.is_cuda()) {
+    guard_ = std::make_unique<Guard>(
+        c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device.index()));
+  }
+}
+
+DeviceStreamScope::~DeviceStreamScope() = default;
+
+absl::Status StatusFromException(const std::exception& e, absl::string_view what,
+                                 c10::Device device) {
+  const bool gpu_oom = dynamic_cast<const c10::OutOfMemoryError*>(&e) != nullptr;
+  if (gpu_oom || dynamic_cast<const std::bad_alloc*>(&e) != nullptr) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "out of ", gpu_oom ? "GPU" : "host", " memory on ", device.str(), " during ", what,
+        ": the request needs more memory than is free there now (retry later, or use a shorter "
+        "prompt or a smaller top_k)"));
+  }
+  return absl::InternalError(absl::StrCat(what, " failed: ", e.what()));
+}
+
+}  // namespace factlens
