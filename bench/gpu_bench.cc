@@ -788,6 +788,18 @@ int Main() {
                  {"repetitions", o.repetitions},
                  {"runs", json::array()}};
   bool correct = true, failed = false;
+  // Written after every run, so that a run cut short by a time limit keeps what it finished.
+  auto write_json = [&] {
+    const std::string path = absl::GetFlag(FLAGS_json);
+    if (path.empty()) return;
+    report["correct"] = correct;
+    std::ofstream out(path);
+    out << report.dump(2) << "\n";
+    if (!out) {
+      std::fprintf(stderr, "gpu_bench: could not write %s\n", path.c_str());
+      failed = true;
+    }
+  };
   for (const auto& [shape, dtype] : runs) {
     absl::StatusOr<json> result;
     try {
@@ -807,15 +819,8 @@ int Main() {
     report["runs"].push_back(*result);
     // The model is gone with BenchModel's frame; hand its cached blocks back to the driver.
     if (o.device.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();
-  }
-  report["correct"] = correct;
-  if (const std::string path = absl::GetFlag(FLAGS_json); !path.empty()) {
-    std::ofstream out(path);
-    out << report.dump(2) << "\n";
-    if (!out) {
-      std::fprintf(stderr, "gpu_bench: could not write %s\n", path.c_str());
-      failed = true;
-    }
+    write_json();
+    std::fflush(stdout);
   }
   if (!correct) std::printf("\nCORRECTNESS FAILURE: a ranking disagrees (see above)\n");
   return correct && !failed ? 0 : 1;

@@ -11,7 +11,8 @@
 # .gpu-debs/ when that folder exists (unpacked into a private prefix, nothing installed system-wide;
 # for a machine such as the project's device machine, Ubuntu 24.04 without those -dev packages and
 # without network), else from the system. libtorch comes from FACTLENS_TORCH_PYTHON's torch
-# (default: python3's). Environment: FACTLENS_GPU_BENCH_ARGS (extra gpu_bench flags),
+# (default: python3's). Environment: FACTLENS_GPU_BENCH_ARGS (gpu_bench flags; default: Llama-7B
+# first, the issue's target, then GPT-2 medium and Llama-13B, float16 then bfloat16, 2 repetitions),
 # FACTLENS_GPU_BUDGET_SECONDS (default 540: the benchmark is cut short to end within it).
 #
 # Output folder: gpu_check.log (everything), machine.txt (nvidia-smi, versions), gpu_tests.xml
@@ -87,9 +88,10 @@ echo "gpu_check: gpu_bench, ${left} s left ($(elapsed) s)"
 bench=0
 if [ "$left" -gt 30 ]; then
   # shellcheck disable=SC2086  # extra flags are meant to split
-  timeout "$left" "$build/bench/gpu_bench" --json="$out/gpu_bench.json" \
+  timeout "$left" stdbuf -oL "$build/bench/gpu_bench" --json="$out/gpu_bench.json" \
     --commit="$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
-    ${FACTLENS_GPU_BENCH_ARGS:-} | tee "$out/gpu_bench.txt"
+    ${FACTLENS_GPU_BENCH_ARGS:---models=llama-7b,gpt2-medium,llama-13b --repetitions=2} |
+    tee "$out/gpu_bench.txt"
   bench=$?
 else
   echo "gpu_check: no time left for the benchmark"
