@@ -24,6 +24,7 @@
 #include "analysis/cpu_threads.h"
 #include "analysis/device.h"
 #include "analysis/model_files.h"
+#include "nlohmann/json.hpp"
 #include "server/http_endpoint.h"
 #include "server/metrics.h"
 #include "server/model_registry.h"
@@ -105,14 +106,22 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials() {
   return grpc::SslServerCredentials(options);
 }
 
+// One structured line per event on stderr, written by nlohmann-json: every field escaped (a
+// client's model name or peer cannot break the line or forge another), invalid UTF-8 replaced.
+void LogEvent(const nlohmann::ordered_json& event) {
+  const std::string line = event.dump(/*indent=*/-1, ' ', /*ensure_ascii=*/false,
+                                      nlohmann::ordered_json::error_handler_t::replace);
+  std::fprintf(stderr, "%s\n", line.c_str());
+}
+
 void LogRequest(const factlens::RequestRecord& r) {
-  // One structured line per request.
-  std::fprintf(
-      stderr,
-      "{\"event\":\"request\",\"rpc\":\"%s\",\"model\":\"%s\",\"code\":%d,\"latency_ms\":%.3f,"
-      "\"queue_wait_ms\":%.3f,\"peer\":\"%s\"}\n",
-      r.rpc.c_str(), r.model.c_str(), static_cast<int>(r.code), 1000 * r.latency_seconds,
-      1000 * r.queue_wait_seconds, r.peer.c_str());
+  LogEvent({{"event", "request"},
+            {"rpc", r.rpc},
+            {"model", r.model},
+            {"code", static_cast<int>(r.code)},
+            {"latency_ms", 1000 * r.latency_seconds},
+            {"queue_wait_ms", 1000 * r.queue_wait_seconds},
+            {"peer", r.peer}});
 }
 
 int Fail(const absl::Status& status) {
@@ -267,8 +276,8 @@ int main(int argc, char** argv) {
   }
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   health->SetServingStatus(false);  // not ready until the models are loaded
-  std::fprintf(stderr, "{\"event\":\"listening\",\"port\":%d,\"http_port\":%d,\"models\":%zu}\n",
-               port, http_port, specs.size());
+  LogEvent(
+      {{"event", "listening"}, {"port", port}, {"http_port", http_port}, {"models", specs.size()}});
 
   registry.StartLoading();
   std::thread signal_thread([&] {
@@ -277,14 +286,15 @@ int main(int argc, char** argv) {
     // Draining starts before /readyz turns 503, so a client that saw 503 never gets admitted.
     service.StartDraining();
     stopping = true;
-    std::fprintf(stderr, "{\"event\":\"shutdown\",\"signal\":%d,\"drain_seconds\":%d}\n", signal,
-                 absl::GetFlag(FLAGS_drain_seconds));
+    LogEvent({{"event", "shutdown"},
+              {"signal", signal},
+              {"drain_seconds", absl::GetFlag(FLAGS_drain_seconds)}});
     health->Shutdown();  // NOT_SERVING, like /readyz: load balancers stop sending work
     // New calls are answered UNAVAILABLE while admitted ones finish, up to --drain_seconds; then
     // the server stops and cancels whatever still runs.
     const bool idle =
         service.WaitUntilIdle(absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_drain_seconds)));
-    std::fprintf(stderr, "{\"event\":\"drained\",\"complete\":%s}\n", idle ? "true" : "false");
+    LogEvent({{"event", "drained"}, {"complete", idle}});
     server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   });
   // Start-up failures after the server started: stop it through the signal thread, exit 2.
@@ -317,20 +327,20 @@ int main(int argc, char** argv) {
           .Set(static_cast<double>(served->model->resident_bytes()));
       metrics->model_ready->WithLabels({spec.name}).Set(1);
       factlens::RecordGpuMemory(*metrics, {served->model->device()});
-      std::fprintf(stderr,
-                   "{\"event\":\"model_ready\",\"model\":\"%s\",\"load_seconds\":%.3f,\"resident_"
-                   "bytes\":%llu}\n",
-                   spec.name.c_str(), served->load_seconds,
-                   static_cast<unsigned long long>(served->model->resident_bytes()));
+      LogEvent({{"event", "model_ready"},
+                {"model", spec.name},
+                {"device", served->model->device().str()},
+                {"load_seconds", served->load_seconds},
+                {"resident_bytes", served->model->resident_bytes()}});
     }
     if (!absl::GetFlag(FLAGS_port_file).empty()) {
       std::ofstream(absl::GetFlag(FLAGS_port_file)) << port << " " << http_port << "\n";
     }
-    std::fprintf(stderr, "{\"event\":\"ready\",\"port\":%d}\n", port);
+    LogEvent({{"event", "ready"}, {"port", port}});
   }
   server->Wait();
   signal_thread.join();
   http.Stop();
-  std::fprintf(stderr, "{\"event\":\"stopped\"}\n");
+  LogEvent({{"event", "stopped"}});
   return 0;
 }

@@ -275,6 +275,19 @@ class ServerTest(unittest.TestCase):
         health = health_pb2_grpc.HealthStub(grpc.insecure_channel(self.server.address))
         self.assertEqual(health.Check(health_pb2.HealthCheckRequest(), timeout=5).status, health_pb2.HealthCheckResponse.SERVING)
 
+    def test_the_request_log_escapes_what_clients_send(self):
+        # A model name that tries to end the JSON line and forge another one.
+        forged = 'x","code":0}\n{"event":"request","rpc":"Forged'
+        self.assertCode(C.NOT_FOUND, Client(self.server.address, token=TOKEN, model=forged).predict, PROMPT)
+        requests = []
+        for line in self.server.logs().splitlines():
+            if line.startswith("{"):
+                event = json.loads(line)  # every structured line is one valid JSON object
+                if event.get("event") == "request":
+                    requests.append(event)
+        self.assertIn(forged, [r["model"] for r in requests])
+        self.assertNotIn("Forged", [r["rpc"] for r in requests])
+
     def test_reflection_lists_the_services(self):
         stub = reflection_pb2_grpc.ServerReflectionStub(grpc.insecure_channel(self.server.address))
         responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
