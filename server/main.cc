@@ -24,6 +24,7 @@
 #include "analysis/cpu_threads.h"
 #include "analysis/device.h"
 #include "analysis/model_files.h"
+#include "factlens_commit.h"  // generated at build time: FACTLENS_COMMIT
 #include "nlohmann/json.hpp"
 #include "server/http_endpoint.h"
 #include "server/metrics.h"

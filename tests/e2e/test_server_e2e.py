@@ -275,6 +275,13 @@ class ServerTest(unittest.TestCase):
         health = health_pb2_grpc.HealthStub(grpc.insecure_channel(self.server.address))
         self.assertEqual(health.Check(health_pb2.HealthCheckRequest(), timeout=5).status, health_pb2.HealthCheckResponse.SERVING)
 
+    def test_build_info_names_the_commit_the_binary_was_built_from(self):
+        # Read at build time (server/build_info.cmake), so it follows every commit.
+        source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=source, capture_output=True,
+                              text=True).stdout.strip() or "unknown"
+        self.assertIn(f'commit="{head}"', self.server.metrics())
+
     def test_the_request_log_escapes_what_clients_send(self):
         # A model name that tries to end the JSON line and forge another one.
         forged = 'x","code":0}\n{"event":"request","rpc":"Forged'
