@@ -16,6 +16,12 @@
 #include "absl/strings/str_cat.h"
 
 namespace factlens {
+namespace {
+
+// The card a CUDA device names ("cuda" is cuda:0).
+c10::DeviceIndex CudaIndex(c10::Device device) { return device.has_index() ? device.index() : 0; }
+
+}  // namespace
 
 absl::StatusOr<c10::Device> ParseDevice(absl::string_view name) {
   std::optional<c10::Device> device;
@@ -30,7 +36,7 @@ absl::StatusOr<c10::Device> ParseDevice(absl::string_view name) {
   }
   if (device->is_cpu()) return *device;
   const int visible = CudaDeviceCount();
-  const int index = device->has_index() ? device->index() : 0;
+  const int index = CudaIndex(*device);
   if (index >= visible) {
     return absl::FailedPreconditionError(
         absl::StrCat("device '", name, "': this process sees ", visible, " CUDA device(s)",
@@ -58,7 +64,7 @@ int CudaDeviceCount() {
 std::vector<GpuMemory> GpuMemoryStats(const std::vector<c10::Device>& devices) {
   std::vector<int> indices;
   for (const c10::Device& device : devices) {
-    if (device.is_cuda()) indices.push_back(device.has_index() ? device.index() : 0);
+    if (device.is_cuda()) indices.push_back(CudaIndex(device));
   }
   std::sort(indices.begin(), indices.end());
   indices.erase(std::unique(indices.begin(), indices.end()), indices.end());
@@ -96,8 +102,7 @@ absl::Status LimitGpuMemory(c10::Device device, double fraction) {
         absl::StrCat("GPU memory fraction ", fraction, " is not in (0, 1]"));
   }
   try {
-    c10::cuda::CUDACachingAllocator::setMemoryFraction(fraction,
-                                                       device.has_index() ? device.index() : 0);
+    c10::cuda::CUDACachingAllocator::setMemoryFraction(fraction, CudaIndex(device));
   } catch (const std::exception& e) {
     return absl::FailedPreconditionError(
         absl::StrCat("cannot limit GPU memory on ", device.str(), ": ", e.what()));
@@ -113,7 +118,7 @@ struct DeviceStreamScope::Guard {
 DeviceStreamScope::DeviceStreamScope(c10::Device device) {
   if (device.is_cuda()) {
     guard_ = std::make_unique<Guard>(
-        c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device.index()));
+        c10::cuda::getStreamFromPool(/*isHighPriority=*/false, CudaIndex(device)));
   }
 }
 

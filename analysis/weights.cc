@@ -222,6 +222,7 @@ absl::StatusOr<c10::ScalarType> ComputeDType(std::optional<c10::ScalarType> requ
 }  // namespace
 
 absl::Status Model::PrepareForAnalysis() {
+  if (device_.is_cuda()) UseFullPrecisionMatmuls();  // for every GPU model, however it was made
   ModelWeights& w = weights_;
   try {
     w.unembedding64 = w.unembedding.to(at::kDouble);
@@ -247,7 +248,6 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Load(const std::string& refe
   FACTLENS_ASSIGN_OR_RETURN(const Checkpoint checkpoint, Checkpoint::Open(directory));
   FACTLENS_ASSIGN_OR_RETURN(const c10::ScalarType dtype,
                             ComputeDType(options.dtype, device, CheckpointDType(checkpoint)));
-  if (device.is_cuda()) UseFullPrecisionMatmuls();
 
   std::shared_ptr<Model> model(new Model(*std::move(config), device));
   model->directory_ = directory;
@@ -278,7 +278,6 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::FromWeights(ModelConfig conf
   FACTLENS_ASSIGN_OR_RETURN(
       const c10::ScalarType dtype,
       ComputeDType(weights.unembedding.scalar_type(), device, weights.unembedding.scalar_type()));
-  if (device.is_cuda()) UseFullPrecisionMatmuls();
   std::shared_ptr<Model> model(new Model(std::move(config), device));
   model->directory_ = std::move(name);
   model->dtype_ = dtype;
