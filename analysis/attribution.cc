@@ -14,13 +14,13 @@
 
 namespace factlens {
 
-// The output distribution of one residual base x under bs logits, and the tangent direction u with
-// d/dt log softmax(bs(x + t·v))[w] at t = 0 equal to u·v.
+// The output distribution of one residual base x under the frozen head, per softmax term, and the
+// tangent direction u with d/dt log p(w | x + t·v) at t = 0 equal to u·v.
 struct Attribution::Base {
-  at::Tensor probs;      // [V] float64
-  double log_prob = 0;   // log p(w | x)
-  at::Tensor tangent;    // [d] float64
-  double magnitude = 0;  // ‖x‖·max|g|/σ · max_u ‖E_u‖ ≥ max_u |bs(x)_u|
+  std::vector<at::Tensor> probs;  // per term [n_s] float64
+  double log_prob = 0;            // log p(w | x)
+  at::Tensor tangent;             // [d] float64
+  double magnitude = 0;           // ‖x‖·Σ_s transform_norm_s·max_row_norm_s
 };
 
 // One layer's neurons: K shared vectors (FFN: rows of W_out; attention: columns of W_O) and R
@@ -38,10 +38,12 @@ namespace {
 constexpr double kFloat32Unit = 0x1p-24;
 constexpr double kFloat64Unit = 0x1p-53;
 
-// Attribution::ExactValueErrorBound for a magnitude sum B + B_x (a double or a tensor of them).
+// Attribution::ExactValueErrorBound for a magnitude sum B + B_x (a double or a tensor of them),
+// over S terms with n entries in all.
 template <typename Magnitude>
-Magnitude ExactErrorBound(const Magnitude& magnitude, double d_model, double vocab) {
-  return (magnitude * (4 * d_model + 16) + (vocab + 90)) * kFloat64Unit;
+Magnitude ExactErrorBound(const Magnitude& magnitude, double d_model, double entries,
+                          double terms) {
+  return (magnitude * (4 * d_model + 16) + (entries + 90 * terms)) * kFloat64Unit;
 }
 
 absl::Status InterruptedError() { return absl::CancelledError("interrupted"); }
@@ -122,43 +124,46 @@ absl::StatusOr<std::unique_ptr<Attribution>> Attribution::Create(const Model& mo
   }
   std::unique_ptr<Attribution> a(new Attribution(model, trace, target));
   a->position_ = position;
-  const ModelWeights& w = model.weights();
-  a->norm_weight_ = w.final_norm_weight.to(at::kFloat);
-  a->max_norm_weight_ = a->norm_weight_.abs().max().item<double>();
-  a->projector_ = std::make_unique<VocabProjector>(model, trace.final_residual[position]);
-  a->sigma_ = a->projector_->final_scale();
-  if (target.include_final_norm_bias && w.final_norm_bias.defined()) {
-    a->bias_logits_ = a->projector_->Unembed(w.final_norm_bias.unsqueeze(0))[0];
+  a->head_ = model.output_head().FreezeAt(trace.final_residual[position]);
+  a->terms_ = a->head_->TermsFor(target.token_id, target.include_final_norm_bias);
+  for (const SoftmaxTerm& term : a->terms_) {
+    a->amplification_ += term.transform_norm * term.max_row_norm;
+    a->term_entries_ += term.matrix.size(0);
   }
-  a->max_unembedding_norm_ = w.max_unembedding_norm;
 
-  // Every base at once (one pass over the unembedding for their logits, one for their tangents):
-  // [attention base of layer 0, FFN base of layer 0, ..., final residual].
+  // Every base at once, per term (one pass over its matrix for the logits, one for the
+  // tangents): [attention base of layer 0, FFN base of layer 0, ..., final residual].
   std::vector<at::Tensor> residuals;
   for (const LayerTrace& layer : trace.layers) {
     residuals.push_back(layer.residual_in[position]);
     residuals.push_back(layer.residual_mid[position]);
   }
   residuals.push_back(trace.final_residual[position]);
-  const at::Tensor scaled = a->projector_->ScaledForUnembedding(at::stack(residuals));
-  at::Tensor logits = a->projector_->Unembed(scaled);
-  if (a->bias_logits_.defined()) logits = logits + a->bias_logits_;
-  const at::Tensor log_probs = at::log_softmax(logits, 1);
-  const at::Tensor probs = log_probs.exp();
-  // ‖x‖·max|g|/σ·max‖E_u‖, the form ExactValueErrorBound's derivation needs.
-  const at::Tensor magnitudes = at::stack(residuals).to(at::kDouble).norm(2, 1) *
-                                (a->max_norm_weight_ * a->max_unembedding_norm_ / a->sigma_);
-  // f'(0) = (E_w − Σ p_u E_u)·(g ⊙ c(v))/σ = c(g ⊙ (E_w − pᵀE))·v/σ (c is self-adjoint).
-  const at::Tensor target_row = w.unembedding[target.token_id].to(at::kDouble);
-  at::Tensor directions = (target_row.unsqueeze(0) - a->projector_->WeightedUnembeddingSum(probs)) *
-                          a->norm_weight_.to(at::kDouble);
-  if (config.family == ModelFamily::kGpt2) directions = directions - directions.mean(1, true);
-  const at::Tensor tangents = directions / a->sigma_;
+  const at::Tensor stacked = at::stack(residuals);
+  const int64_t n = stacked.size(0);
+  std::vector<at::Tensor> probs;
+  at::Tensor log_prob = at::zeros({n}, stacked.options().dtype(at::kDouble));
+  at::Tensor tangents;
+  for (const SoftmaxTerm& term : a->terms_) {
+    at::Tensor logits = term.Logits(stacked);
+    if (term.bias.defined()) logits = logits + term.bias;
+    const at::Tensor log_probs = at::log_softmax(logits, 1);
+    probs.push_back(log_probs.exp());
+    log_prob = log_prob + log_probs.select(1, term.index);
+    // f'(0) = Tᵀ(M_w − Σ_u p_u M_u)·v.
+    const at::Tensor direction =
+        term.matrix[term.index].unsqueeze(0) - at::matmul(probs.back(), term.matrix);
+    const at::Tensor tangent = term.Adjoint(direction);
+    tangents = tangents.defined() ? tangents + tangent : tangent;
+  }
+  // ‖x‖·Σ_s transform_norm_s·max_row_norm_s, the form ExactValueErrorBound's derivation needs.
+  const at::Tensor magnitudes = stacked.to(at::kDouble).norm(2, 1) * a->amplification_;
+  const at::Tensor log_prob_cpu = log_prob.to(at::kCPU);
   std::vector<std::shared_ptr<const Base>> bases;
-  for (int64_t i = 0; i < static_cast<int64_t>(residuals.size()); ++i) {
+  for (int64_t i = 0; i < n; ++i) {
     auto base = std::make_shared<Base>();
-    base->probs = probs[i];
-    base->log_prob = log_probs[i][target.token_id].item<double>();
+    for (const at::Tensor& p : probs) base->probs.push_back(p[i]);
+    base->log_prob = log_prob_cpu[i].item<double>();
     base->tangent = tangents[i];
     base->magnitude = magnitudes[i].item<double>();
     bases.push_back(std::move(base));
@@ -174,7 +179,13 @@ absl::StatusOr<std::unique_ptr<Attribution>> Attribution::Create(const Model& mo
 double Attribution::target_log_prob() const { return final_base_->log_prob; }
 
 at::Tensor Attribution::Project(const at::Tensor& vectors) const {
-  return projector_->Project(vectors);
+  return head_->VocabularyScores(vectors);
+}
+
+std::vector<at::Tensor> Attribution::TermLogits(const at::Tensor& vectors) const {
+  std::vector<at::Tensor> logits;
+  for (const SoftmaxTerm& term : terms_) logits.push_back(term.Logits(vectors));
+  return logits;
 }
 
 at::Tensor Attribution::FromLogProbIncrease(const Base& base, const at::Tensor& delta) const {
@@ -186,39 +197,50 @@ at::Tensor Attribution::FromLogProbIncrease(const Base& base, const at::Tensor& 
 
 double Attribution::ExactValueErrorBound(double magnitude, double base_magnitude) const {
   return ExactErrorBound(magnitude + base_magnitude, static_cast<double>(model_.config().d_model),
-                         static_cast<double>(projector_->vocab_size()));
+                         static_cast<double>(term_entries_), static_cast<double>(terms_.size()));
 }
 
-at::Tensor Attribution::ExactFromProjections(const Base& base, const at::Tensor& projections,
-                                             const at::Tensor& coefficients) const {
-  const int64_t k = projections.size(0), r = coefficients.size(0), vocab = projections.size(1);
+at::Tensor Attribution::ExactFromLogits(const Base& base, const std::vector<at::Tensor>& logits,
+                                        const at::Tensor& coefficients) const {
+  const int64_t k = coefficients.size(1), r = coefficients.size(0);
   const at::Tensor coefficients64 = coefficients.to(at::kDouble);
-  if (target_.metric == Metric::kLogitIncrease) {
-    return coefficients64 * projections.select(1, target_.token_id).unsqueeze(0);
+  at::Tensor total;
+  for (size_t s = 0; s < terms_.size(); ++s) {
+    const int64_t index = terms_[s].index;
+    const at::Tensor& term_logits = logits[s];  // [K, n_s]
+    at::Tensor value;
+    if (target_.metric == Metric::kLogitIncrease) {
+      value = coefficients64 * term_logits.select(1, index).unsqueeze(0);
+    } else {
+      // log p(w|x+v) − log p(w|x) of this term = −log Σ_u p_u exp(ℓ_u − ℓ_w). Shifting by ℓ_w
+      // (not by max_u ℓ_u) keeps the sum near 1 when the increase is small, so nothing is lost to
+      // cancellation; the shift never sits more than 80 below the maximum, so nothing
+      // overflows. Everything is float64, elementwise per candidate except the sum over the
+      // term's entries. Rows go in blocks to bound temporaries.
+      const int64_t entries = term_logits.size(1);
+      const int64_t rows = std::max<int64_t>(1, kBlockElements / (r * entries));
+      std::vector<at::Tensor> parts;
+      for (int64_t start = 0; start < k; start += rows) {
+        const int64_t n = std::min(rows, k - start);
+        at::Tensor scaled = term_logits.narrow(0, start, n).unsqueeze(0) *
+                            coefficients64.narrow(1, start, n).unsqueeze(-1);  // [R, n, n_s]
+        const at::Tensor target_logit = scaled.select(-1, index).unsqueeze(-1).clone();
+        const at::Tensor shift = at::maximum(target_logit, scaled.amax(-1, /*keepdim=*/true) - 80);
+        const at::Tensor mixture =
+            at::matmul(scaled.sub_(shift).exp_(), base.probs[s]);  // in place
+        parts.push_back((target_logit - shift).squeeze(-1) - mixture.log());
+      }
+      value = at::cat(parts, 1);
+    }
+    total = total.defined() ? total + value : value;
   }
-  // log p(w|x+v) − log p(w|x) = −log Σ_u p_u exp(b_u − b_w). Shifting by b_w (not by max_u b_u)
-  // keeps the sum near 1 when the increase is small, so nothing is lost to cancellation; the
-  // shift never sits more than 80 below the maximum, so nothing overflows. Everything is float64,
-  // elementwise per candidate except the sum over the vocabulary. Rows go in blocks to bound
-  // temporaries.
-  const int64_t rows = std::max<int64_t>(1, kBlockElements / (r * vocab));
-  std::vector<at::Tensor> parts;
-  for (int64_t start = 0; start < k; start += rows) {
-    const int64_t n = std::min(rows, k - start);
-    at::Tensor scaled = projections.narrow(0, start, n).unsqueeze(0) *
-                        coefficients64.narrow(1, start, n).unsqueeze(-1);  // [R, n, V]
-    const at::Tensor target_logit = scaled.select(-1, target_.token_id).unsqueeze(-1).clone();
-    const at::Tensor shift = at::maximum(target_logit, scaled.amax(-1, /*keepdim=*/true) - 80);
-    const at::Tensor mixture = at::matmul(scaled.sub_(shift).exp_(), base.probs);  // in place
-    parts.push_back((target_logit - shift).squeeze(-1) - mixture.log());
-  }
-  return FromLogProbIncrease(base, at::cat(parts, 1));
+  return target_.metric == Metric::kLogitIncrease ? total : FromLogProbIncrease(base, total);
 }
 
 at::Tensor Attribution::Increase(const Base& base, const at::Tensor& vectors) const {
-  const at::Tensor projections = projector_->Project(vectors.reshape({-1, vectors.size(-1)}));
-  const at::Tensor values = ExactFromProjections(
-      base, projections, at::ones({1, projections.size(0)}, projections.options()))[0];
+  const at::Tensor flat = vectors.reshape({-1, vectors.size(-1)});
+  const at::Tensor values =
+      ExactFromLogits(base, TermLogits(flat), at::ones({1, flat.size(0)}, flat.options()))[0];
   return values.reshape(vectors.sizes().slice(0, vectors.dim() - 1));
 }
 
@@ -306,20 +328,22 @@ Attribution::NeuronSet Attribution::AttentionNeurons(int64_t layer) const {
 absl::StatusOr<at::Tensor> Attribution::ExactValues(const NeuronSet& set,
                                                     const Interrupted& interrupted) const {
   if (target_.metric == Metric::kLogitIncrease) {
-    // Linear in the vector: bs(m·v)[w] = m·(g ⊙ c(v)/σ)·E_w, one matrix-vector product.
-    const at::Tensor target_row = model_.weights().unembedding[target_.token_id].to(at::kDouble);
-    const at::Tensor values = at::mv(projector_->ScaledForUnembedding(set.vectors), target_row);
+    // Linear in the vector: Σ_s m·T_s(v)·M_s[w_s], one matrix-vector product per term.
+    at::Tensor values;
+    for (const SoftmaxTerm& term : terms_) {
+      const at::Tensor term_values = at::mv(term.Transform(set.vectors), term.matrix[term.index]);
+      values = values.defined() ? values + term_values : term_values;
+    }
     return (set.coefficients.to(at::kDouble) * values.unsqueeze(0)).reshape({-1});
   }
   const int64_t k = set.vectors.size(0);
-  const int64_t chunk = std::max<int64_t>(1, kExhaustiveBlockElements / projector_->vocab_size());
+  const int64_t chunk = std::max<int64_t>(1, kExhaustiveBlockElements / term_entries_);
   std::vector<at::Tensor> parts;
   for (int64_t start = 0; start < k; start += chunk) {
     if (interrupted && interrupted()) return InterruptedError();
     const int64_t n = std::min(chunk, k - start);
-    parts.push_back(ExactFromProjections(*set.base,
-                                         projector_->Project(set.vectors.narrow(0, start, n)),
-                                         set.coefficients.narrow(1, start, n)));  // [R, n]
+    parts.push_back(ExactFromLogits(*set.base, TermLogits(set.vectors.narrow(0, start, n)),
+                                    set.coefficients.narrow(1, start, n)));  // [R, n]
   }
   return at::cat(parts, 1).reshape({-1});
 }
@@ -336,14 +360,12 @@ absl::StatusOr<at::Tensor> Attribution::AllExact(const std::vector<NeuronSet>& s
 }
 
 at::Tensor Attribution::Magnitudes(const NeuronSet& set) const {
-  // ‖g ⊙ c(v)‖ ≤ max|g|·‖v‖ (centering is an orthogonal projection). The float32 norm errs by at
-  // most (d + 2)·2^-24 relative; the bound is raised by that.
+  // ‖T_s(v)‖ ≤ transform_norm_s·‖v‖ (output_head.h). The float32 norm errs by at most
+  // (d + 2)·2^-24 relative; the bound is raised by that.
   const double d = static_cast<double>(model_.config().d_model);
   const at::Tensor row_norms =
       set.vectors.norm(2, 1).to(at::kDouble) * (1 + (d + 2) * kFloat32Unit);
-  return (set.coefficients.to(at::kDouble).abs() * row_norms *
-          (max_norm_weight_ * max_unembedding_norm_ / sigma_))
-      .reshape({-1});
+  return (set.coefficients.to(at::kDouble).abs() * row_norms * amplification_).reshape({-1});
 }
 
 at::Tensor Attribution::FfnNeuronIncrease() const {
@@ -418,7 +440,8 @@ absl::StatusOr<NeuronRanking> Attribution::Rank(const std::vector<NeuronSet>& se
   std::vector<at::Tensor> exact_errors;  // per set: ExactValueErrorBound of every neuron
   for (const NeuronSet& set : sets) {
     exact_errors.push_back(ExactErrorBound(Magnitudes(set) + set.base->magnitude, d,
-                                           static_cast<double>(projector_->vocab_size())));
+                                           static_cast<double>(term_entries_),
+                                           static_cast<double>(terms_.size())));
   }
   std::vector<Candidate> results;
 
@@ -430,12 +453,14 @@ absl::StatusOr<NeuronRanking> Attribution::Rank(const std::vector<NeuronSet>& se
     }
     ranking.evaluated = ranking.total;
   } else {
-    // Per layer: the first-order value m·f'(0) of every neuron — by concavity an upper bound on
-    // the log-prob increase — and, for bottom-k, Hoeffding's lower bound
-    // m·f'(0) − m²·max‖E_u‖²·‖g ⊙ c(v)‖²/(2σ²). Both are computed in float32 (one pass over the
-    // layer's weights) and widened by their worst-case rounding: m·(v·t) errs by at most
-    // (d + 3)·2^-24·|m|·‖v‖·‖t‖ (t rounded to float32, a length-d dot product in any order, the
-    // product with m), the quadratic term by (d + 8)·2^-24 relative.
+    // Per layer: the first-order value m·f'(0) of every neuron — by concavity (of every softmax
+    // term, hence of their sum) an upper bound on the log-prob increase — and, for bottom-k,
+    // Hoeffding's lower bound m·f'(0) − m²·Σ_s max_u‖M_s,u‖²·‖T_s(v)‖²/2 (per term, the logits
+    // of m·v span at most 2·|m|·max‖M_s,u‖·‖T_s(v)‖). The first-order value is computed in
+    // float32 (one pass over the layer's weights) and widened by its worst-case rounding: m·(v·t)
+    // errs by at most (d + 3)·2^-24·|m|·‖v‖·‖t‖ (t rounded to float32, a length-d dot product in
+    // any order, the product with m); the quadratic term (float64 from float32 inputs) is raised
+    // by (d + 8)·2^-24 relative.
     std::vector<Candidate> candidates;
     for (size_t s = 0; s < sets.size(); ++s) {
       const NeuronSet& set = sets[s];
@@ -451,13 +476,13 @@ absl::StatusOr<NeuronRanking> Attribution::Rank(const std::vector<NeuronSet>& se
       at::Tensor bound = first_order;
       if (mode == RankMode::kExact) bound = top ? first_order + rounding : first_order - rounding;
       if (!top && mode == RankMode::kExact) {
-        at::Tensor directions = set.vectors;
-        if (model_.config().family == ModelFamily::kGpt2)
-          directions = directions - directions.mean(1, true);
-        const at::Tensor norms_sq = (directions * norm_weight_).pow(2).sum(1).to(at::kDouble) /
-                                    (sigma_ * sigma_) * (1 + (d + 8) * kFloat32Unit);
-        bound = bound - coefficients.pow(2) * norms_sq *
-                            (max_unembedding_norm_ * max_unembedding_norm_ / 2);
+        at::Tensor curvature;  // Σ_s max‖M_s,u‖²·‖T_s(v)‖² per vector
+        for (const SoftmaxTerm& term : terms_) {
+          const at::Tensor c =
+              term.Transform(set.vectors).pow(2).sum(1) * (term.max_row_norm * term.max_row_norm);
+          curvature = curvature.defined() ? curvature + c : c;
+        }
+        bound = bound - coefficients.pow(2) * curvature * ((1 + (d + 8) * kFloat32Unit) / 2);
       }
       bound = bound.reshape({-1});
       if (target_.metric == Metric::kProbIncrease) bound = FromLogProbIncrease(*set.base, bound);
@@ -489,15 +514,17 @@ absl::StatusOr<NeuronRanking> Attribution::Rank(const std::vector<NeuronSet>& se
                                       .to(sets[s].vectors.device());
           vectors.push_back(sets[s].vectors.index_select(0, rows));
         }
-        const at::Tensor projections = projector_->Project(at::cat(vectors, 0));
+        const std::vector<at::Tensor> logits = TermLogits(at::cat(vectors, 0));
         int64_t offset = 0;
         for (const auto& [s, indices] : by_set) {
           const NeuronSet& set = sets[s];
           const int64_t n = static_cast<int64_t>(indices.size());
           const at::Tensor index = at::tensor(indices, at::kLong).to(set.coefficients.device());
           const at::Tensor coefficient = set.coefficients.reshape({-1}).index_select(0, index);
-          const at::Tensor values = ExactFromProjections(
-              *set.base, projections.narrow(0, offset, n), coefficient.unsqueeze(0))[0];
+          std::vector<at::Tensor> rows;
+          for (const at::Tensor& term_logits : logits)
+            rows.push_back(term_logits.narrow(0, offset, n));
+          const at::Tensor values = ExactFromLogits(*set.base, rows, coefficient.unsqueeze(0))[0];
           offset += n;
           const size_t first = results.size();
           append(results, s, values, exact_errors[s].index_select(0, index));

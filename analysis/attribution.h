@@ -1,7 +1,9 @@
 // The paper's attribution method on top of a forward trace: vocabulary projection of any vector
 // with the frozen final-norm scale, and the increase a component brings to a target token
 // (log-probability, probability or logit) at every level, with exact top-k ranking of neurons by
-// pruning with tangent (upper) and Hoeffding (lower) bounds. Definitions: docs/method-reference.md.
+// pruning with tangent (upper) and Hoeffding (lower) bounds. The output side is the model's
+// OutputHead, so every family — one softmax or fairseq's adaptive softmax — gets the same method.
+// Definitions: docs/method-reference.md.
 #ifndef FACTLENS_ANALYSIS_ATTRIBUTION_H_
 #define FACTLENS_ANALYSIS_ATTRIBUTION_H_
 
@@ -15,7 +17,7 @@
 
 #include "absl/status/statusor.h"
 #include "analysis/forward.h"
-#include "analysis/projection.h"
+#include "analysis/output_head.h"
 #include "analysis/weights.h"
 
 namespace factlens {
@@ -23,7 +25,8 @@ namespace factlens {
 enum class Metric {
   kLogProbIncrease,  // log p(w | x+v) − log p(w | x)   (the paper's, default)
   kProbIncrease,     // p(w | x+v) − p(w | x)
-  kLogitIncrease,    // bs(x+v)[w] − bs(x)[w] = bs(v)[w]
+  kLogitIncrease,    // bs(x+v)[w] − bs(x)[w] = bs(v)[w] (adaptive softmax: Σ of the target's
+                     // logits over its terms, the head's cluster logit plus the band's word logit)
 };
 std::string_view MetricName(Metric metric);
 
@@ -78,9 +81,10 @@ struct NeuronRanking {
 CaptureOptions FullCapture();
 
 // Attribution for one (prompt trace, target, position). Create() does the per-request work once:
-// the frozen final-norm scale σ and, per layer, the output distribution of the two residual bases
-// (before the attention and before the FFN). Immutable afterwards; const methods are thread-safe.
-// The model and trace must outlive it.
+// the output head frozen at the position (final-norm scale σ; 1 without a final norm), the softmax
+// terms of the target and, per layer, the output distributions of the two residual bases (before
+// the attention and before the FFN). Immutable afterwards; const methods are thread-safe. The
+// model and trace must outlive it.
 //
 // Precision: every metric value (the *Increase() methods, and the scores of exact and exhaustive
 // rankings) is computed in float64 from the float32 trace, one candidate's arithmetic independent
@@ -100,23 +104,25 @@ class Attribution {
   const ForwardTrace& trace() const { return trace_; }
   const AttributionTarget& target() const { return target_; }
   int64_t position() const { return position_; }
-  double final_scale() const { return sigma_; }
-  // Log-probability of the target at the position under the bs logits (frozen σ, bias per option).
+  double final_scale() const { return head_->final_scale(); }
+  // Log-probability of the target at the position under the frozen head (bias per option).
   double target_log_prob() const;
 
-  // Before-softmax values bs(v) = E·(g ⊙ c(v)/σ) of vectors [B, d] -> [B, V] float64 (no bias).
+  // The vocabulary view of vectors [B, d] -> [B, V] float64 (FrozenOutputHead::VocabularyScores:
+  // bs(v) for one softmax, the vector's own log-distribution for an adaptive softmax).
   at::Tensor Project(const at::Tensor& vectors) const;
 
   // Worst-case rounding error of one metric value computed here, for a vector v with magnitude
-  // B = ‖v‖·max_j|g_j|/σ · max_u ‖E_u‖ (≥ ‖g ⊙ c(v)‖/σ · max_u ‖E_u‖ ≥ |bs(v)_u|) added to a base
-  // residual x of magnitude B_x (the same quantity for x): 2^-53·((4d + 16)·(B + B_x) + V + 90).
-  // Derivation (u = 2^-53): each bs value is a float64 dot product of length d, erring by
-  // ≤ d·u·B (Higham, any summation order) plus the rounding of its input g ⊙ c(v)/σ: ≤ 3u per
-  // element and, for LayerNorm's centering, the mean's error ≤ u·Σ|v_j|, which moves the dot
-  // product by ≤ d·u·B: (2d + 3)·u·B per logit. The increase −log Σ_u p_u·exp(b_u − b_w) moves by
-  // at most twice the largest logit error; the base probabilities' relative errors (twice the
-  // same bound with B_x) move it by as much; the shift's rounding (≤ u·(2B + 80) per term) and
-  // the exp, the V-term float64 sum and the log add ≤ u·(2B + V + 90).
+  // B = ‖v‖·Σ_s transform_norm_s·max_row_norm_s (≥ Σ_s ‖T_s(v)‖·max_u ‖M_s,u‖ ≥ Σ_s max_u
+  // |ℓ_s(v)_u| over the target's softmax terms, output_head.h) added to a base residual x of
+  // magnitude B_x (the same quantity for x): 2^-53·((4d + 16)·(B + B_x) + n + 90·S), n = Σ_s n_s
+  // entries of the S terms. Derivation per term (u = 2^-53): each logit is a float64 product of
+  // length ≤ d after the transform T_s (centring, scale, and for an adaptive tail band a length-d
+  // projection), erring by ≤ (2d + 3)·u·B_s in all (Higham, any summation order; centring's mean
+  // errs by ≤ u·Σ|v_j|). The term's increase −log Σ_u p_u·exp(ℓ_u − ℓ_w) moves by at most twice
+  // the largest logit error; the base probabilities' relative errors (twice the same bound with
+  // B_x) move it by as much; the shift's rounding (≤ u·(2B_s + 80) per entry) and the exp, the
+  // n_s-term float64 sum and the log add ≤ u·(2B_s + n_s + 90). The terms add.
   // Probability increases are p(w|x)·expm1(Δ) with p(w|x+v) ≤ 1, so the bound carries over.
   double ExactValueErrorBound(double magnitude, double base_magnitude) const;
 
@@ -151,10 +157,12 @@ class Attribution {
 
   // Metric values of vectors [B, d] added to base `base`.
   at::Tensor Increase(const Base& base, const at::Tensor& vectors) const;
-  // projections: float64 bs of K unit vectors [K, V]; coefficients [R, K]: the metric for
-  // coefficient[r, k] · vector k, as [R, K] float64.
-  at::Tensor ExactFromProjections(const Base& base, const at::Tensor& projections,
-                                  const at::Tensor& coefficients) const;
+  // Per softmax term, the logits ℓ_s (no bias) of K vectors: [K, n_s] float64 each.
+  std::vector<at::Tensor> TermLogits(const at::Tensor& vectors) const;
+  // logits: TermLogits of K vectors; coefficients [R, K]: the metric for coefficient[r, k] ·
+  // vector k, as [R, K] float64.
+  at::Tensor ExactFromLogits(const Base& base, const std::vector<at::Tensor>& logits,
+                             const at::Tensor& coefficients) const;
   NeuronSet FfnNeurons(int64_t layer) const;
   NeuronSet AttentionNeurons(int64_t layer) const;
   // Every neuron's exact value, [R·K] float64 per set (flat index order).
@@ -162,7 +170,7 @@ class Attribution {
                                          const Interrupted& interrupted) const;
   absl::StatusOr<at::Tensor> AllExact(const std::vector<NeuronSet>& sets,
                                       const Interrupted& interrupted) const;
-  // Upper bounds B ≥ ‖g ⊙ c(m·v)‖/σ · max_u ‖E_u‖ of every neuron of the set, [R·K] float64.
+  // Upper bounds B (ExactValueErrorBound's magnitude) of every neuron of the set, [R·K] float64.
   at::Tensor Magnitudes(const NeuronSet& set) const;
   absl::StatusOr<NeuronRanking> Rank(const std::vector<NeuronSet>& sets, int64_t k, RankOrder order,
                                      RankMode mode, const Interrupted& interrupted) const;
@@ -173,12 +181,10 @@ class Attribution {
   const ForwardTrace& trace_;
   AttributionTarget target_;
   int64_t position_ = 0;
-  double sigma_ = 1;
-  std::unique_ptr<VocabProjector> projector_;
-  at::Tensor norm_weight_;           // g, float32
-  double max_norm_weight_ = 0;       // max_j |g_j|
-  at::Tensor bias_logits_;           // E·β (float64) or undefined
-  double max_unembedding_norm_ = 0;  // max_u ‖E_u‖, float64
+  std::unique_ptr<const FrozenOutputHead> head_;
+  std::vector<SoftmaxTerm> terms_;  // log p(target | x) = Σ over these terms
+  double amplification_ = 0;        // Σ_s transform_norm_s · max_row_norm_s
+  int64_t term_entries_ = 0;        // Σ_s n_s
   std::vector<std::shared_ptr<const Base>> attn_bases_, ffn_bases_;
   std::shared_ptr<const Base> final_base_;
 };

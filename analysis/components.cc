@@ -4,6 +4,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "analysis/tracing.h"
 
 namespace factlens {
@@ -71,9 +72,11 @@ absl::StatusOr<at::Tensor> ComponentVector(const Model& model, const ForwardTrac
       for (const NeuronKey& key : keys) {
         if (key.name == name) return key.key;
       }
+      std::vector<std::string> names;
+      for (const NeuronKey& key : keys) names.push_back(key.name);
       return absl::InvalidArgumentError(absl::StrCat(
           "component.key_name: '", name, "' is not a key of a ", ModelFamilyName(c.family),
-          " FFN neuron (", c.family == ModelFamily::kGpt2 ? "in" : "gate, up", ")"));
+          " FFN neuron (", absl::StrJoin(names, ", "), ")"));
     }
     case ComponentKind::kAttentionNeuron:
       return o[ref.head][ref.neuron] * lt.attention_probs[ref.head][position][ref.source_position] *

@@ -13,8 +13,9 @@ absl::StatusOr<PositionDecomposition> Decompose(const Model& model, const Forwar
   const ModelConfig& c = model.config();
   PositionDecomposition result;
   result.position = position;
-  const VocabProjector projector(model, trace.final_residual[position]);
-  result.final_scale = projector.final_scale();
+  const std::unique_ptr<const FrozenOutputHead> head =
+      model.output_head().FreezeAt(trace.final_residual[position]);
+  result.final_scale = head->final_scale();
 
   at::Tensor attention_increase, ffn_increase, head_increase;
   if (options.target) {
@@ -38,7 +39,7 @@ absl::StatusOr<PositionDecomposition> Decompose(const Model& model, const Forwar
     DecomposedComponent component{
         std::move(ref), vector, vector.norm().item<double>(), increase, {}};
     if (options.logit_lens_top_k > 0 && component.ref.kind != ComponentKind::kAttentionBias) {
-      component.lens_tokens = projector.TopAndBottom(vector, options.logit_lens_top_k).first;
+      component.lens_tokens = head->TopAndBottom(vector, options.logit_lens_top_k).first;
     }
     sum += vector.to(at::kDouble);
     result.components.push_back(std::move(component));

@@ -13,7 +13,7 @@
 #include "analysis/attribution.h"
 #include "analysis/components.h"
 #include "analysis/forward.h"
-#include "analysis/projection.h"
+#include "analysis/output_head.h"
 #include "analysis/weights.h"
 
 namespace factlens {

@@ -23,16 +23,9 @@ c10::ScalarType AtLeastFloat32(c10::ScalarType dtype) {
   return dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// LayerNorm (GPT-2) or RMSNorm computed as HF LlamaRMSNorm does (in float32, then scaled).
 at::Tensor Norm(const ModelConfig& config, const at::Tensor& x, const at::Tensor& weight,
                 const at::Tensor& bias) {
-  if (config.family == ModelFamily::kGpt2) {
-    return at::layer_norm(x, {config.d_model}, weight, bias, config.norm_eps);
-  }
-  const at::Tensor x32 = x.to(AtLeastFloat32(x.scalar_type()));
-  const at::Tensor normed =
-      x32 * at::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + config.norm_eps);
-  return weight * normed.to(x.scalar_type());
+  return ApplyNorm(config.architecture.norm, config.norm_eps, x, weight, bias);
 }
 
 at::Tensor Activate(Activation activation, const at::Tensor& x) {
@@ -64,7 +57,7 @@ struct PassContext {
   const CaptureOptions& capture;
   at::Tensor keep_index;                         // undefined = keep all rows
   at::Tensor causal_mask;                        // [T, T], true where a query may not attend
-  at::Tensor rope_cos, rope_sin;                 // [T, Dh], Llama only
+  at::Tensor rope_cos, rope_sin;                 // [T, Dh], rotary positions only
   std::vector<std::vector<Ablation>> ablations;  // per layer
 
   at::Tensor Keep(const at::Tensor& x) const {
@@ -103,15 +96,14 @@ at::Tensor Attention(const PassContext& pass, int64_t layer_index, const at::Ten
   const at::Tensor v = Linear(h, w.v_weight, w.v_bias).view({t, kv_heads, dh});
   if (pass.capture.values) trace.values = v.to(at::kFloat);
 
-  double scale = 1.0;
-  if (config.family == ModelFamily::kLlama) {
+  const Architecture& arch = config.architecture;
+  if (arch.positions == PositionKind::kRotary) {
     q = ApplyRotary(q, pass.rope_cos, pass.rope_sin);
     k = ApplyRotary(k, pass.rope_cos, pass.rope_sin);
-    scale = 1.0 / std::sqrt(static_cast<double>(dh));
-  } else {
-    if (config.scale_attn_weights) scale /= std::sqrt(static_cast<double>(dh));
-    if (config.scale_attn_by_inverse_layer_idx) scale /= static_cast<double>(layer_index + 1);
   }
+  double scale = 1.0;
+  if (arch.scale_attention) scale /= std::sqrt(static_cast<double>(dh));
+  if (arch.scale_attention_by_inverse_layer) scale /= static_cast<double>(layer_index + 1);
   // Grouped-query attention: query head i reads key/value head i / (H / KV).
   const int64_t group = heads / kv_heads;
   const at::Tensor k_heads = k.repeat_interleave(group, /*dim=*/1).permute({1, 2, 0});  // [H,Dh,T]
@@ -160,7 +152,7 @@ at::Tensor FeedForward(const PassContext& pass, int64_t layer_index, const at::T
   const ModelConfig& config = pass.model.config();
   const LayerWeights& w = pass.model.weights().layers[layer_index];
   at::Tensor coefficients;
-  if (config.family == ModelFamily::kLlama) {
+  if (config.architecture.ffn == FfnKind::kGated) {
     coefficients = Activate(config.activation, Linear(h, w.gate_weight, w.gate_bias)) *
                    Linear(h, w.in_weight, w.in_bias);
   } else {
@@ -177,6 +169,51 @@ at::Tensor FeedForward(const PassContext& pass, int64_t layer_index, const at::T
   ApplyAblations(ablations, AblationTarget::kFfnLayer, out,
                  [](const Ablation& a, at::Tensor& x) { ScaleRows(x, 0, a.position, a.scale); });
   return out;
+}
+
+// Token embeddings [T, d] in the compute dtype: rows of the embedding table, or fairseq's adaptive
+// input (each band's rows through its projection), times the architecture's embedding scale.
+at::Tensor EmbedTokens(const Model& model, absl::Span<const int64_t> token_ids) {
+  const ModelWeights& w = model.weights();
+  const auto on_device = [&](const std::vector<int64_t>& values) {
+    return at::tensor(values, at::kLong).to(model.device());
+  };
+  at::Tensor x;
+  if (w.input_bands.empty()) {
+    x = w.token_embedding.index_select(0, on_device({token_ids.begin(), token_ids.end()}));
+  } else {
+    x = at::zeros({static_cast<int64_t>(token_ids.size()), model.config().d_model},
+                  w.input_bands[0].embedding.options());
+    for (const AdaptiveInputBand& band : w.input_bands) {
+      std::vector<int64_t> positions, rows;
+      for (size_t t = 0; t < token_ids.size(); ++t) {
+        const int64_t row = token_ids[t] - band.start;
+        if (row >= 0 && row < band.embedding.size(0)) {
+          positions.push_back(static_cast<int64_t>(t));
+          rows.push_back(row);
+        }
+      }
+      if (positions.empty()) continue;
+      x.index_copy_(0, on_device(positions),
+                    at::linear(band.embedding.index_select(0, on_device(rows)), band.projection));
+    }
+  }
+  const double scale = model.config().architecture.embedding_scale;
+  return scale == 1.0 ? x : x * scale;
+}
+
+// fairseq's sinusoidal table rows [offset, offset + T) as [T, d]: sin of the first d/2 frequencies
+// then their cos (halves, not interleaved), a zero column for odd d.
+at::Tensor SinusoidalPositions(int64_t num_tokens, int64_t d, int64_t offset,
+                               const at::TensorOptions& options) {
+  const int64_t half = d / 2;
+  const double step = std::log(10000.0) / static_cast<double>(std::max<int64_t>(1, half - 1));
+  const at::Tensor frequencies = at::exp(at::arange(half, options) * -step);
+  const at::Tensor angles =
+      at::outer(at::arange(offset, offset + num_tokens, options), frequencies);
+  at::Tensor table = at::cat({angles.sin(), angles.cos()}, 1);
+  if (d % 2 == 1) table = at::cat({table, at::zeros({num_tokens, 1}, options)}, 1);
+  return table;
 }
 
 absl::StatusOr<std::vector<int64_t>> ResolvePositions(const std::vector<int64_t>& requested,
@@ -277,21 +314,27 @@ absl::StatusOr<ForwardTrace> Forward(const Model& model, absl::Span<const int64_
   try {
     const at::TensorOptions long_options =
         at::TensorOptions().dtype(at::kLong).device(model.device());
-    const at::Tensor ids =
-        at::tensor(std::vector<int64_t>(token_ids.begin(), token_ids.end()), at::kLong)
-            .to(model.device());
     PassContext pass{model, capture};
     pass.ablations = std::move(ablations_by_layer);
     if (!capture.positions.empty()) {
       pass.keep_index = at::tensor(trace.positions, at::kLong).to(model.device());
     }
     pass.causal_mask = at::ones({t, t}, long_options.dtype(at::kBool)).triu(1);
+    if (const int64_t window = config.architecture.sliding_window; window > 0 && window < t) {
+      pass.causal_mask = pass.causal_mask.logical_or(
+          at::ones({t, t}, long_options.dtype(at::kBool)).tril(-window));
+    }
     const ModelWeights& w = model.weights();
-    at::Tensor x = w.token_embedding.index_select(0, ids);
-    if (config.family == ModelFamily::kGpt2) {
+    const Architecture& arch = config.architecture;
+    const c10::ScalarType angle_dtype = AtLeastFloat32(model.dtype());
+    at::Tensor x = EmbedTokens(model, token_ids);
+    if (arch.positions == PositionKind::kLearned) {
       x = x + w.position_embedding.narrow(0, 0, t);
+    } else if (arch.positions == PositionKind::kSinusoidal) {
+      x = x + SinusoidalPositions(t, config.d_model, arch.position_offset,
+                                  long_options.dtype(angle_dtype))
+                  .to(model.dtype());
     } else {
-      const c10::ScalarType angle_dtype = AtLeastFloat32(model.dtype());
       const at::Tensor freqs =
           at::outer(at::arange(t, long_options).to(angle_dtype),
                     RotaryInverseFrequencies(config, angle_dtype).to(model.device()));
@@ -321,13 +364,10 @@ absl::StatusOr<ForwardTrace> Forward(const Model& model, absl::Span<const int64_
     const at::Tensor kept_final =
         pass.keep_index.defined() ? x.index_select(0, pass.keep_index) : x;
     if (capture.residuals) trace.final_residual = kept_final.to(at::kFloat);
-    if (capture.logits) {
-      const at::Tensor normed = Norm(config, kept_final, w.final_norm_weight, w.final_norm_bias);
-      // In float64 through the unembedding prepared at load: one row's logits then do not depend
-      // on how many rows are computed (a [1, d] and a [T, d] float32 product round differently),
-      // so Predict and LocateFact report the same probability on any CPU.
-      trace.logits = at::linear(normed.to(at::kDouble), w.unembedding64);
-    }
+    // In float64 through the output layer prepared at load: one row's logits then do not depend
+    // on how many rows are computed (a [1, d] and a [T, d] float32 product round differently), so
+    // Predict and LocateFact report the same probability on any CPU.
+    if (capture.logits) trace.logits = model.output_head().Logits(kept_final);
   } catch (const std::exception& e) {
     return StatusFromException(e, "the forward pass", model.device());
   }

@@ -11,7 +11,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "analysis/attribution.h"
-#include "analysis/projection.h"
+#include "analysis/output_head.h"
 #include "analysis/weights.h"
 
 namespace factlens {

@@ -21,6 +21,12 @@ class ConfigReader {
   explicit ConfigReader(const json& object, std::string prefix = "")
       : object_(object), prefix_(std::move(prefix)) {}
 
+  // Present with the value null (HF distinguishes it from absent for some keys).
+  bool IsNull(absl::string_view key) const {
+    const auto it = object_.find(std::string(key));
+    return it != object_.end() && it->is_null();
+  }
+
   const json* Find(absl::string_view key) const {
     const auto it = object_.find(std::string(key));
     if (it == object_.end() || it->is_null()) return nullptr;
@@ -102,8 +108,8 @@ absl::Status ParseGpt2(const ConfigReader& c, ModelConfig& m) {
   FACTLENS_ASSIGN_OR_RETURN(m.activation, ParseActivation(c, "activation_function", "gelu_new"));
   FACTLENS_ASSIGN_OR_RETURN(m.norm_eps, c.Positive("layer_norm_epsilon", 1e-5));
   FACTLENS_ASSIGN_OR_RETURN(m.tie_word_embeddings, c.Bool("tie_word_embeddings", true));
-  FACTLENS_ASSIGN_OR_RETURN(m.scale_attn_weights, c.Bool("scale_attn_weights", true));
-  FACTLENS_ASSIGN_OR_RETURN(m.scale_attn_by_inverse_layer_idx,
+  FACTLENS_ASSIGN_OR_RETURN(m.architecture.scale_attention, c.Bool("scale_attn_weights", true));
+  FACTLENS_ASSIGN_OR_RETURN(m.architecture.scale_attention_by_inverse_layer,
                             c.Bool("scale_attn_by_inverse_layer_idx", false));
   if (m.d_model % m.n_heads != 0) return c.Error("n_embd", "must be divisible by n_head");
   m.n_kv_heads = m.n_heads;
@@ -144,18 +150,29 @@ absl::Status ParseRope(const ConfigReader& top, ModelConfig& m) {
   return absl::OkStatus();
 }
 
-absl::Status ParseLlama(const ConfigReader& c, ModelConfig& m) {
-  FACTLENS_ASSIGN_OR_RETURN(m.vocab_size, c.Int("vocab_size", 32000));
-  FACTLENS_ASSIGN_OR_RETURN(m.d_model, c.Int("hidden_size", 4096));
-  FACTLENS_ASSIGN_OR_RETURN(m.d_ffn, c.Int("intermediate_size", 11008));
+// The Hugging Face defaults of a Llama-like config class (LlamaConfig, Qwen2Config,
+// MistralConfig) where they differ.
+struct LlamaLikeDefaults {
+  int64_t vocab_size, d_model, d_ffn, n_kv_heads, max_positions;  // n_kv_heads 0 = n_heads
+};
+
+absl::Status ParseLlamaLike(const ConfigReader& c, const LlamaLikeDefaults& defaults,
+                            ModelConfig& m) {
+  FACTLENS_ASSIGN_OR_RETURN(m.vocab_size, c.Int("vocab_size", defaults.vocab_size));
+  FACTLENS_ASSIGN_OR_RETURN(m.d_model, c.Int("hidden_size", defaults.d_model));
+  FACTLENS_ASSIGN_OR_RETURN(m.d_ffn, c.Int("intermediate_size", defaults.d_ffn));
   FACTLENS_ASSIGN_OR_RETURN(m.n_layers, c.Int("num_hidden_layers", 32));
   FACTLENS_ASSIGN_OR_RETURN(m.n_heads, c.Int("num_attention_heads", 32));
-  FACTLENS_ASSIGN_OR_RETURN(m.n_kv_heads, c.Int("num_key_value_heads", m.n_heads));
-  FACTLENS_ASSIGN_OR_RETURN(m.max_positions, c.Int("max_position_embeddings", 2048));
+  FACTLENS_ASSIGN_OR_RETURN(
+      m.n_kv_heads,
+      c.Int("num_key_value_heads", defaults.n_kv_heads > 0 ? defaults.n_kv_heads : m.n_heads));
+  FACTLENS_ASSIGN_OR_RETURN(m.max_positions,
+                            c.Int("max_position_embeddings", defaults.max_positions));
   FACTLENS_ASSIGN_OR_RETURN(m.norm_eps, c.Positive("rms_norm_eps", 1e-6));
   FACTLENS_ASSIGN_OR_RETURN(m.tie_word_embeddings, c.Bool("tie_word_embeddings", false));
   FACTLENS_ASSIGN_OR_RETURN(m.activation, ParseActivation(c, "hidden_act", "silu"));
   FACTLENS_ASSIGN_OR_RETURN(m.attention_bias, c.Bool("attention_bias", false));
+  m.attention_output_bias = m.attention_bias;
   FACTLENS_ASSIGN_OR_RETURN(m.mlp_bias, c.Bool("mlp_bias", false));
   if (c.Find("head_dim") == nullptr && m.d_model % m.n_heads != 0) {
     return c.Error("hidden_size", "must be divisible by num_attention_heads");
@@ -168,10 +185,70 @@ absl::Status ParseLlama(const ConfigReader& c, ModelConfig& m) {
   return ParseRope(c, m);
 }
 
+absl::Status ParseLlama(const ConfigReader& c, ModelConfig& m) {
+  return ParseLlamaLike(c, {32000, 4096, 11008, 0, 2048}, m);
+}
+
+// Qwen2: Llama with q/k/v biases (and none on the output projection).
+absl::Status ParseQwen2(const ConfigReader& c, ModelConfig& m) {
+  FACTLENS_RETURN_IF_ERROR(ParseLlamaLike(c, {151936, 4096, 22016, 32, 32768}, m));
+  m.attention_bias = true;
+  m.attention_output_bias = false;
+  FACTLENS_ASSIGN_OR_RETURN(const bool sliding, c.Bool("use_sliding_window", false));
+  if (sliding) {  // per-layer windows (max_window_layers) are not implemented
+    return absl::UnimplementedError(
+        "config.json: Qwen2 with use_sliding_window=true is not supported");
+  }
+  return absl::OkStatus();
+}
+
+// Mistral: Llama with sliding-window attention.
+absl::Status ParseMistral(const ConfigReader& c, ModelConfig& m) {
+  FACTLENS_RETURN_IF_ERROR(ParseLlamaLike(c, {32000, 4096, 14336, 8, 131072}, m));
+  // MistralConfig's default is 4096; null turns the window off.
+  if (!c.IsNull("sliding_window")) {
+    FACTLENS_ASSIGN_OR_RETURN(m.architecture.sliding_window, c.Int("sliding_window", 4096));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::string_view ModelFamilyName(ModelFamily family) {
-  return family == ModelFamily::kGpt2 ? "gpt2" : "llama";
+  switch (family) {
+    case ModelFamily::kGpt2:
+      return "gpt2";
+    case ModelFamily::kLlama:
+      return "llama";
+    case ModelFamily::kQwen2:
+      return "qwen2";
+    case ModelFamily::kMistral:
+      return "mistral";
+    case ModelFamily::kFairseqLm:
+      return "fairseq_lm";
+  }
+  return "?";
+}
+
+Architecture FamilyArchitecture(ModelFamily family) {
+  Architecture a;
+  switch (family) {
+    case ModelFamily::kGpt2:  // LayerNorm, learned positions, GELU MLP, ln_f
+      break;
+    case ModelFamily::kLlama:    // RMSNorm, RoPE, SwiGLU, final RMSNorm
+    case ModelFamily::kQwen2:    // the same; q/k/v biases are a loader matter
+    case ModelFamily::kMistral:  // the same; its sliding window comes from config.json
+      a.norm = NormKind::kRmsNorm;
+      a.positions = PositionKind::kRotary;
+      a.ffn = FfnKind::kGated;
+      break;
+    case ModelFamily::kFairseqLm:  // transformer_lm (Baevski & Auli): no final norm by default
+      a.positions = PositionKind::kSinusoidal;
+      a.position_offset = 2;
+      a.final_norm = false;
+      break;
+  }
+  return a;
 }
 
 absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
@@ -185,15 +262,26 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
   ModelConfig m;
   if (model_type == "gpt2") {
     m.family = ModelFamily::kGpt2;
+    m.architecture = FamilyArchitecture(m.family);
     FACTLENS_RETURN_IF_ERROR(ParseGpt2(config, m));
   } else if (model_type == "llama") {
     m.family = ModelFamily::kLlama;
+    m.architecture = FamilyArchitecture(m.family);
     FACTLENS_RETURN_IF_ERROR(ParseLlama(config, m));
+  } else if (model_type == "qwen2") {
+    m.family = ModelFamily::kQwen2;
+    m.architecture = FamilyArchitecture(m.family);
+    FACTLENS_RETURN_IF_ERROR(ParseQwen2(config, m));
+  } else if (model_type == "mistral") {
+    m.family = ModelFamily::kMistral;
+    m.architecture = FamilyArchitecture(m.family);
+    FACTLENS_RETURN_IF_ERROR(ParseMistral(config, m));
   } else if (model_type.empty()) {
     return absl::InvalidArgumentError("config.json has no 'model_type'");
   } else {
-    return absl::UnimplementedError(absl::StrCat("config.json: model_type '", model_type,
-                                                 "' is not supported (gpt2 and llama are)"));
+    return absl::UnimplementedError(
+        absl::StrCat("config.json: model_type '", model_type,
+                     "' is not supported (gpt2, llama, qwen2 and mistral are)"));
   }
   // transformers 5 writes "dtype"; older files "torch_dtype".
   FACTLENS_ASSIGN_OR_RETURN(m.torch_dtype, config.String("torch_dtype", ""));

@@ -26,9 +26,30 @@ absl::StatusOr<std::vector<int64_t>> EncodePrompt(const Tokenizer& tokenizer,
   return std::vector<int64_t>(encoding->ids.begin(), encoding->ids.end());
 }
 
-absl::StatusOr<int64_t> ResolveTarget(const Tokenizer& tokenizer, const std::string& prompt,
-                                      const std::string& target, bool first_token) {
-  if (target.empty()) return absl::InvalidArgumentError("target: is empty");
+namespace {
+
+// The target's tokens: for a word-level vocabulary its own words (a word is encoded alone, and
+// one outside the vocabulary is refused rather than scored as <unk>); for a subword tokenizer
+// what encoding prompt + target adds after the prompt's tokens.
+absl::StatusOr<std::vector<int32_t>> TargetTokens(const Tokenizer& tokenizer,
+                                                  const std::string& prompt,
+                                                  const std::string& target) {
+  if (const std::optional<int32_t> unknown = tokenizer.unknown_word_id()) {
+    absl::StatusOr<Encoding> words = tokenizer.Encode(target, /*add_special_tokens=*/false);
+    if (!words.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("target: ", words.status().message()));
+    }
+    if (words->ids.empty()) return absl::InvalidArgumentError("target: has no words");
+    for (size_t i = 0; i < words->ids.size(); ++i) {
+      if (words->ids[i] == *unknown && !words->special[i]) {
+        const auto [begin, end] = words->byte_offsets[i];
+        return absl::InvalidArgumentError(absl::StrCat(
+            "target: \"", target.substr(begin, end - begin),
+            "\" is not in the model's vocabulary (dict.txt); it would be scored as <unk>"));
+      }
+    }
+    return words->ids;
+  }
   absl::StatusOr<Encoding> alone = EncodeField(tokenizer, "prompt", prompt);
   if (!alone.ok()) return alone.status();
   absl::StatusOr<Encoding> combined = EncodeField(tokenizer, "target", prompt + target);
@@ -40,7 +61,17 @@ absl::StatusOr<int64_t> ResolveTarget(const Tokenizer& tokenizer, const std::str
         "target: \"", target,
         "\" merges with the end of the prompt when tokenized; give the target as a token id"));
   }
-  const std::vector<int32_t> added(combined->ids.begin() + n, combined->ids.end());
+  return std::vector<int32_t>(combined->ids.begin() + n, combined->ids.end());
+}
+
+}  // namespace
+
+absl::StatusOr<int64_t> ResolveTarget(const Tokenizer& tokenizer, const std::string& prompt,
+                                      const std::string& target, bool first_token) {
+  if (target.empty()) return absl::InvalidArgumentError("target: is empty");
+  absl::StatusOr<std::vector<int32_t>> tokens = TargetTokens(tokenizer, prompt, target);
+  if (!tokens.ok()) return tokens.status();
+  const std::vector<int32_t>& added = *tokens;
   if (added.size() == 1 || first_token) return added[0];
   std::vector<std::string> shown;
   for (int32_t id : added) {

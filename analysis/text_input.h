@@ -18,8 +18,10 @@ absl::StatusOr<std::vector<int64_t>> EncodePrompt(const Tokenizer& tokenizer,
 
 // The target token for `target` text continuing `prompt`: the tokens that encoding
 // prompt + target adds after the prompt's own tokens (so " Paris" is GPT-2's " Paris" and Llama's
-// "▁Paris"). It must be exactly one token, unless `first_token`, which takes the first. Otherwise
-// InvalidArgument naming `target` and listing its tokens. Thread-safe.
+// "▁Paris"); for a word-level vocabulary (fairseq dict.txt) the target's own words ("Paris"), a
+// word outside the vocabulary being InvalidArgument rather than <unk>. It must be exactly one
+// token, unless `first_token`, which takes the first. Otherwise InvalidArgument naming `target`
+// and listing its tokens. Thread-safe.
 absl::StatusOr<int64_t> ResolveTarget(const Tokenizer& tokenizer, const std::string& prompt,
                                       const std::string& target, bool first_token);
 

@@ -26,7 +26,10 @@ KeyTrace TraceKey(const Model& model, const ForwardTrace& trace, NeuronKey key, 
   KeyTrace result;
   result.layer_scores = at::zeros({1 + 2 * c.n_layers}, at::kDouble);
   result.head_scores = at::zeros({c.n_layers, c.n_heads}, at::kDouble);
-  auto dot = [&](const at::Tensor& v) { return at::dot(v.to(at::kFloat), key.key).item<double>(); };
+  // Layer scores in float64: the query-layer scores divide them by their sum, which cancellation
+  // can make small, so float32 rounding would be amplified.
+  const at::Tensor key64 = key.key.to(at::kDouble);
+  auto dot = [&](const at::Tensor& v) { return at::dot(v.to(at::kDouble), key64).item<double>(); };
   result.layer_scores[0] = dot(trace.embedding[position]);
   const int64_t last_attention = include_attention ? layer : layer - 1;
   std::vector<at::Tensor> subvalue_scores;
@@ -43,8 +46,10 @@ KeyTrace TraceKey(const Model& model, const ForwardTrace& trace, NeuronKey key, 
         at::einsum("hj,hjd,d->h", {lt.head_outputs[position], o, key.key}).to(at::kDouble);
     if (m < layer) {
       result.layer_scores[2 * m + 2] = dot(lt.ffn_out[position]);
-      const at::Tensor w_out = model.weights().layers[m].out_weight.to(at::kFloat);  // [d, N]
-      subvalue_scores.push_back(lt.ffn_coefficients[position] * at::mv(w_out.t(), key.key));
+      if (top_k > 0) {  // a pass over W_out, only when the top subvalues are asked for
+        const at::Tensor w_out = model.weights().layers[m].out_weight.to(at::kFloat);  // [d, N]
+        subvalue_scores.push_back(lt.ffn_coefficients[position] * at::mv(w_out.t(), key.key));
+      }
     }
   }
   result.total = result.layer_scores.sum().item<double>();
@@ -62,7 +67,7 @@ KeyTrace TraceKey(const Model& model, const ForwardTrace& trace, NeuronKey key, 
 std::vector<NeuronKey> FfnNeuronKeys(const Model& model, int64_t layer, int64_t neuron) {
   const LayerWeights& w = model.weights().layers[layer];
   const at::Tensor g = w.ffn_norm_weight.to(at::kFloat);
-  if (model.config().family == ModelFamily::kGpt2) {
+  if (model.config().architecture.ffn == FfnKind::kPlain) {
     return {{"in", w.in_weight[neuron].to(at::kFloat) * g}};
   }
   return {{"gate", w.gate_weight[neuron].to(at::kFloat) * g},

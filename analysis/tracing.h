@@ -17,15 +17,15 @@
 
 namespace factlens {
 
-// A neuron's key: GPT-2 FFN "in" = W_in row ⊙ ln_2 weight; Llama FFN "gate" and "up" rows ⊙
-// post-attention-norm weight; attention neuron "value" = value-projection row (kv head, dim) ⊙
-// input-norm weight.
+// A neuron's key: plain FFN (GPT-2, fairseq) "in" = W_in row ⊙ pre-FFN norm weight; gated FFN
+// (Llama) "gate" and "up" rows ⊙ pre-FFN norm weight; attention neuron "value" = value-projection
+// row (kv head, dim) ⊙ input-norm weight.
 struct NeuronKey {
   std::string name;
   at::Tensor key;  // [d] float32
 };
 
-// The keys of FFN neuron (layer, neuron): GPT-2 {"in"}, Llama {"gate", "up"}; and the "value" key
+// The keys of FFN neuron (layer, neuron): plain {"in"}, gated {"gate", "up"}; and the "value" key
 // of attention neuron (layer, head, dim). Indices must be in range (unchecked). Thread-safe.
 std::vector<NeuronKey> FfnNeuronKeys(const Model& model, int64_t layer, int64_t neuron);
 NeuronKey AttentionNeuronKey(const Model& model, int64_t layer, int64_t head, int64_t dim);
@@ -67,7 +67,7 @@ absl::StatusOr<NeuronTrace> TraceAttentionNeuron(const Model& model, const Forwa
                                                  int64_t head, int64_t dim, int64_t top_k);
 
 // Aggregated query-layer scores over ranked neurons: Σ_neurons layer_scores / total × score, one
-// [1 + 2L] vector per key name (GPT-2 FFN: "in"; Llama FFN: "gate", "up"; attention: "value").
+// [1 + 2L] vector per key name (plain FFN: "in"; gated FFN: "gate", "up"; attention: "value").
 // Neurons come from `attribution`'s rankings (FFN or attention neurons respectively).
 std::vector<std::pair<std::string, at::Tensor>> QueryLayerScoresFfn(
     const Attribution& attribution, const std::vector<RankedNeuron>& neurons);

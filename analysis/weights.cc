@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "analysis/device.h"
+#include "analysis/fairseq_model.h"
 #include "analysis/model_files.h"
 #include "analysis/status_macros.h"
 #include "analysis/tensor_io.h"
@@ -131,6 +132,7 @@ absl::Status LoadGpt2(const ModelConfig& c, const Checkpoint& checkpoint, Weight
   return absl::OkStatus();
 }
 
+// Llama and the families that share its tensor names (Qwen2, Mistral).
 absl::Status LoadLlama(const ModelConfig& c, WeightReader& r, ModelWeights& w) {
   const int64_t d = c.d_model, n = c.d_ffn;
   const int64_t q_dim = c.n_heads * c.head_dim, kv_dim = c.n_kv_heads * c.head_dim;
@@ -149,7 +151,7 @@ absl::Status LoadLlama(const ModelConfig& c, WeightReader& r, ModelWeights& w) {
     FACTLENS_ASSIGN_OR_RETURN(layer.q_bias, r.If(c.attention_bias, a + "q_proj.bias", {q_dim}));
     FACTLENS_ASSIGN_OR_RETURN(layer.k_bias, r.If(c.attention_bias, a + "k_proj.bias", {kv_dim}));
     FACTLENS_ASSIGN_OR_RETURN(layer.v_bias, r.If(c.attention_bias, a + "v_proj.bias", {kv_dim}));
-    FACTLENS_ASSIGN_OR_RETURN(layer.o_bias, r.If(c.attention_bias, a + "o_proj.bias", {d}));
+    FACTLENS_ASSIGN_OR_RETURN(layer.o_bias, r.If(c.attention_output_bias, a + "o_proj.bias", {d}));
     FACTLENS_ASSIGN_OR_RETURN(layer.ffn_norm_weight,
                               r.Required(h + "post_attention_layernorm.weight", {d}));
     FACTLENS_ASSIGN_OR_RETURN(layer.gate_weight, r.Required(m + "gate_proj.weight", {n, d}));
@@ -180,8 +182,9 @@ c10::ScalarType CheckpointDType(const Checkpoint& checkpoint) {
   return bytes[DType::kF16] > bytes[DType::kF32] ? c10::ScalarType::Half : c10::ScalarType::Float;
 }
 
-// Bytes of every distinct storage the weights hold (views and tied tensors counted once).
-uint64_t DistinctStorageBytes(const ModelWeights& w) {
+// Bytes of every distinct storage the weights and the prepared head hold (views and tied tensors
+// counted once).
+uint64_t DistinctStorageBytes(const ModelWeights& w, const OutputHead& head) {
   std::set<const void*> seen;
   uint64_t bytes = 0;
   auto add = [&](const at::Tensor& t) {
@@ -190,9 +193,18 @@ uint64_t DistinctStorageBytes(const ModelWeights& w) {
     }
   };
   for (const at::Tensor* t : {&w.token_embedding, &w.position_embedding, &w.final_norm_weight,
-                              &w.final_norm_bias, &w.unembedding, &w.unembedding64}) {
+                              &w.final_norm_bias, &w.unembedding, &w.cluster_weight}) {
     add(*t);
   }
+  for (const AdaptiveInputBand& band : w.input_bands) {
+    add(band.embedding);
+    add(band.projection);
+  }
+  for (const AdaptiveSoftmaxBand& band : w.output_bands) {
+    add(band.embedding);
+    add(band.projection);
+  }
+  for (const at::Tensor& t : head.PreparedTensors()) add(t);
   for (const LayerWeights& l : w.layers) {
     for (const at::Tensor* t :
          {&l.attn_norm_weight, &l.attn_norm_bias, &l.q_weight, &l.k_weight, &l.v_weight, &l.q_bias,
@@ -204,7 +216,8 @@ uint64_t DistinctStorageBytes(const ModelWeights& w) {
   return bytes;
 }
 
-// The compute dtype: `requested`, else float32 on CPU and `checkpoint_dtype` on a GPU.
+}  // namespace
+
 absl::StatusOr<c10::ScalarType> ComputeDType(std::optional<c10::ScalarType> requested,
                                              c10::Device device, c10::ScalarType checkpoint_dtype) {
   const c10::ScalarType dtype =
@@ -219,24 +232,31 @@ absl::StatusOr<c10::ScalarType> ComputeDType(std::optional<c10::ScalarType> requ
   return dtype;
 }
 
-}  // namespace
-
 absl::Status Model::PrepareForAnalysis() {
   if (device_.is_cuda()) UseFullPrecisionMatmuls();  // for every GPU model, however it was made
-  ModelWeights& w = weights_;
+  const ModelWeights& w = weights_;
+  const Architecture& a = config_.architecture;
+  const at::Tensor final_norm_weight = a.final_norm ? w.final_norm_weight : at::Tensor();
+  const at::Tensor final_norm_bias = a.final_norm ? w.final_norm_bias : at::Tensor();
   try {
-    w.unembedding64 = w.unembedding.to(at::kDouble);
-    w.max_unembedding_norm = w.unembedding64.pow(2).sum(1).max().sqrt().item<double>();
+    if (w.output_bands.empty()) {
+      output_head_ = MakeUnembeddingHead(a.norm, config_.norm_eps, final_norm_weight,
+                                         final_norm_bias, w.unembedding);
+    } else {
+      output_head_ = MakeAdaptiveSoftmaxHead(a.norm, config_.norm_eps, final_norm_weight,
+                                             final_norm_bias, w.output_bands, w.cluster_weight);
+    }
   } catch (const std::exception& e) {
     return StatusFromException(e, absl::StrCat("preparing ", directory_, " for analysis"), device_);
   }
-  resident_bytes_ = DistinctStorageBytes(w);
+  resident_bytes_ = DistinctStorageBytes(w, *output_head_);
   return absl::OkStatus();
 }
 
 absl::StatusOr<std::shared_ptr<const Model>> Model::Load(const std::string& reference,
                                                          const LoadOptions& options) {
   FACTLENS_ASSIGN_OR_RETURN(const std::string directory, ResolveModelDirectory(reference));
+  if (IsFairseqModelDirectory(directory)) return LoadFairseqModel(directory, options);
   FACTLENS_ASSIGN_OR_RETURN(const std::string config_text,
                             ReadTextFile(directory + "/config.json"));
   absl::StatusOr<ModelConfig> config = ParseModelConfig(config_text);
@@ -254,10 +274,17 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Load(const std::string& refe
   model->dtype_ = dtype;
   WeightReader reader(checkpoint, device, dtype);
   try {
-    if (model->config_.family == ModelFamily::kGpt2) {
-      FACTLENS_RETURN_IF_ERROR(LoadGpt2(model->config_, checkpoint, reader, model->weights_));
-    } else {
-      FACTLENS_RETURN_IF_ERROR(LoadLlama(model->config_, reader, model->weights_));
+    switch (model->config_.family) {
+      case ModelFamily::kGpt2:
+        FACTLENS_RETURN_IF_ERROR(LoadGpt2(model->config_, checkpoint, reader, model->weights_));
+        break;
+      case ModelFamily::kLlama:
+      case ModelFamily::kQwen2:
+      case ModelFamily::kMistral:
+        FACTLENS_RETURN_IF_ERROR(LoadLlama(model->config_, reader, model->weights_));
+        break;
+      case ModelFamily::kFairseqLm:  // never from a config.json
+        return absl::InternalError("a fairseq model has no config.json loader");
     }
   } catch (const std::exception& e) {
     return StatusFromException(e, absl::StrCat("loading ", directory), device);
@@ -269,15 +296,15 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Load(const std::string& refe
 absl::StatusOr<std::shared_ptr<const Model>> Model::FromWeights(ModelConfig config,
                                                                 ModelWeights weights,
                                                                 std::string name) {
-  if (!weights.unembedding.defined() ||
-      weights.layers.size() != static_cast<size_t>(config.n_layers)) {
+  const at::Tensor& output =
+      weights.output_bands.empty() ? weights.unembedding : weights.output_bands[0].embedding;
+  if (!output.defined() || weights.layers.size() != static_cast<size_t>(config.n_layers)) {
     return absl::InvalidArgumentError(
-        "weights lack an unembedding or disagree with the config's layers");
+        "weights lack an output layer or disagree with the config's layers");
   }
-  const c10::Device device = weights.unembedding.device();
-  FACTLENS_ASSIGN_OR_RETURN(
-      const c10::ScalarType dtype,
-      ComputeDType(weights.unembedding.scalar_type(), device, weights.unembedding.scalar_type()));
+  const c10::Device device = output.device();
+  FACTLENS_ASSIGN_OR_RETURN(const c10::ScalarType dtype,
+                            ComputeDType(output.scalar_type(), device, output.scalar_type()));
   std::shared_ptr<Model> model(new Model(std::move(config), device));
   model->directory_ = std::move(name);
   model->dtype_ = dtype;

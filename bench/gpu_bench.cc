@@ -155,6 +155,7 @@ T QuickDefault(const absl::Flag<T>& flag, const char* name, T quick_value) {
 ModelConfig ConfigOf(const ModelShape& shape) {
   ModelConfig c;
   c.family = shape.family;
+  c.architecture = FamilyArchitecture(shape.family);
   c.vocab_size = shape.vocab;
   c.d_model = shape.d_model;
   c.n_layers = shape.layers;

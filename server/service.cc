@@ -13,7 +13,7 @@
 #include "analysis/device.h"
 #include "analysis/forward.h"
 #include "analysis/locate.h"
-#include "analysis/projection.h"
+#include "analysis/output_head.h"
 #include "analysis/report_format.h"
 #include "analysis/status_macros.h"
 #include "analysis/tracing.h"
@@ -524,12 +524,13 @@ grpc::Status FactLensService::ProjectToVocab(grpc::ServerContext* context,
                                   FullTrace(m, at->ids));
         absl::StatusOr<at::Tensor> vector = ComponentVector(*m.model, *trace, at->position, *ref);
         if (!vector.ok()) return vector.status();
-        const VocabProjector projector(*m.model, trace->final_residual[at->position]);
-        const auto [top, bottom] = projector.TopAndBottom(*vector, at->top_k);
+        const std::unique_ptr<const FrozenOutputHead> head =
+            m.model->output_head().FreezeAt(trace->final_residual[at->position]);
+        const auto [top, bottom] = head->TopAndBottom(*vector, at->top_k);
         for (const TokenScore& t : top) FillTokenScore(m, t.token_id, t.score, response->add_top());
         for (const TokenScore& t : bottom)
           FillTokenScore(m, t.token_id, t.score, response->add_bottom());
-        response->set_final_scale(projector.final_scale());
+        response->set_final_scale(head->final_scale());
         return absl::OkStatus();
       });
 }

@@ -67,14 +67,15 @@ TEST_P(ForwardParityTest, ComponentsSumToFinalResidual) {
   EXPECT_LE(error, rounding * kFloat32Unit);
 }
 
-INSTANTIATE_TEST_SUITE_P(HfReference, ForwardParityTest,
-                         ::testing::Values(ReferenceCase{"gpt2-tiny", 0},
-                                           ReferenceCase{"gpt2-tiny", 1},
-                                           ReferenceCase{"llama-tiny", 0},
-                                           ReferenceCase{"llama-tiny", 1},
-                                           ReferenceCase{"llama-gqa-tiny-bf16", 0},
-                                           ReferenceCase{"llama-gqa-tiny-bf16", 1}),
-                         CaseName);
+INSTANTIATE_TEST_SUITE_P(
+    HfReference, ForwardParityTest,
+    ::testing::Values(ReferenceCase{"gpt2-tiny", 0}, ReferenceCase{"gpt2-tiny", 1},
+                      ReferenceCase{"llama-tiny", 0}, ReferenceCase{"llama-tiny", 1},
+                      ReferenceCase{"llama-gqa-tiny-bf16", 0},
+                      ReferenceCase{"llama-gqa-tiny-bf16", 1}, ReferenceCase{"qwen2-tiny", 0},
+                      ReferenceCase{"qwen2-tiny", 1}, ReferenceCase{"mistral-tiny", 0},
+                      ReferenceCase{"mistral-tiny", 1}),
+    CaseName);
 
 }  // namespace
 }  // namespace factlens

@@ -22,6 +22,7 @@
 #ifndef FACTLENS_TESTS_HF_PARITY_H_
 #define FACTLENS_TESTS_HF_PARITY_H_
 
+#include <ATen/core/Tensor.h>
 #include <c10/core/ScalarType.h>
 
 #include <string>
@@ -29,6 +30,11 @@
 #include "nlohmann/json.hpp"
 
 namespace factlens::testing {
+
+// Expects max |actual − expected| ≤ relative_tolerance × max(1, max |expected|) and prints the
+// measured error (which the closing notes quote). Reports through GoogleTest.
+void ExpectClose(const at::Tensor& actual, const at::Tensor& expected, const std::string& what,
+                 double relative_tolerance);
 
 // tests/data/hf-reference/<model>/reference.json.
 nlohmann::json ReadReferenceJson(const std::string& model);

@@ -84,6 +84,35 @@ TEST(ModelConfigTest, AbsentOptionalValuesTakeHfDefaults) {
   EXPECT_EQ(llama->activation, Activation::kSilu);
 }
 
+TEST(ModelConfigTest, Qwen2AndMistralAreLlamaWithOneTraitEach) {
+  absl::StatusOr<ModelConfig> qwen2 = ParseModelConfig(
+      R"({"model_type":"qwen2","use_sliding_window":false,"sliding_window":131072})");
+  ASSERT_TRUE(qwen2.ok()) << qwen2.status();
+  EXPECT_EQ(qwen2->family, ModelFamily::kQwen2);
+  EXPECT_EQ(qwen2->architecture.positions, PositionKind::kRotary);
+  EXPECT_EQ(qwen2->architecture.ffn, FfnKind::kGated);
+  EXPECT_TRUE(qwen2->attention_bias);  // q/k/v
+  EXPECT_FALSE(qwen2->attention_output_bias);
+  EXPECT_EQ(qwen2->architecture.sliding_window, 0);  // not used without use_sliding_window
+  EXPECT_EQ(qwen2->vocab_size, 151936);
+  EXPECT_EQ(ParseModelConfig(R"({"model_type":"qwen2","use_sliding_window":true})").status().code(),
+            absl::StatusCode::kUnimplemented);
+
+  absl::StatusOr<ModelConfig> mistral = ParseModelConfig(R"({"model_type":"mistral"})");
+  ASSERT_TRUE(mistral.ok()) << mistral.status();
+  EXPECT_EQ(mistral->family, ModelFamily::kMistral);
+  EXPECT_EQ(mistral->n_kv_heads, 8);
+  EXPECT_EQ(mistral->d_ffn, 14336);
+  EXPECT_EQ(mistral->architecture.sliding_window, 4096);  // MistralConfig's default
+  absl::StatusOr<ModelConfig> windowed =
+      ParseModelConfig(R"({"model_type":"mistral","sliding_window":4})");
+  ASSERT_TRUE(windowed.ok()) << windowed.status();
+  EXPECT_EQ(windowed->architecture.sliding_window, 4);
+  EXPECT_EQ(ParseModelConfig(R"({"model_type":"mistral","sliding_window":null})")
+                ->architecture.sliding_window,
+            0);
+}
+
 TEST(ModelConfigTest, LinearRopeAndLegacyTypeKey) {
   absl::StatusOr<ModelConfig> c = ParseModelConfig(
       R"({"model_type":"llama","rope_theta":1e6,"rope_scaling":{"type":"linear","factor":4}})");

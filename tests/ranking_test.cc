@@ -129,9 +129,12 @@ void CheckAllRankings(const Model& model, const std::vector<int64_t>& ids, int64
 }
 
 TEST(RankingTest, PrunedEqualsExhaustiveOnReferenceModels) {
-  for (const char* model_name : {"gpt2-tiny", "llama-tiny", "llama-gqa-tiny-bf16"}) {
-    const std::string dir =
-        testing::SourcePath(std::string("tests/data/hf-reference/") + model_name);
+  // One softmax (GPT-2, Llama) and fairseq's adaptive softmax, with and without a final norm.
+  for (const char* model_name :
+       {"hf-reference/gpt2-tiny", "hf-reference/llama-tiny", "hf-reference/llama-gqa-tiny-bf16",
+        "hf-reference/qwen2-tiny", "hf-reference/mistral-tiny", "fairseq-reference/baevski-tiny",
+        "fairseq-reference/baevski-4band", "fairseq-reference/baevski-tiny-final-norm"}) {
+    const std::string dir = testing::SourcePath(std::string("tests/data/") + model_name);
     absl::StatusOr<std::shared_ptr<const Model>> model = Model::Load(dir);
     ASSERT_TRUE(model.ok()) << model.status();
     std::ifstream in(dir + "/reference.json");

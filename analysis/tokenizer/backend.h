@@ -1,6 +1,6 @@
 // Internal: the interface behind factlens::Tokenizer, implemented by the tokenizer.json pipeline
-// (hf_tokenizer.cc); SentencePiece models are converted to that pipeline's tokenizer.json
-// document (sentencepiece_model.h).
+// (hf_tokenizer.cc) and by fairseq word-level dictionaries (fairseq_dictionary.h); SentencePiece
+// models are converted to the tokenizer.json pipeline's document (sentencepiece_model.h).
 // Contract: implementations are immutable after construction and thread-safe for const calls.
 // Encode receives text that the facade has already validated as UTF-8 and fills ids, tokens,
 // byte_offsets and special; the facade computes the character offsets.
@@ -32,6 +32,9 @@ class TokenizerBackend {
   virtual int32_t vocab_size() const = 0;
   virtual std::optional<int32_t> bos_id() const = 0;
   virtual std::optional<int32_t> eos_id() const = 0;
+  // Word-level vocabularies (fairseq dict.txt) encode each whitespace-separated word on its own
+  // and map unknown words to this id; subword tokenizers return nullopt.
+  virtual std::optional<int32_t> unknown_word_id() const { return std::nullopt; }
 };
 
 // Factories (hf_tokenizer.cc): from tokenizer.json text (not JSON -> DataLoss) or from an

@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "analysis/tokenizer/backend.h"
+#include "analysis/tokenizer/fairseq_dictionary.h"
 #include "analysis/tokenizer/json_util.h"
 #include "analysis/tokenizer/sentencepiece_model.h"
 #include "analysis/tokenizer/text_util.h"
@@ -22,9 +23,16 @@ bool IsRegularFile(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  if (!IsRegularFile(path)) {
+// The whole file; a file larger than max_bytes -> InvalidArgument (checked before reading).
+absl::StatusOr<std::string> ReadFile(const std::string& path,
+                                     size_t max_bytes = static_cast<size_t>(-1)) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
     return absl::NotFoundError(absl::StrCat("cannot open ", path, ": not a readable file"));
+  }
+  if (static_cast<unsigned long long>(st.st_size) > max_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, " is too large: ", st.st_size, " bytes (at most ", max_bytes, ")"));
   }
   std::ifstream in(path, std::ios::binary);
   if (!in) {
@@ -180,10 +188,24 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromSentencePieceFile(
   return t;
 }
 
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFairseqDictString(
+    std::string_view dict_txt) {
+  TOK_ASSIGN_OR_RETURN(auto backend, NewFairseqDictionaryBackend(dict_txt));
+  return std::unique_ptr<Tokenizer>(new Tokenizer(std::move(backend)));
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFairseqDictFile(const std::string& path) {
+  TOK_ASSIGN_OR_RETURN(const std::string text, ReadFile(path, kFairseqDictMaxBytes));
+  auto t = FromFairseqDictString(text);
+  if (!t.ok()) return WithPath(path, t.status());
+  return t;
+}
+
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromModelDirectory(const std::string& dir) {
   std::unique_ptr<Tokenizer> t;
   const std::string json_path = absl::StrCat(dir, "/tokenizer.json");
   const std::string sp_path = absl::StrCat(dir, "/tokenizer.model");
+  const std::string dict_path = absl::StrCat(dir, "/dict.txt");
   const std::optional<tok::Json> config = ReadConfig(dir);
   if (IsRegularFile(json_path)) {
     TOK_ASSIGN_OR_RETURN(t, FromJsonFile(json_path));
@@ -194,9 +216,11 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromModelDirectory(const s
     t.reset(new Tokenizer(std::move(sp->backend)));
     t->bos_override_ = sp->bos_id;
     t->eos_override_ = sp->eos_id;
+  } else if (IsRegularFile(dict_path)) {
+    TOK_ASSIGN_OR_RETURN(t, FromFairseqDictFile(dict_path));
   } else {
     return absl::NotFoundError(
-        absl::StrCat("no tokenizer.json or tokenizer.model in directory ", dir));
+        absl::StrCat("no tokenizer.json, tokenizer.model or dict.txt in directory ", dir));
   }
   // bos_token / eos_token of tokenizer_config.json (ignored if not in the vocabulary).
   if (config.has_value()) {
@@ -244,6 +268,8 @@ int32_t Tokenizer::vocab_size() const { return backend_->vocab_size(); }
 std::optional<int32_t> Tokenizer::bos_id() const {
   return bos_override_.has_value() ? bos_override_ : backend_->bos_id();
 }
+
+std::optional<int32_t> Tokenizer::unknown_word_id() const { return backend_->unknown_word_id(); }
 
 std::optional<int32_t> Tokenizer::eos_id() const {
   return eos_override_.has_value() ? eos_override_ : backend_->eos_id();

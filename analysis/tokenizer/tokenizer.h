@@ -1,5 +1,6 @@
 // Hugging Face tokenizer.json (and SentencePiece tokenizer.model) tokenizers in C++, byte-exact
-// with the Rust `tokenizers` library for the BPE pipelines of GPT-2, Llama-2 and Llama-3.
+// with the Rust `tokenizers` library for the BPE pipelines of GPT-2, Llama-2 and Llama-3; and
+// fairseq word-level dictionaries (dict.txt, e.g. Baevski & Auli's WikiText-103 LM).
 //
 // Offsets: `Encoding::offsets` are CHARACTER (Unicode code point) offsets into the input text,
 // [begin, end), computed exactly like HF `tokenizers` does for Python strings (a token that covers
@@ -12,7 +13,8 @@
 // NotFound or Unavailable); a tokenizer.json that is not valid JSON -> DataLoss; valid JSON with a
 // wrong structure (wrong types, missing fields, merges naming unknown tokens, bad regex) ->
 // InvalidArgument; a well-formed but unsupported component (unknown model / normalizer /
-// pre-tokenizer / decoder / post-processor type) -> Unimplemented. No exception escapes.
+// pre-tokenizer / decoder / post-processor type) -> Unimplemented; a malformed fairseq dict.txt
+// -> InvalidArgument naming the line. No exception escapes.
 //
 // Thread-safety: a Tokenizer is immutable after loading; all const methods may be called
 // concurrently from several threads (the internal BPE word cache is internally synchronised).
@@ -65,10 +67,27 @@ class Tokenizer {  // Immutable after load; all const methods are thread-safe.
   // The same from the file's bytes (a serialized sentencepiece.ModelProto).
   static absl::StatusOr<std::unique_ptr<Tokenizer>> FromSentencePieceString(
       std::string_view model_proto);
-  // Loads <dir>/tokenizer.json, else <dir>/tokenizer.model. If <dir>/tokenizer_config.json names
-  // bos_token / eos_token that exist in the vocabulary, they define bos_id() / eos_id(). For a
-  // tokenizer.model its legacy / add_prefix_space / add_bos_token / add_eos_token settings are
-  // applied like LlamaTokenizerFast does.
+  // Loads a fairseq Dictionary file (dict.txt) as a word-level tokenizer that encodes like
+  // fairseq's LM scoring: ids 0..3 are <s>, <pad>, </s>, <unk>; line k of the file
+  // ("<word> <count>", optionally followed by " #fairseq:overwrite") is id k + 4. Encode splits
+  // the text on runs of whitespace (Python's str.isspace(), Unicode included), looks each word
+  // up case-sensitively (a literal "<s>", "<pad>", "</s>", "<unk>" is that special, as in
+  // fairseq), maps unknown words to <unk> (3; `tokens` says "<unk>", the offsets are the word's)
+  // and with add_special_tokens prepends </s> (2, the LM start token; offsets [0, 0)). Decode
+  // joins the words with single spaces (skip_special_tokens drops ids 0..3). DisplayToken shows
+  // a word with a leading space (" Paris", like GPT-2's "ĠParis") and a special as itself;
+  // IdToToken / TokenToId use the raw words; bos_id() = eos_id() = 2.
+  // A malformed line (no space, a count that is not an integer, invalid UTF-8) or a duplicate
+  // word without " #fairseq:overwrite" (fairseq raises there too) -> InvalidArgument naming the
+  // line number; more than 64 MiB or 10,000,000 lines -> InvalidArgument.
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> FromFairseqDictFile(const std::string& path);
+  // The same from the file's contents.
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> FromFairseqDictString(
+      std::string_view dict_txt);
+  // Loads <dir>/tokenizer.json, else <dir>/tokenizer.model, else <dir>/dict.txt (fairseq). If
+  // <dir>/tokenizer_config.json names bos_token / eos_token that exist in the vocabulary, they
+  // define bos_id() / eos_id(). For a tokenizer.model its legacy / add_prefix_space /
+  // add_bos_token / add_eos_token settings are applied like LlamaTokenizerFast does.
   static absl::StatusOr<std::unique_ptr<Tokenizer>> FromModelDirectory(const std::string& dir);
 
   ~Tokenizer();
@@ -76,7 +95,8 @@ class Tokenizer {  // Immutable after load; all const methods are thread-safe.
   Tokenizer& operator=(const Tokenizer&) = delete;
 
   // Encodes `text` (must be valid UTF-8, else InvalidArgument naming the byte offset).
-  // `add_special_tokens` runs the post-processor's special tokens (e.g. Llama-2's BOS) like HF.
+  // `add_special_tokens` runs the post-processor's special tokens (e.g. Llama-2's BOS) like HF
+  // (fairseq dictionaries: prepends </s>).
   absl::StatusOr<Encoding> Encode(std::string_view text, bool add_special_tokens) const;
 
   // HF `decode`: ids -> token strings -> decoder chain. Ids outside the vocabulary are an
@@ -98,6 +118,10 @@ class Tokenizer {  // Immutable after load; all const methods are thread-safe.
   int32_t vocab_size() const;
   std::optional<int32_t> bos_id() const;
   std::optional<int32_t> eos_id() const;
+  // Set for word-level vocabularies (fairseq dict.txt), which encode each whitespace-separated
+  // word independently of its neighbours and give unknown words this id; nullopt for subword
+  // tokenizers, whose encoding of a word depends on the space before it.
+  std::optional<int32_t> unknown_word_id() const;
 
  private:
   explicit Tokenizer(std::unique_ptr<TokenizerBackend> backend);

@@ -19,6 +19,8 @@ import urllib.request
 
 SERVER, CLIENT_DIR = sys.argv[1], sys.argv[2]
 DEMO_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "models", "gpt2-facts-tiny")
+BAEVSKI_TINY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "fairseq-reference",
+                            "baevski-tiny")
 sys.path.insert(0, CLIENT_DIR)
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 
@@ -361,6 +363,59 @@ class ServerTest(unittest.TestCase):
         self.assertEqual(lookups("miss") - misses, 1)
         self.assertEqual(lookups("hit") - hits, 2)
 
+
+class FairseqModelTest(unittest.TestCase):
+    """A fairseq directory (model.pt + dict.txt, as fairseq ships it) served next to a GPT-2 model:
+    every RPC the report needs works on it, and the standard LocateFact runs through the server."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.server = Server("--model", "wiki=" + BAEVSKI_TINY, "--model", "gpt2=" + DEMO_MODEL)
+        cls.client = Client(cls.server.address, model="wiki")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.close()
+        cls.assertEqual(FairseqModelTest(), cls.server.stop(), 0)
+
+    def test_the_model_is_listed_as_a_fairseq_lm(self):
+        (wiki,) = [m for m in self.client.list_models() if m.name == "wiki"]
+        self.assertEqual(wiki.family, "fairseq_lm")
+        self.assertEqual((wiki.vocab_size, wiki.layers, wiki.heads), (704, 3, 4))
+
+    def test_words_are_tokenized_with_dict_txt_and_the_start_token(self):
+        # Case 0 of the fixture: words 17 120 5 (ids from dict.txt, line k = id k + 4).
+        with open(os.path.join(BAEVSKI_TINY, "dict.txt")) as f:
+            words = [line.rsplit(" ", 1)[0] for line in f.read().splitlines()]
+        text = " ".join(words[i - 4] for i in (17, 120, 5)) + " notaword"
+        self.assertEqual(list(self.client.tokenize(text).ids), [2, 17, 120, 5, 3])
+
+    def test_standard_locate_fact_runs_on_the_adaptive_softmax(self):
+        with open(os.path.join(BAEVSKI_TINY, "reference.json")) as f:
+            case = json.load(f)["cases"][0]
+        with open(os.path.join(BAEVSKI_TINY, "dict.txt")) as f:
+            words = [line.rsplit(" ", 1)[0] for line in f.read().splitlines()]
+        prompt = " ".join(words[i - 4] for i in case["input_ids"][1:])
+        report = self.client.locate_fact(prompt, case["target_word"])
+        proto = report.proto
+        self.assertEqual(proto.target.id, case["target"])
+        self.assertEqual(proto.target.token, " " + case["target_word"])
+        self.assertAlmostEqual(proto.outcome.log_prob, case["target_logprob"], delta=1e-4)
+        self.assertEqual(proto.outcome.rank, 1)  # the fixture's target is the argmax
+        self.assertEqual(proto.final_scale, 1.0)  # no final norm: nothing is frozen
+        self.assertEqual(len(proto.ffn_layer_increase), 3)
+        self.assertEqual(len(proto.ffn_neurons), 100)  # the standard report's top 100 of 3 × 64
+        top = proto.ffn_neurons[0]
+        self.assertGreater(top.score, 0)
+        self.assertTrue(top.top_tokens, "the neuron's promoted words")
+        self.assertTrue(all(t.score <= 0 for t in top.top_tokens), "log-probabilities of the vector alone")
+        self.assertEqual(len(proto.attention_neurons), 100)
+
+    def test_a_target_outside_the_dictionary_is_refused_not_scored_as_unk(self):
+        with self.assertRaises(FactlensError) as cm:
+            self.client.rank("a b", "notaword", "FFN_LAYER")
+        self.assertEqual(cm.exception.code, C.INVALID_ARGUMENT, cm.exception.message)
+        self.assertIn("not in the model's vocabulary", cm.exception.message)
 
 class LifecycleTest(unittest.TestCase):
     def test_sigterm_drains_a_running_request_and_exits_zero(self):

@@ -1,16 +1,24 @@
 // libFuzzer target: Encode + Decode + DisplayToken on the real GPT-2 / Llama-2 / Llama-3
-// tokenizers with arbitrary bytes, the tokenizer.json loader on arbitrary (small) JSON, and the
-// SentencePiece tokenizer.model reader on arbitrary bytes.
+// tokenizers with arbitrary bytes, the tokenizer.json loader on arbitrary (small) JSON, the
+// SentencePiece tokenizer.model reader on arbitrary bytes, and fairseq dict.txt dictionaries.
 // Input: byte 0 selects the mode, the rest is the payload.
 //   mode % 4 in {0,1,2}: tokenizer gpt2/llama2/llama3; bit 2: add_special_tokens.
-//   mode % 4 == 3, bit 4 clear: payload is a tokenizer.json; if it loads, encode/decode with it.
-//   mode % 4 == 3, bit 4 set: payload is a tokenizer.model (serialized ModelProto); if it
-//     loads, encode/decode with it. Seeds: tests/tokenizer/fuzz_corpus/seed_spm_*
-//     (make_sentencepiece_fuzz_seeds.py).
+//   mode % 4 == 3, bits 4 and 5 clear: payload is a tokenizer.json; if it loads,
+//     encode/decode with it.
+//   mode % 4 == 3, bit 4 set, bit 5 clear: payload is a tokenizer.model (serialized
+//     ModelProto); if it loads, encode/decode with it. Seeds:
+//     tests/tokenizer/fuzz_corpus/seed_spm_* (make_sentencepiece_fuzz_seeds.py).
+//   mode % 4 == 3, bit 5 set, bit 4 clear (0x23, 0x27, ...): payload is a fairseq dict.txt; if
+//     it loads, encode/decode with it. Seeds: seed_fairseq_dict*.
+//   mode % 4 == 3, bits 5 and 4 set (0x33, 0x37, ...): payload is text for the baevski-tiny
+//     fixture dict.txt. Seeds: seed_fairseq_text*.
 // Invariants checked (abort on violation): offsets inside the text and ordered, equal lengths,
 // decoding our own ids succeeds, invalid UTF-8 is rejected with InvalidArgument; a bad
 // tokenizer.model fails only with DataLoss / InvalidArgument / Unimplemented and a loaded one
-// has a consistent vocabulary.
+// has a consistent vocabulary; a bad dict.txt fails only with InvalidArgument naming a line, a
+// loaded one has 4 + (number of lines) ids whose words map back to ids with the same word;
+// with the fixture dictionary, decoding the ids of a text and encoding that again gives the
+// same ids.
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -23,6 +31,7 @@
 namespace {
 
 std::unique_ptr<factlens::Tokenizer> g_tokenizers[3];
+std::unique_ptr<factlens::Tokenizer> g_fairseq;  // the baevski-tiny fixture dict.txt
 
 void Check(bool ok, const char* what) {
   if (!ok) {
@@ -102,6 +111,63 @@ void Exercise(const factlens::Tokenizer& tok, const std::string& text, bool add_
   }
 }
 
+// Lines of a dict.txt as Python's universal-newline readlines() counts them.
+size_t CountLines(const std::string& s) {
+  size_t lines = 0;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\n' || (s[i] == '\r' && (i + 1 == s.size() || s[i + 1] != '\n'))) ++lines;
+  }
+  if (!s.empty() && s.back() != '\n' && s.back() != '\r') ++lines;
+  return lines;
+}
+
+void FuzzFairseqDict(const std::string& payload, bool add_special) {
+  if (payload.size() > 65536) return;
+  auto tok = factlens::Tokenizer::FromFairseqDictString(payload);
+  if (!tok.ok()) {
+    Check(tok.status().code() == absl::StatusCode::kInvalidArgument,
+          "a bad dict.txt fails with InvalidArgument");
+    Check(tok.status().message().substr(0, 5) == "line ", "a dict.txt error names the line");
+    return;
+  }
+  const factlens::Tokenizer& t = **tok;
+  Check(static_cast<size_t>(t.vocab_size()) == 4 + CountLines(payload),
+        "a dict.txt has 4 + (number of lines) ids");
+  Check(t.bos_id() == 2 && t.eos_id() == 2, "fairseq start token is </s>");
+  for (int32_t id = 0; id < t.vocab_size() && id < 256; ++id) {
+    const auto word = t.IdToToken(id);
+    Check(word.has_value(), "every id below vocab_size has a word");
+    Check(ValidUtf8(*word), "words are valid UTF-8");
+    const auto back = t.TokenToId(*word);
+    Check(back.has_value() && t.IdToToken(*back) == word, "words map back to an id");
+  }
+  Exercise(
+      t, "Hello  world, <s> caf\xc3\xa9 \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x98\x80\n\t123 <unk></s>",
+      add_special);
+  Exercise(t, payload, add_special);
+}
+
+void FuzzFairseqText(const std::string& payload, bool add_special) {
+  const factlens::Tokenizer& t = *g_fairseq;
+  Exercise(t, payload, add_special);
+  auto enc = t.Encode(payload, add_special);
+  if (!enc.ok()) return;
+  for (size_t i = 0; i < enc->ids.size(); ++i) {
+    Check(enc->byte_offsets[i].first < enc->byte_offsets[i].second ||
+              (add_special && i == 0 && enc->ids[0] == 2),
+          "only the inserted </s> has an empty span");
+  }
+  auto text = t.Decode(enc->ids, false);
+  Check(text.ok(), "decoding our own ids succeeds");
+  auto again = t.Encode(*text, false);
+  Check(again.ok(), "decoded text encodes");
+  std::vector<int32_t> expected = enc->ids;
+  if (add_special) expected.erase(expected.begin());  // "</s>" decodes to text and comes back
+  if (add_special) Check(again->ids.size() == expected.size() + 1, "</s> round-trips");
+  if (add_special) again->ids.erase(again->ids.begin());
+  Check(again->ids == expected, "decode + encode gives the ids back (fixture dictionary)");
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
@@ -116,6 +182,13 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
     }
     g_tokenizers[i] = std::move(*t);
   }
+  auto fairseq = factlens::Tokenizer::FromFairseqDictFile(FACTLENS_FAIRSEQ_DICT);
+  if (!fairseq.ok()) {
+    std::fprintf(stderr, "cannot load %s: %s\n", FACTLENS_FAIRSEQ_DICT,
+                 std::string(fairseq.status().message()).c_str());
+    std::abort();
+  }
+  g_fairseq = std::move(*fairseq);
   return 0;
 }
 
@@ -143,6 +216,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     for (int32_t id : ids) {
       auto shown = tok.DisplayToken(id);
       if (shown.ok()) Check(ValidUtf8(*shown), "DisplayToken is valid UTF-8");
+    }
+    return 0;
+  }
+  if ((mode & 32) != 0) {
+    if ((mode & 16) != 0) {
+      FuzzFairseqText(payload, add_special);
+    } else {
+      FuzzFairseqDict(payload, add_special);
     }
     return 0;
   }

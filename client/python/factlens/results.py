@@ -250,7 +250,8 @@ class Trace(Result):
 
 
 class Projection(Result):
-    """ProjectToVocab: top and bottom tokens of a component's before-softmax values."""
+    """ProjectToVocab: top and bottom tokens of a component's vocabulary scores (before-softmax values;
+    the vector's own log-probabilities for an adaptive-softmax model such as Baevski-18)."""
 
     def to_pandas(self):
         """Rows: the top tokens (largest first), then the bottom ones (most negative first); column side says which."""
