@@ -86,6 +86,7 @@
 #include "analysis/tokenizer/tokenizer.h"
 #include "analysis/weights.h"
 #include "nlohmann/json.hpp"
+#include "server/flag_usage.h"
 #include "server/model_registry.h"
 #include "server/service.h"
 
@@ -831,12 +832,12 @@ int Main() {
 }  // namespace factlens
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
+  factlens::ParseFlags(
+      argc, argv,
       "Times the forward pass, exact top-k neuron ranking (pruned vs exhaustive vs a "
-      "plain-libtorch "
-      "baseline), LocateFact over gRPC and peak GPU memory on random models of GPT-2 medium, "
-      "Llama-7B and Llama-13B shapes. CPU smoke test: gpu_bench --device=cpu --quick");
-  absl::ParseCommandLine(argc, argv);
+      "plain-libtorch baseline), LocateFact over gRPC and peak GPU memory on random models of "
+      "GPT-2 medium, Llama-7B and Llama-13B shapes. CPU smoke test: gpu_bench --device=cpu --quick",
+      "/bench/gpu_bench.");
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
   factlens::ConfigureCpuThreads(0);
   c10::InferenceMode inference;

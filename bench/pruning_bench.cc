@@ -117,6 +117,16 @@ int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
   bool medium = true;
   for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--help") || !std::strcmp(argv[i], "-h")) {
+      std::printf(
+          "pruning_bench: exact top-k neuron ranking, pruned vs exhaustive vs a vectorised "
+          "baseline, on random models of GPT-2 shapes (bench/RESULTS.md).\n"
+          "  --k N          neurons ranked (default 300)\n"
+          "  --tokens N     prompt length (default 16)\n"
+          "  --facts N      facts of the dataset estimate (default 1000)\n"
+          "  --skip_medium  skip the GPT-2-medium shape (minutes on 2 cores)\n");
+      return 0;
+    }
     if (!std::strcmp(argv[i], "--k") && i + 1 < argc)
       k = std::atoll(argv[++i]);
     else if (!std::strcmp(argv[i], "--tokens") && i + 1 < argc)
@@ -125,6 +135,10 @@ int main(int argc, char** argv) {
       facts = std::atoll(argv[++i]);
     else if (!std::strcmp(argv[i], "--skip_medium"))
       medium = false;
+    else {
+      std::fprintf(stderr, "pruning_bench: unknown argument '%s' (see --help)\n", argv[i]);
+      return 2;
+    }
   }
   factlens::ConfigureCpuThreads(0);
   at::matmul(at::ones({2, 2}), at::ones({2, 2}));

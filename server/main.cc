@@ -26,6 +26,7 @@
 #include "analysis/model_files.h"
 #include "factlens_commit.h"  // generated at build time: FACTLENS_COMMIT
 #include "nlohmann/json.hpp"
+#include "server/flag_usage.h"
 #include "server/http_endpoint.h"
 #include "server/metrics.h"
 #include "server/model_registry.h"
@@ -184,8 +185,7 @@ absl::Status CheckNumericFlags() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("Serves the factlens.v1 gRPC API. See README.md.");
-  absl::ParseCommandLine(argc, argv);
+  factlens::ParseFlags(argc, argv, "Serves the factlens.v1 gRPC API. See README.md.", "/server/");
   // SIGTERM/SIGINT are handled by a thread of ours (sigwait); block them before threads start.
   sigset_t signals;
   sigemptyset(&signals);

@@ -15,6 +15,7 @@
 #include "analysis/text_input.h"
 #include "analysis/tokenizer/tokenizer.h"
 #include "analysis/weights.h"
+#include "server/flag_usage.h"
 
 ABSL_FLAG(std::string, model, FACTLENS_DEFAULT_MODEL,
           "Model directory, or a Hugging Face repo id in the local HF cache");
@@ -40,8 +41,8 @@ int Fail(const absl::Status& status) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("Prints the fact-localization report for a prompt and a target.");
-  absl::ParseCommandLine(argc, argv);
+  factlens::ParseFlags(argc, argv, "Prints the fact-localization report for a prompt and a target.",
+                       "/tools/locate_main.");
   factlens::ConfigureCpuThreads(absl::GetFlag(FLAGS_threads));
   factlens::LoadOptions load;
   load.device = absl::GetFlag(FLAGS_device);

@@ -17,6 +17,7 @@
 #include "analysis/forward.h"
 #include "analysis/tokenizer/tokenizer.h"
 #include "analysis/weights.h"
+#include "server/flag_usage.h"
 
 ABSL_FLAG(std::string, model, FACTLENS_DEFAULT_MODEL,
           "Model directory, or a Hugging Face repo id in the local HF cache");
@@ -36,8 +37,8 @@ int Fail(const absl::Status& status) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("Prints the top next tokens a model predicts after a prompt.");
-  absl::ParseCommandLine(argc, argv);
+  factlens::ParseFlags(argc, argv, "Prints the top next tokens a model predicts after a prompt.",
+                       "/tools/predict_main.");
   factlens::ConfigureCpuThreads(absl::GetFlag(FLAGS_threads));
   const int top_k = absl::GetFlag(FLAGS_top_k);
   if (top_k < 1 || top_k > 1000) {
