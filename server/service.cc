@@ -166,24 +166,9 @@ absl::Status FactLensService::Authenticate(const grpc::ServerContext& context) c
 
 grpc::Status FactLensService::Serve(grpc::ServerContext* context, const char* rpc,
                                     const std::string& model, bool queued, const Work& work) {
-  const auto start = std::chrono::steady_clock::now();
-  RequestRecord record;
-  record.rpc = rpc;
-  record.model = model;
-  record.peer = context->peer();
-  bool draining;
-  {
-    absl::MutexLock lock(&mu_);
-    ++active_calls_;
-    draining = draining_;
-  }
-  absl::Status status = Authenticate(*context);
-  if (status.ok() && draining) {
-    status = absl::UnavailableError("the server is shutting down");
-  }
-  if (status.ok()) {
+  return Handle(context, rpc, model, queued, [&](RequestRecord& record) -> absl::Status {
     absl::StatusOr<std::shared_ptr<const ServedModel>> served = registry_->Get(model);
-    status = served.status();
+    absl::Status status = served.status();
     if (served.ok()) {
       record.model = (*served)->name;
       Gauge* in_flight =
@@ -217,7 +202,29 @@ grpc::Status FactLensService::Serve(grpc::ServerContext* context, const char* rp
       }
       if (in_flight) in_flight->Decrement();
     }
+    return status;
+  });
+}
+
+grpc::Status FactLensService::Handle(grpc::ServerContext* context, const char* rpc,
+                                     const std::string& model, bool queued,
+                                     const std::function<absl::Status(RequestRecord&)>& work) {
+  const auto start = std::chrono::steady_clock::now();
+  RequestRecord record;
+  record.rpc = rpc;
+  record.model = model;
+  record.peer = context->peer();
+  bool draining;
+  {
+    absl::MutexLock lock(&mu_);
+    ++active_calls_;
+    draining = draining_;
   }
+  absl::Status status = Authenticate(*context);
+  if (status.ok() && draining) {
+    status = absl::UnavailableError("the server is shutting down");
+  }
+  if (status.ok()) status = work(record);
   const grpc::Status result = ToGrpcStatus(status);
   record.code = result.error_code();
   record.latency_seconds =
@@ -249,8 +256,13 @@ grpc::Status FactLensService::Serve(grpc::ServerContext* context, const char* rp
 
 grpc::Status FactLensService::ListModels(grpc::ServerContext* context, const v1::ListModelsRequest*,
                                          v1::ListModelsResponse* response) {
-  const absl::Status auth = Authenticate(*context);
-  if (!auth.ok()) return ToGrpcStatus(auth);
+  return Handle(context, "ListModels", "", /*queued=*/false, [&](RequestRecord&) {
+    FillModelList(response);
+    return absl::OkStatus();
+  });
+}
+
+void FactLensService::FillModelList(v1::ListModelsResponse* response) const {
   for (const ModelSpec& spec : registry_->specs()) {
     v1::ModelInfo* info = response->add_models();
     info->set_name(spec.name);
@@ -271,7 +283,6 @@ grpc::Status FactLensService::ListModels(grpc::ServerContext* context, const v1:
     info->set_dtype(std::string(ComputeDTypeName(served->model->dtype())));
     info->set_device(served->model->device().str());
   }
-  return grpc::Status::OK;
 }
 
 grpc::Status FactLensService::Tokenize(grpc::ServerContext* context,

@@ -88,6 +88,12 @@ class FactLensService final : public v1::FactLens::Service {
   // RequestRecord for the observer.
   grpc::Status Serve(grpc::ServerContext* context, const char* rpc, const std::string& model,
                      bool queued, const Work& work);
+  // What every RPC shares, ListModels included: authentication, refusal while draining, the
+  // request metrics, the RequestRecord for the observer (the request log) and the log line of an
+  // internal failure, around `work` (which may fill the record's model and queue wait).
+  grpc::Status Handle(grpc::ServerContext* context, const char* rpc, const std::string& model,
+                      bool queued, const std::function<absl::Status(RequestRecord&)>& work);
+  void FillModelList(v1::ListModelsResponse* response) const;
   absl::Status Authenticate(const grpc::ServerContext& context) const;
   // The FullCapture() trace of `ids` through the model's trace cache (counted in metrics).
   absl::StatusOr<std::shared_ptr<const ForwardTrace>> FullTrace(

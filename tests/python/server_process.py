@@ -4,15 +4,24 @@ Shared by the Python-driven tests (tests/e2e, tests/deploy, client/python/tests)
 directory on sys.path.
 """
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
 import time
 import urllib.request
+import weakref
 
 # What every test server gets unless the test passes default_flags=False: free loopback ports and
 # one thread (the tests run two at a time on two cores).
 DEFAULT_FLAGS = ("--listen", "127.0.0.1:0", "--http_listen", "127.0.0.1:0", "--threads", "1")
+
+
+def _kill_and_remove(proc, directory):
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 class ServerProcess:
@@ -23,12 +32,16 @@ class ServerProcess:
 
     def __init__(self, binary, *flags, default_flags=True):
         self.dir = tempfile.mkdtemp(prefix="factlens-server-")
+        self._log = None
         port_file = os.path.join(self.dir, "ports")
         self.log_path = os.path.join(self.dir, "server.log")
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(
                 [binary, *(DEFAULT_FLAGS if default_flags else ()), *flags, "--port_file", port_file],
                 stdout=log, stderr=subprocess.STDOUT)
+        # A server its test never stopped (an exception between start and stop) is killed and its
+        # directory removed when the object goes away or the interpreter exits.
+        self._cleanup = weakref.finalize(self, _kill_and_remove, self.proc, self.dir)
         deadline = time.time() + 60
         while not (os.path.exists(port_file) and os.path.getsize(port_file) > 0):
             if self.proc.poll() is not None or time.time() > deadline:
@@ -40,6 +53,8 @@ class ServerProcess:
         self.address, self.http = f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}"
 
     def logs(self):
+        if self._log is not None:  # stopped: the directory is gone, its log kept
+            return self._log
         with open(self.log_path) as f:
             return f.read()
 
@@ -47,7 +62,12 @@ class ServerProcess:
         return urllib.request.urlopen(self.http + "/metrics", timeout=5).read().decode()
 
     def stop(self):
-        """SIGTERM (if still running), then the exit status."""
+        """SIGTERM (if still running), then the exit status. Removes the server's temporary
+        directory; logs() still returns its log."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
+        code = self.proc.wait(timeout=60)
+        if self._log is None:
+            self._log = self.logs()
+            self._cleanup()
+        return code

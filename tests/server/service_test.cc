@@ -162,6 +162,11 @@ TEST_F(ServiceTest, ListModelsReportsTheLoadedShape) {
   EXPECT_EQ(info.max_positions(), kPositions);
   EXPECT_EQ(info.dtype(), "float32");
   EXPECT_EQ(info.device(), "cpu");
+  // Like every RPC, it is logged and counted (issue 13: it used to bypass the request path).
+  const std::vector<RequestRecord> records = harness_->records();
+  ASSERT_FALSE(records.empty());
+  EXPECT_EQ(records.back().rpc, "ListModels");
+  EXPECT_EQ(records.back().code, grpc::StatusCode::OK);
 }
 
 TEST_F(ServiceTest, PredictEqualsTheSoftmaxOfAForwardPass) {
@@ -691,6 +696,10 @@ TEST_F(SchedulingTest, DrainingRefusesNewCallsAndWaitsForAdmittedOnes) {
   const grpc::Status refused = Predict(&context);
   EXPECT_EQ(refused.error_code(), StatusCode::UNAVAILABLE);
   EXPECT_THAT(refused.error_message(), HasSubstr("shutting down"));
+  grpc::ClientContext list_context;
+  v1::ListModelsResponse models;
+  EXPECT_EQ(harness_->stub().ListModels(&list_context, {}, &models).error_code(),
+            StatusCode::UNAVAILABLE);  // a draining server sends clients elsewhere for all calls
   EXPECT_FALSE(service.WaitUntilIdle(absl::Now() + absl::Milliseconds(100)));
   held_.reset();  // the admitted call gets its slot and finishes
   EXPECT_TRUE(service.WaitUntilIdle(absl::Now() + absl::Seconds(30)));
