@@ -79,6 +79,9 @@ struct FactReport {
   std::vector<double> query_layers_attention;
   std::vector<NeuronReport> query_ffn_neurons;  // for the top attention neurons
   AblationReport ablation;
+  // What the request probably did not mean (a target missing its leading space); filled by the
+  // caller that knows the request's text, e.g. from TargetSpacingWarning.
+  std::vector<std::string> warnings;
 };
 
 // Called between stages with a short stage name and the fraction done in [0, 1], and repeatedly

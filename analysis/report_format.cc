@@ -63,6 +63,7 @@ std::string FormatFactReport(const FactReport& r, const Tokenizer& tokenizer) {
   std::string out;
   std::vector<std::string> prompt;
   for (int64_t id : r.input_ids) prompt.push_back(ShowToken(tokenizer, id));
+  for (const std::string& warning : r.warnings) absl::StrAppend(&out, "Warning: ", warning, "\n");
   absl::StrAppend(&out, "Prompt tokens: ", absl::StrJoin(prompt, "|"), "\n");
   absl::StrAppendFormat(&out,
                         "Target \"%s\" (id %d) at position %d: p = %.6f, log p = %.4f, rank %d\n",
@@ -142,6 +143,7 @@ json FactReportToJson(const FactReport& r, const ModelConfig& config, const Toke
   for (int64_t id : r.input_ids) tokens.push_back(ShowToken(tokenizer, id));
   out["input_tokens"] = tokens;
   out["position"] = r.position;
+  out["warnings"] = r.warnings;
   out["target"] = {{"id", r.target}, {"token", ShowToken(tokenizer, r.target)}};
   out["metric"] = std::string(MetricName(r.metric));
   out["outcome"] = OutcomeJson(r.outcome);

@@ -1,8 +1,14 @@
 #include "analysis/text_input.h"
 
+#include <cmath>
+
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "analysis/forward.h"
+#include "analysis/locate.h"
 
 namespace factlens {
 namespace {
@@ -30,17 +36,19 @@ namespace {
 
 // The target's tokens: for a word-level vocabulary its own words (a word is encoded alone, and
 // one outside the vocabulary is refused rather than scored as <unk>); for a subword tokenizer
-// what encoding prompt + target adds after the prompt's tokens.
+// what encoding prompt + target adds after the prompt's tokens, or without a prompt the target's
+// own tokens.
 absl::StatusOr<std::vector<int32_t>> TargetTokens(const Tokenizer& tokenizer,
                                                   const std::string& prompt,
                                                   const std::string& target) {
-  if (const std::optional<int32_t> unknown = tokenizer.unknown_word_id()) {
+  const std::optional<int32_t> unknown = tokenizer.unknown_word_id();
+  if (unknown || prompt.empty()) {
     absl::StatusOr<Encoding> words = tokenizer.Encode(target, /*add_special_tokens=*/false);
     if (!words.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("target: ", words.status().message()));
     }
-    if (words->ids.empty()) return absl::InvalidArgumentError("target: has no words");
-    for (size_t i = 0; i < words->ids.size(); ++i) {
+    if (words->ids.empty()) return absl::InvalidArgumentError("target: has no tokens");
+    for (size_t i = 0; unknown && i < words->ids.size(); ++i) {
       if (words->ids[i] == *unknown && !words->special[i]) {
         const auto [begin, end] = words->byte_offsets[i];
         return absl::InvalidArgumentError(absl::StrCat(
@@ -64,23 +72,78 @@ absl::StatusOr<std::vector<int32_t>> TargetTokens(const Tokenizer& tokenizer,
   return std::vector<int32_t>(combined->ids.begin() + n, combined->ids.end());
 }
 
+// The one token " " + target adds, if `target` could be missing its leading space and the spaced
+// form is exactly one token.
+std::optional<int64_t> SpacedToken(const Tokenizer& tokenizer, const std::string& prompt,
+                                   const std::string& target) {
+  if (tokenizer.unknown_word_id() || absl::ascii_isspace(static_cast<unsigned char>(target[0]))) {
+    return std::nullopt;
+  }
+  absl::StatusOr<std::vector<int32_t>> spaced = TargetTokens(tokenizer, prompt, " " + target);
+  if (!spaced.ok() || spaced->size() != 1) return std::nullopt;
+  return (*spaced)[0];
+}
+
+std::string Quoted(const Tokenizer& tokenizer, int64_t id) {
+  absl::StatusOr<std::string> token = tokenizer.DisplayToken(id);
+  return absl::StrCat("\"", token.ok() ? *token : "?", "\" (", id, ")");
+}
+
 }  // namespace
 
-absl::StatusOr<int64_t> ResolveTarget(const Tokenizer& tokenizer, const std::string& prompt,
-                                      const std::string& target, bool first_token) {
+absl::StatusOr<ResolvedTarget> ResolveTarget(const Tokenizer& tokenizer, const std::string& prompt,
+                                             const std::string& target, bool first_token) {
   if (target.empty()) return absl::InvalidArgumentError("target: is empty");
   absl::StatusOr<std::vector<int32_t>> tokens = TargetTokens(tokenizer, prompt, target);
   if (!tokens.ok()) return tokens.status();
   const std::vector<int32_t>& added = *tokens;
-  if (added.size() == 1 || first_token) return added[0];
-  std::vector<std::string> shown;
-  for (int32_t id : added) {
-    absl::StatusOr<std::string> token = tokenizer.DisplayToken(id);
-    shown.push_back(absl::StrCat("\"", token.ok() ? *token : "?", "\" (", id, ")"));
+  if (added.size() == 1 || first_token) {
+    ResolvedTarget resolved{added[0], target, SpacedToken(tokenizer, prompt, target)};
+    if (resolved.spaced_id == resolved.id) resolved.spaced_id.reset();
+    return resolved;
   }
-  return absl::InvalidArgumentError(absl::StrCat("target: \"", target, "\" is ", added.size(),
-                                                 " tokens, not one: ", absl::StrJoin(shown, ", "),
-                                                 "; pass one token or ask for the first token"));
+  std::vector<std::string> shown;
+  for (int32_t id : added) shown.push_back(Quoted(tokenizer, id));
+  const std::optional<int64_t> spaced = SpacedToken(tokenizer, prompt, target);
+  return absl::InvalidArgumentError(absl::StrCat(
+      "target: \"", target, "\" is ", added.size(),
+      " tokens, not one: ", absl::StrJoin(shown, ", "),
+      spaced
+          ? absl::StrCat("; did you mean ", Quoted(tokenizer, *spaced), ", with a leading space?")
+          : "",
+      " Pass one token or ask for the first token (first_token, --first_token)"));
+}
+
+absl::StatusOr<std::optional<std::string>> TargetSpacingWarning(const Model& model,
+                                                                const Tokenizer& tokenizer,
+                                                                absl::Span<const int64_t> token_ids,
+                                                                int64_t position,
+                                                                const ResolvedTarget& target) {
+  if (!target.spaced_id) return std::nullopt;
+  absl::StatusOr<ForwardTrace> trace = Forward(model, token_ids, LogitsAt(position));
+  if (!trace.ok()) return trace.status();
+  const TargetOutcome asked = OutcomeOf(trace->logits[0], target.id);
+  const TargetOutcome spaced = OutcomeOf(trace->logits[0], *target.spaced_id);
+  if (spaced.log_prob - asked.log_prob < std::log(kSpacedTargetRatio)) return std::nullopt;
+  return absl::StrFormat(
+      "target \"%s\" is the token %s, without a leading space: rank %d, p = %.3g here; did you "
+      "mean %s: rank %d, p = %.3g? Words after a prompt usually begin with a space; this "
+      "analysis is of \"%s\" as asked.",
+      target.text, Quoted(tokenizer, target.id), asked.rank, asked.prob,
+      Quoted(tokenizer, *target.spaced_id), spaced.rank, spaced.prob, target.text);
+}
+
+absl::StatusOr<FactReport> LocateFact(const Model& model, const Tokenizer& tokenizer,
+                                      absl::Span<const int64_t> token_ids,
+                                      const ResolvedTarget& target, const LocateOptions& options,
+                                      const ProgressCallback& progress) {
+  absl::StatusOr<FactReport> report = LocateFact(model, token_ids, target.id, options, progress);
+  if (!report.ok()) return report.status();
+  absl::StatusOr<std::optional<std::string>> warning =
+      TargetSpacingWarning(model, tokenizer, token_ids, report->position, target);
+  if (!warning.ok()) return warning.status();
+  if (*warning) report->warnings.push_back(**warning);
+  return report;
 }
 
 }  // namespace factlens

@@ -3,11 +3,15 @@
 #define FACTLENS_ANALYSIS_TEXT_INPUT_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "analysis/locate.h"
 #include "analysis/tokenizer/tokenizer.h"
+#include "analysis/weights.h"
 
 namespace factlens {
 
@@ -16,14 +20,45 @@ namespace factlens {
 absl::StatusOr<std::vector<int64_t>> EncodePrompt(const Tokenizer& tokenizer,
                                                   const std::string& prompt);
 
+// A target given as text, resolved to its token.
+struct ResolvedTarget {
+  int64_t id = 0;
+  std::string text;  // as given; empty for a target given as a token id
+  // The token " " + text resolves to, when `text` starts with no whitespace, the vocabulary is
+  // subword-level, " " + text is exactly one token and that token is not `id`: "Paris" after
+  // "The capital of France is" is GPT-2's "Paris" (40313), which the model ranks far below
+  // " Paris" (6342), the commonest mistake in the field.
+  std::optional<int64_t> spaced_id;
+};
+
 // The target token for `target` text continuing `prompt`: the tokens that encoding
 // prompt + target adds after the prompt's own tokens (so " Paris" is GPT-2's " Paris" and Llama's
-// "▁Paris"); for a word-level vocabulary (fairseq dict.txt) the target's own words ("Paris"), a
-// word outside the vocabulary being InvalidArgument rather than <unk>. It must be exactly one
-// token, unless `first_token`, which takes the first. Otherwise InvalidArgument naming `target`
-// and listing its tokens. Thread-safe.
-absl::StatusOr<int64_t> ResolveTarget(const Tokenizer& tokenizer, const std::string& prompt,
-                                      const std::string& target, bool first_token);
+// "▁Paris"); with an empty `prompt` (a prompt given as token ids) the target's own tokens; for a
+// word-level vocabulary (fairseq dict.txt) the target's own words ("Paris"), a word outside the
+// vocabulary being InvalidArgument rather than <unk>. It must be exactly one token, unless
+// `first_token`, which takes the first. Otherwise InvalidArgument naming `target` and listing its
+// tokens. Thread-safe.
+absl::StatusOr<ResolvedTarget> ResolveTarget(const Tokenizer& tokenizer, const std::string& prompt,
+                                             const std::string& target, bool first_token);
+
+// When `target.spaced_id` is set and the model, at `position` of `token_ids`, finds the spaced
+// token at least kSpacedTargetRatio times as probable as the target, a warning naming both with
+// their ranks and probabilities ("did you mean \" Paris\" ...?"); otherwise nullopt. The analysis
+// stays of what was asked: a target without a space can be meant. Runs one forward pass, only
+// when `spaced_id` is set. Errors: those of Forward. Thread-safe.
+inline constexpr double kSpacedTargetRatio = 10;
+absl::StatusOr<std::optional<std::string>> TargetSpacingWarning(const Model& model,
+                                                                const Tokenizer& tokenizer,
+                                                                absl::Span<const int64_t> token_ids,
+                                                                int64_t position,
+                                                                const ResolvedTarget& target);
+
+// LocateFact (locate.h) for a resolved target, with TargetSpacingWarning's warning, if any, in the
+// report's `warnings`. Errors and thread-safety: those of the two.
+absl::StatusOr<FactReport> LocateFact(const Model& model, const Tokenizer& tokenizer,
+                                      absl::Span<const int64_t> token_ids,
+                                      const ResolvedTarget& target, const LocateOptions& options,
+                                      const ProgressCallback& progress = nullptr);
 
 }  // namespace factlens
 

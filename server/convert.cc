@@ -44,32 +44,20 @@ absl::StatusOr<std::vector<int64_t>> PromptIds(const ServedModel& model, const v
   return ids;
 }
 
-absl::StatusOr<int64_t> TargetId(const ServedModel& model, const v1::Target& target,
-                                 const v1::Prompt& prompt) {
+absl::StatusOr<ResolvedTarget> TargetId(const ServedModel& model, const v1::Target& target,
+                                        const v1::Prompt& prompt) {
   switch (target.target_case()) {
     case v1::Target::kTokenId:
       if (target.token_id() < 0 || target.token_id() >= model.model->config().vocab_size) {
         return absl::InvalidArgumentError(
             absl::StrCat("target.token_id: ", target.token_id(), " is outside the vocabulary"));
       }
-      return target.token_id();
+      return ResolvedTarget{target.token_id()};
     case v1::Target::kText:
-      if (prompt.input_case() == v1::Prompt::kText) {
-        return ResolveTarget(*model.tokenizer, prompt.text(), target.text(), target.first_token());
-      } else {
-        // Without prompt text, the target text is tokenized on its own.
-        absl::StatusOr<Encoding> encoding =
-            model.tokenizer->Encode(target.text(), /*add_special_tokens=*/false);
-        if (!encoding.ok())
-          return absl::InvalidArgumentError(absl::StrCat("target: ", encoding.status().message()));
-        if (encoding->ids.empty()) return absl::InvalidArgumentError("target: is empty");
-        if (encoding->ids.size() > 1 && !target.first_token()) {
-          return absl::InvalidArgumentError(
-              absl::StrCat("target: \"", target.text(), "\" is ", encoding->ids.size(),
-                           " tokens, not one; pass one token or set first_token"));
-        }
-        return encoding->ids[0];
-      }
+      // Without prompt text (token ids), the target text is tokenized on its own.
+      return ResolveTarget(*model.tokenizer,
+                           prompt.input_case() == v1::Prompt::kText ? prompt.text() : "",
+                           target.text(), target.first_token());
     default:
       return absl::InvalidArgumentError("target: give text or token_id");
   }
@@ -277,6 +265,7 @@ void FillFactReport(const ServedModel& model, const FactReport& r, v1::FactRepor
   out->set_metric(r.metric == Metric::kProbIncrease    ? v1::PROB_INCREASE
                   : r.metric == Metric::kLogitIncrease ? v1::LOGIT_INCREASE
                                                        : v1::LOGPROB_INCREASE);
+  for (const std::string& warning : r.warnings) out->add_warnings(warning);
 }
 
 }  // namespace factlens

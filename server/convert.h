@@ -12,6 +12,7 @@
 #include "analysis/components.h"
 #include "analysis/decompose.h"
 #include "analysis/locate.h"
+#include "analysis/text_input.h"
 #include "factlens/v1/factlens.pb.h"
 #include "server/model_registry.h"
 
@@ -24,9 +25,10 @@ struct ServiceOptions;
 absl::StatusOr<std::vector<int64_t>> PromptIds(const ServedModel& model, const v1::Prompt& prompt,
                                                int max_prompt_tokens);
 
-// The target token id (see v1::Target). InvalidArgument naming `target`.
-absl::StatusOr<int64_t> TargetId(const ServedModel& model, const v1::Target& target,
-                                 const v1::Prompt& prompt);
+// The target token (see v1::Target), with its spaced alternative for a text target that may be
+// missing its leading space. InvalidArgument naming `target`.
+absl::StatusOr<ResolvedTarget> TargetId(const ServedModel& model, const v1::Target& target,
+                                        const v1::Prompt& prompt);
 
 // `top_k` with 0 meaning `fallback`; InvalidArgument when negative, ResourceExhausted above
 // `limit`.

@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 
 #include <chrono>
+#include <optional>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -16,6 +18,7 @@
 #include "analysis/output_head.h"
 #include "analysis/report_format.h"
 #include "analysis/status_macros.h"
+#include "analysis/text_input.h"
 #include "analysis/tracing.h"
 #include "server/convert.h"
 #include "server/status_mapping.h"
@@ -351,14 +354,14 @@ grpc::Status FactLensService::Decompose(grpc::ServerContext* context,
         FACTLENS_ASSIGN_OR_RETURN(const std::vector<int64_t> ids,
                                   PromptIds(m, request->prompt(), options_.max_prompt_tokens));
         DecomposeOptions options;
+        ResolvedTarget target;
         options.include_heads = request->include_heads();
         FACTLENS_ASSIGN_OR_RETURN(
             options.logit_lens_top_k,
             TopK("logit_lens_top_k", request->logit_lens_top_k(), 0, options_.max_top_k));
         if (request->target().target_case() != v1::Target::TARGET_NOT_SET) {
-          FACTLENS_ASSIGN_OR_RETURN(const int64_t target,
-                                    TargetId(m, request->target(), request->prompt()));
-          options.target = AttributionTarget{target, -1, ToMetric(request->options().metric()),
+          FACTLENS_ASSIGN_OR_RETURN(target, TargetId(m, request->target(), request->prompt()));
+          options.target = AttributionTarget{target.id, -1, ToMetric(request->options().metric()),
                                              request->options().include_final_norm_bias()};
         }
         std::vector<int32_t> requested(request->positions().begin(), request->positions().end());
@@ -378,6 +381,11 @@ grpc::Status FactLensService::Decompose(grpc::ServerContext* context,
                                   FullTrace(m, ids));
         for (int64_t id : ids) response->add_input_ids(id);
         if (options.target) response->set_target_id(options.target->token_id);
+        // A text target continues the prompt: its spelling is checked at the last position.
+        FACTLENS_ASSIGN_OR_RETURN(
+            const std::optional<std::string> warning,
+            TargetSpacingWarning(*m.model, *m.tokenizer, ids, ids.size() - 1, target));
+        if (warning) response->add_warnings(*warning);
         for (int64_t position : positions) {
           FACTLENS_ASSIGN_OR_RETURN(
               const PositionDecomposition decomposition,
@@ -395,7 +403,7 @@ grpc::Status FactLensService::Rank(grpc::ServerContext* context, const v1::RankR
   return Serve(context, "Rank", request->model(), true, [&](const ServedModel& m) -> absl::Status {
     absl::StatusOr<PromptAt> at = ParsePromptAt(m, *request, options_);
     if (!at.ok()) return at.status();
-    absl::StatusOr<int64_t> target = TargetId(m, request->target(), request->prompt());
+    absl::StatusOr<ResolvedTarget> target = TargetId(m, request->target(), request->prompt());
     if (!target.ok()) return target.status();
     if (request->level() == v1::RankRequest::LEVEL_UNSPECIFIED)
       return absl::InvalidArgumentError("level: unspecified");
@@ -403,11 +411,15 @@ grpc::Status FactLensService::Rank(grpc::ServerContext* context, const v1::RankR
                               FullTrace(m, at->ids));
     absl::StatusOr<std::unique_ptr<Attribution>> a =
         Attribution::Create(*m.model, *trace,
-                            {*target, at->position, ToMetric(request->options().metric()),
+                            {target->id, at->position, ToMetric(request->options().metric()),
                              request->options().include_final_norm_bias()});
     if (!a.ok()) return a.status();
     for (int64_t id : at->ids) response->add_input_ids(id);
-    response->set_target_id(*target);
+    response->set_target_id(target->id);
+    FACTLENS_ASSIGN_OR_RETURN(
+        const std::optional<std::string> warning,
+        TargetSpacingWarning(*m.model, *m.tokenizer, at->ids, at->position, *target));
+    if (warning) response->add_warnings(*warning);
     const ModelConfig& c = m.model->config();
     const bool bottom = request->bottom();
     auto add = [&](ComponentRef ref, double score, double coefficient) {
@@ -552,7 +564,7 @@ grpc::Status FactLensService::Ablate(grpc::ServerContext* context, const v1::Abl
       context, "Ablate", request->model(), true, [&](const ServedModel& m) -> absl::Status {
         FACTLENS_ASSIGN_OR_RETURN(const std::vector<int64_t> ids,
                                   PromptIds(m, request->prompt(), options_.max_prompt_tokens));
-        FACTLENS_ASSIGN_OR_RETURN(const int64_t target,
+        FACTLENS_ASSIGN_OR_RETURN(const ResolvedTarget target,
                                   TargetId(m, request->target(), request->prompt()));
         FACTLENS_ASSIGN_OR_RETURN(
             const int64_t position,
@@ -580,9 +592,13 @@ grpc::Status FactLensService::Ablate(grpc::ServerContext* context, const v1::Abl
         FACTLENS_ASSIGN_OR_RETURN(const ForwardTrace after,
                                   Forward(*m.model, ids, capture, ablations));
         for (int64_t id : ids) response->add_input_ids(id);
-        response->set_target_id(target);
-        FillOutcome(OutcomeOf(before.logits[0], target), response->mutable_before());
-        FillOutcome(OutcomeOf(after.logits[0], target), response->mutable_after());
+        response->set_target_id(target.id);
+        FillOutcome(OutcomeOf(before.logits[0], target.id), response->mutable_before());
+        FillOutcome(OutcomeOf(after.logits[0], target.id), response->mutable_after());
+        FACTLENS_ASSIGN_OR_RETURN(
+            const std::optional<std::string> warning,
+            TargetSpacingWarning(*m.model, *m.tokenizer, ids, position, target));
+        if (warning) response->add_warnings(*warning);
         const at::Tensor probs = at::softmax(after.logits[0].to(at::kDouble), -1);
         for (const auto& [id, p] : TopScores(probs, 10))
           FillTokenScore(m, id, p, response->add_predictions_after());
@@ -597,7 +613,7 @@ grpc::Status FactLensService::LocateFact(grpc::ServerContext* context,
       context, "LocateFact", request->model(), true, [&](const ServedModel& m) -> absl::Status {
         FACTLENS_ASSIGN_OR_RETURN(const std::vector<int64_t> ids,
                                   PromptIds(m, request->prompt(), options_.max_prompt_tokens));
-        FACTLENS_ASSIGN_OR_RETURN(const int64_t target,
+        FACTLENS_ASSIGN_OR_RETURN(const ResolvedTarget target,
                                   TargetId(m, request->target(), request->prompt()));
         FACTLENS_RETURN_IF_ERROR(CheckLocateLimits(request->options(), options_.max_top_k));
         const LocateOptions options = ToLocateOptions(
@@ -608,7 +624,7 @@ grpc::Status FactLensService::LocateFact(grpc::ServerContext* context,
         last.set_fraction(-1);
         FACTLENS_ASSIGN_OR_RETURN(
             const FactReport report,
-            factlens::LocateFact(*m.model, ids, target, options,
+            factlens::LocateFact(*m.model, *m.tokenizer, ids, target, options,
                                  [&](const std::string& stage, double fraction) {
                                    if (context->IsCancelled()) return false;
                                    if (stage == last.stage() && fraction == last.fraction())
@@ -647,10 +663,10 @@ grpc::Status FactLensService::LocateFacts(grpc::ServerContext* context,
           absl::StatusOr<FactReport> report = [&]() -> absl::StatusOr<FactReport> {
             FACTLENS_ASSIGN_OR_RETURN(const std::vector<int64_t> ids,
                                       PromptIds(m, item.prompt(), options_.max_prompt_tokens));
-            FACTLENS_ASSIGN_OR_RETURN(const int64_t target,
+            FACTLENS_ASSIGN_OR_RETURN(const ResolvedTarget target,
                                       TargetId(m, item.target(), item.prompt()));
             return factlens::LocateFact(
-                *m.model, ids, target, options,
+                *m.model, *m.tokenizer, ids, target, options,
                 [&](const std::string&, double) { return !context->IsCancelled(); });
           }();
           v1::LocateFactsEvent event;

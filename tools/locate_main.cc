@@ -61,7 +61,7 @@ int main(int argc, char** argv) {
   absl::StatusOr<std::vector<int64_t>> ids =
       factlens::EncodePrompt(**tokenizer, absl::GetFlag(FLAGS_prompt));
   if (!ids.ok()) return Fail(ids.status());
-  absl::StatusOr<int64_t> target =
+  absl::StatusOr<factlens::ResolvedTarget> target =
       factlens::ResolveTarget(**tokenizer, absl::GetFlag(FLAGS_prompt), absl::GetFlag(FLAGS_target),
                               absl::GetFlag(FLAGS_first_token));
   if (!target.ok()) return Fail(target.status());
@@ -71,11 +71,14 @@ int main(int argc, char** argv) {
   if (!mode.ok()) return Fail(mode.status());
   options.mode = *mode;
   absl::StatusOr<factlens::FactReport> report = factlens::LocateFact(
-      **model, *ids, *target, options, [](const std::string& stage, double fraction) {
+      **model, **tokenizer, *ids, *target, options, [](const std::string& stage, double fraction) {
         std::fprintf(stderr, "[%3.0f%%] %s\n", 100 * fraction, stage.c_str());
         return true;
       });
   if (!report.ok()) return Fail(report.status());
+  for (const std::string& warning : report->warnings) {
+    std::cerr << "factlens_locate: warning: " << warning << "\n";
+  }
   const nlohmann::json json = factlens::FactReportToJson(*report, (*model)->config(), **tokenizer);
   if (!absl::GetFlag(FLAGS_json_out).empty()) {
     std::ofstream(absl::GetFlag(FLAGS_json_out)) << json.dump(1) << "\n";

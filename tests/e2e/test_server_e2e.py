@@ -236,6 +236,39 @@ class ServerTest(unittest.TestCase):
         self.assertEqual((aggregate.facts, aggregate.failed), (2, 1))
         self.assertEqual(sum(aggregate.ffn_neurons_per_layer), 10)
 
+    def test_a_target_missing_its_leading_space_is_analysed_as_asked_with_a_warning(self):
+        auth = [("authorization", "Bearer " + TOKEN)]
+        stub = self.client._stub
+        prompt = pb.Prompt(text=PROMPT.encode())
+        few = pb.LocateOptions(top_ffn_neurons=3, top_attention_neurons=3, skip_ablation=True)
+
+        def warnings_of(text):
+            target = pb.Target(text=text.encode())
+            rank = stub.Rank(pb.RankRequest(prompt=prompt, target=target, level=pb.RankRequest.FFN_LAYER),
+                             metadata=auth, timeout=60)
+            ablate = stub.Ablate(pb.AblateRequest(prompt=prompt, target=target, ablations=[
+                pb.AblationSpec(component=pb.Component(kind=pb.Component.FFN_LAYER, layer=0))]),
+                metadata=auth, timeout=60)
+            decompose = stub.Decompose(pb.DecomposeRequest(prompt=prompt, target=target), metadata=auth, timeout=60)
+            (report,) = [e.report for e in stub.LocateFact(pb.LocateFactRequest(prompt=prompt, target=target,
+                                                                                 options=few),
+                                                           metadata=auth, timeout=120) if e.HasField("report")]
+            (event, _) = stub.LocateFacts(pb.LocateFactsRequest(items=[pb.FactItem(prompt=prompt, target=target)],
+                                                               options=few), metadata=auth, timeout=120)
+            item = event.item
+            self.assertEqual(len({rank.target_id, ablate.target_id, decompose.target_id, report.target.id,
+                                  item.report.target.id}), 1)
+            return rank.target_id, [list(m.warnings) for m in (rank, ablate, decompose, report, item.report)]
+
+        asked, warned = warnings_of("Paris")
+        self.assertEqual(asked, 40313)  # "Paris" without the space: what was asked is analysed
+        for warnings in warned:
+            self.assertEqual(len(warnings), 1, warned)
+            self.assertIn('target "Paris" is the token "Paris" (40313)', warnings[0])
+            self.assertIn('did you mean " Paris" (6342): rank 1', warnings[0])
+        asked, warned = warnings_of(" Paris")
+        self.assertEqual((asked, warned), (PARIS, [[]] * 5))
+
     # --- bad input -------------------------------------------------------------------------------
     def test_bad_input_codes(self):
         c = self.client
@@ -551,4 +584,4 @@ class LifecycleTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(argv=[sys.argv[0]], verbosity=2)
+    unittest.main(argv=[sys.argv[0]] + sys.argv[3:], verbosity=2)
