@@ -11,16 +11,21 @@
 
 Prints readable tables, or with --json the response in the protobuf JSON mapping (every field,
 int64 values as strings). Components are short names (see factlens.components). Options before or
-after the command. Exit status: 0, 1 for a failed call (the gRPC code and message on stderr), 2 for
-bad usage.
+after the command; --server, --model and --token default to $FACTLENS_SERVER (else
+127.0.0.1:50051), $FACTLENS_MODEL (else the server's only model) and $FACTLENS_TOKEN. The
+response's warnings are printed to stderr as "warning: ...". Exit status: 0, 1 for a failed call
+(one line "factlens: CODE: message" on stderr), 2 for bad usage.
 """
 import argparse
 import json
 import os
 import sys
+import warnings
 
-from factlens.client import Client
-from factlens.errors import FactlensError
+import grpc
+
+from factlens.client import DEFAULT_SERVER, Client, default_model, default_server
+from factlens.errors import FactlensError, FactlensWarning
 from factlens.results import slot_name
 from factlens.v1 import factlens_pb2 as pb
 
@@ -104,8 +109,10 @@ def _add_common(parser, top_level):
     def default(value):
         return value if top_level else argparse.SUPPRESS
 
-    parser.add_argument("--server", default=default("127.0.0.1:50051"), help="host:port (default 127.0.0.1:50051)")
-    parser.add_argument("--model", default=default(""), help="model name (default: the server's only model)")
+    parser.add_argument("--server", default=default(default_server()),
+                        help=f"host:port of factlens_server's --listen (default: $FACTLENS_SERVER, else {DEFAULT_SERVER})")
+    parser.add_argument("--model", default=default(default_model()),
+                        help="model name (default: $FACTLENS_MODEL, else the server's only model)")
     parser.add_argument("--token", default=default(os.environ.get("FACTLENS_TOKEN")),
                         help="bearer token (default: $FACTLENS_TOKEN)")
     parser.add_argument("--tls", action="store_true", default=default(False), help="connect with TLS")
@@ -125,6 +132,9 @@ def _parser():
         _add_common(p, top_level=False)
         for positional, positional_help in positionals:
             p.add_argument(positional, help=positional_help)
+        if "target" in (positional for positional, _ in positionals):
+            p.add_argument("--first_token", action="store_true",
+                           help="use the first token of a multi-token text target")
         return p
 
     prompt, target = ("prompt", "text"), ("target", "text that adds one token to the prompt")
@@ -166,30 +176,57 @@ def _run(client, args):
     if args.command == "locate":
         options = pb.LocateOptions(mode=pb.RankMode.Value(args.mode), top_ffn_neurons=args.top_neurons,
                                    top_attention_neurons=args.top_neurons)
-        report = client.locate_fact(args.prompt, args.target, options=options,
+        report = client.locate_fact(args.prompt, args.target, options=options, first_token=args.first_token,
                                     progress=not args.json and sys.stderr.isatty())
         if args.html:
             report.to_html(args.html)
         return report, print_report
     if args.command == "rank":
         return client.rank(args.prompt, args.target, args.level, top_k=args.top_k, bottom=args.bottom,
-                           mode=args.mode), lambda r: _print_ranked(r.to_pandas())
+                           mode=args.mode, first_token=args.first_token), lambda r: _print_ranked(r.to_pandas())
     if args.command == "project":
         return client.project(args.prompt, args.component, top_k=args.top_k, position=args.position), _print_projection
     if args.command == "trace":
         return client.trace(args.prompt, args.neuron, top_k=args.top_k, position=args.position), _print_trace
     return client.ablate(args.prompt, args.target, args.components, scale=args.scale,
-                         all_positions=args.all_positions), _print_ablation
+                         all_positions=args.all_positions, first_token=args.first_token), _print_ablation
+
+
+def _error_line(error, args) -> str:
+    """The one stderr line of a failed call; a target that is several tokens gets the option that accepts it."""
+    line = f"factlens: {error}"
+    if (error.code == grpc.StatusCode.INVALID_ARGUMENT and hasattr(args, "first_token")
+            and ("first token" in error.message or "first_token" in error.message)
+            and "--first_token" not in error.message):
+        line += " (--first_token)"
+    return line
+
+
+def _report_warnings(caught):
+    """FactlensWarnings as "warning: ..." lines on stderr (instead of Python's warning format); others as Python shows them."""
+    for w in caught:
+        if issubclass(w.category, FactlensWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
 
 
 def main(argv=None) -> int:
     """Runs the CLI; returns the exit status."""
     args = _parser().parse_args(argv)
-    try:
-        with Client(args.server, token=args.token, tls=args.tls, root_certificates=args.ca, model=args.model) as c:
-            result, printer = _run(c, args)
-    except FactlensError as e:
-        print(f"factlens: {e}", file=sys.stderr)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FactlensWarning)
+        try:
+            with Client(args.server, token=args.token, tls=args.tls, root_certificates=args.ca,
+                        model=args.model) as c:
+                result, printer = _run(c, args)
+        except FactlensError as e:
+            error = e
+        else:
+            error = None
+    _report_warnings(caught)
+    if error is not None:
+        print(_error_line(error, args), file=sys.stderr)
         return 1
     try:
         if args.json:

@@ -4,7 +4,15 @@
         report = c.locate_fact("The capital of France is", " Paris", progress=True)
         report.to_pandas(); report.to_html("paris.html")
 
-Every method raises FactlensError (the gRPC status code and the server's message) on failure.
+Every method raises FactlensError (the gRPC status code and the server's message) on failure;
+FactlensConnectionError when nothing speaks gRPC at the address, ModelNotServed when no model or an
+unknown one is named (both say what to pass). A response's ``warnings`` (a request the server
+answered but probably not as meant, e.g. target "Paris" without its leading space) are issued as
+``FactlensWarning``s pointing at the caller's line.
+
+The address and the model default to ``$FACTLENS_SERVER`` (else 127.0.0.1:50051) and
+``$FACTLENS_MODEL`` (else "": the server's only model); arguments win.
+
 Prompts are text (str / UTF-8 bytes) or token ids; targets text or a token id; components a
 ``pb.Component`` or a short name such as ``"L1.N157"`` (see factlens.components); enums a number or
 a name (``level="FFN_NEURON"``, ``mode="exhaustive"``).
@@ -15,14 +23,17 @@ exponential backoff, up to ``retries`` attempts. A stream is retried only before
 so a caller never sees an event twice. Nothing else is retried: RESOURCE_EXHAUSTED may be a limit
 that a retry would hit again, and DEADLINE_EXCEEDED has used the caller's time.
 """
+import os
+import re
 import time
+import warnings
 
 import grpc
 from google.protobuf import json_format
 
 from factlens import results
 from factlens.components import enum_value, parse_component
-from factlens.errors import FactlensError
+from factlens.errors import SERVER_HINT, FactlensConnectionError, FactlensError, FactlensWarning, ModelNotServed
 from factlens.v1 import factlens_pb2 as pb
 from factlens.v1 import factlens_pb2_grpc as pb_grpc
 
@@ -37,6 +48,55 @@ def _target(target, first_token=False) -> pb.Target:
     if isinstance(target, (str, bytes)):
         return pb.Target(text=target.encode() if isinstance(target, str) else target, first_token=first_token)
     return pb.Target(token_id=int(target), first_token=first_token)
+
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+
+# The server's NOT_FOUND for a model it does not serve (server/model_registry.cc); the name is '' when
+# the request named none and the server serves several.
+_NOT_SERVED = re.compile(r"model: '(.*)' is not served \(served: (.*)\)", re.S)
+
+
+def default_server() -> str:
+    """$FACTLENS_SERVER, else 127.0.0.1:50051."""
+    return os.environ.get("FACTLENS_SERVER") or DEFAULT_SERVER
+
+
+def default_model() -> str:
+    """$FACTLENS_MODEL, else "" (the server's only model)."""
+    return os.environ.get("FACTLENS_MODEL", "")
+
+
+def _error(error: grpc.RpcError, address: str) -> FactlensError:
+    """The FactlensError of a failed call: a connection failure or an unserved model said in words
+    that tell what to do, anything else as the server's code and message."""
+    code, details = error.code(), error.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        if "Connection refused" in details:
+            return FactlensConnectionError(
+                address, "connection refused",
+                f"no factlens_server at {address} (connection refused): start one or {SERVER_HINT}", details)
+        if "Failed parsing HTTP/2" in details or "http1.x" in details.lower():
+            return FactlensConnectionError(
+                address, "HTTP/1.1",
+                f"{address} answers HTTP/1.1, not gRPC: it looks like factlens_server's metrics/health port; "
+                "pass the --listen address instead", details)
+        if "DNS resolution failed" in details:
+            return FactlensConnectionError(address, "unknown host",
+                                           f"cannot resolve {address} (DNS resolution failed): {SERVER_HINT}", details)
+    if code == grpc.StatusCode.NOT_FOUND:
+        m = _NOT_SERVED.fullmatch(details)
+        if m:
+            return ModelNotServed(m[1], [name for name in m[2].split(", ") if name])
+    return FactlensError(code, details)
+
+
+def _warn(response, prefix=""):
+    """Issues a FactlensWarning for each of a response's (or report's) warnings, attributed to the line that
+    called the Client method (the method calls this directly); returns the response."""
+    for text in getattr(response, "warnings", ()):  # absent from stubs of an older proto
+        warnings.warn(prefix + text, FactlensWarning, stacklevel=3)
+    return response
 
 
 def _message(cls, value):
@@ -85,15 +145,18 @@ class _ProgressBar:
 class Client:
     """One channel to a factlens server; thread-safe (gRPC channels are). Use as a context manager or call close().
 
-    address: ``host:port``. token: the bearer token, if the server wants one. tls: use TLS (implied
-    by any certificate argument); root_certificates: PEM CA bundle (bytes, or a file path) instead
-    of the system's; client_certificate / client_key: for servers that require mTLS. model: the
-    model name every request names ("" = the server's only model). timeout: seconds per attempt.
-    retries: attempts for a call that fails with UNAVAILABLE (1 = no retry).
+    address: ``host:port`` (default ``$FACTLENS_SERVER``, else 127.0.0.1:50051). token: the bearer
+    token, if the server wants one. tls: use TLS (implied by any certificate argument);
+    root_certificates: PEM CA bundle (bytes, or a file path) instead of the system's;
+    client_certificate / client_key: for servers that require mTLS. model: the model name every
+    request names (default ``$FACTLENS_MODEL``, else "" = the server's only model). timeout: seconds
+    per attempt. retries: attempts for a call that fails with UNAVAILABLE (1 = no retry).
     """
 
-    def __init__(self, address, token=None, tls=False, root_certificates=None, client_certificate=None,
-                 client_key=None, model="", timeout=600.0, retries=3):
+    def __init__(self, address=None, token=None, tls=False, root_certificates=None, client_certificate=None,
+                 client_key=None, model=None, timeout=600.0, retries=3):
+        address = address or default_server()
+        model = default_model() if model is None else model
         if tls or root_certificates or client_certificate:
             creds = grpc.ssl_channel_credentials(root_certificates=_read(root_certificates),
                                                  private_key=_read(client_key),
@@ -133,7 +196,7 @@ class Client:
                 return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
             except grpc.RpcError as e:
                 if not self._backoff(e, attempt):
-                    raise FactlensError(e.code(), e.details()) from None
+                    raise _error(e, self.address) from None
 
     def _stream(self, method, request, timeout=None):
         for attempt in range(self.retries):
@@ -145,7 +208,7 @@ class Client:
                 return
             except grpc.RpcError as e:
                 if started or not self._backoff(e, attempt):
-                    raise FactlensError(e.code(), e.details()) from None
+                    raise _error(e, self.address) from None
             finally:
                 call.cancel()  # a no-op once the stream has ended; stops the server's work if the caller stopped early
 
@@ -160,7 +223,7 @@ class Client:
             models = self.list_models()
             matches = [m for m in models if m.name == self.model or (not self.model and len(models) == 1)]
             if not matches:
-                raise FactlensError(grpc.StatusCode.NOT_FOUND, f"model {self.model!r} is not served")
+                raise ModelNotServed(self.model, [m.name for m in models])
             self._model_info = matches[0]
         return self._model_info
 
@@ -181,24 +244,25 @@ class Client:
         return results.Prediction(self._call(self._stub.Predict, req, timeout))
 
     def decompose(self, prompt, target=None, positions=(), include_heads=False, include_vectors=False,
-                  logit_lens_top_k=0, metric="LOGPROB_INCREASE", timeout=None) -> results.Decomposition:
+                  logit_lens_top_k=0, metric="LOGPROB_INCREASE", timeout=None,
+                  first_token=False) -> results.Decomposition:
         """Every residual-stream component at the positions (default: the last), with its increase for target."""
         req = pb.DecomposeRequest(model=self.model, prompt=_prompt(prompt), positions=list(positions),
                                   include_heads=include_heads, include_vectors=include_vectors,
                                   logit_lens_top_k=logit_lens_top_k,
                                   options=pb.AttributionOptions(metric=enum_value(pb.Metric, metric, "metric")))
         if target is not None:
-            req.target.CopyFrom(_target(target))
-        return results.Decomposition(self._call(self._stub.Decompose, req, timeout))
+            req.target.CopyFrom(_target(target, first_token))
+        return results.Decomposition(_warn(self._call(self._stub.Decompose, req, timeout)))
 
     def rank(self, prompt, target, level, top_k=10, bottom=False, mode="EXACT", metric="LOGPROB_INCREASE",
-             position=None, timeout=None) -> results.Ranking:
+             position=None, timeout=None, first_token=False) -> results.Ranking:
         """Components of one level (e.g. "FFN_NEURON", "HEAD") ranked by their increase for the target."""
-        req = pb.RankRequest(model=self.model, prompt=_prompt(prompt), target=_target(target),
+        req = pb.RankRequest(model=self.model, prompt=_prompt(prompt), target=_target(target, first_token),
                              level=enum_value(pb.RankRequest.Level, level, "level"), top_k=top_k, bottom=bottom,
                              mode=enum_value(pb.RankMode, mode, "mode"), position=position,
                              options=pb.AttributionOptions(metric=enum_value(pb.Metric, metric, "metric")))
-        return results.Ranking(self._call(self._stub.Rank, req, timeout))
+        return results.Ranking(_warn(self._call(self._stub.Rank, req, timeout)))
 
     def trace(self, prompt, neuron, top_k=10, position=None, timeout=None) -> results.Trace:
         """Which earlier components activate a neuron (FFN "L1.N157" or attention "L1.H2.P3.d7")."""
@@ -213,15 +277,17 @@ class Client:
         return results.Projection(self._call(self._stub.ProjectToVocab, req, timeout))
 
     def ablate(self, prompt, target, ablations, scale=0.0, all_positions=False, position=None,
-               timeout=None) -> results.Ablation:
+               timeout=None, first_token=False) -> results.Ablation:
         """The target's outcome with components removed (scale 0) or scaled.
 
-        ablations: ``pb.AblationSpec`` messages, or components (messages or short names) that get
-        ``scale`` and ``all_positions``.
+        ablations: one or a list of ``pb.AblationSpec`` messages or components (messages or short
+        names such as ``"L1.N157"``); components get ``scale`` and ``all_positions``.
         """
-        req = pb.AblateRequest(model=self.model, prompt=_prompt(prompt), target=_target(target), position=position,
-                               ablations=[_ablation(a, scale, all_positions) for a in ablations])
-        return results.Ablation(self._call(self._stub.Ablate, req, timeout))
+        if isinstance(ablations, (str, bytes, pb.Component, pb.AblationSpec)):
+            ablations = [ablations]
+        req = pb.AblateRequest(model=self.model, prompt=_prompt(prompt), target=_target(target, first_token),
+                               position=position, ablations=[_ablation(a, scale, all_positions) for a in ablations])
+        return results.Ablation(_warn(self._call(self._stub.Ablate, req, timeout)))
 
     def locate_fact(self, prompt, target, on_progress=None, options=None, timeout=None, progress=False,
                     position=None, first_token=False) -> results.FactReport:
@@ -233,23 +299,30 @@ class Client:
         req = pb.LocateFactRequest(model=self.model, prompt=_prompt(prompt), target=_target(target, first_token),
                                    options=_message(pb.LocateOptions, options), position=position)
         bar = _ProgressBar("LocateFact") if progress else None
+        report = None
         try:
             for event in self._stream(self._stub.LocateFact, req, timeout):
                 if event.HasField("report"):
-                    return results.FactReport(event.report, self.model_info())
+                    report = results.FactReport(event.report, self.model_info())
+                    break
                 for callback in (on_progress, bar):
                     if callback:
                         callback(event.progress.stage, event.progress.fraction)
         finally:
             if bar:
                 bar.close()
-        raise FactlensError(grpc.StatusCode.INTERNAL, "the LocateFact stream ended without a report")
+        if report is None:
+            raise FactlensError(grpc.StatusCode.INTERNAL, "the LocateFact stream ended without a report")
+        _warn(report.proto)  # after the progress bar, so that the warnings are not drawn into it
+        return report
 
-    def locate_facts(self, items, options=None, timeout=None, progress=False):
+    def locate_facts(self, items, options=None, timeout=None, progress=False, first_token=False):
         """Many facts: items are (prompt, target) pairs. Yields an ``ItemResult`` per item as it completes
-        (``.report`` or ``.error``), then the ``BatchAggregate``. progress=True draws a bar on stderr."""
+        (``.report`` or ``.error``), then the ``BatchAggregate``. progress=True draws a bar on stderr.
+        An item's report warnings are issued prefixed with ``items[i]: ``."""
         req = pb.LocateFactsRequest(model=self.model, options=_message(pb.LocateOptions, options),
-                                    items=[pb.FactItem(prompt=_prompt(p), target=_target(t)) for p, t in items])
+                                    items=[pb.FactItem(prompt=_prompt(p), target=_target(t, first_token))
+                                           for p, t in items])
         model = None
         bar = None
         if progress:
@@ -265,6 +338,8 @@ class Client:
                     model = self.model_info()
                 if bar:
                     bar.update(1)
+                if event.item.HasField("report"):
+                    _warn(event.item.report, f"items[{event.item.index}]: ")
                 yield results.ItemResult(event.item, model)
         finally:
             if bar:

@@ -15,6 +15,9 @@ th { background: #f0f3f8; }
 .summary td:first-child { font-weight: bold; }
 .target { background: #fde9c9; padding: 0 4px; border-radius: 3px; white-space: pre; }
 img { max-width: 100%; }
+.warnings { background: #fff4ce; border: 1px solid #e0b000; border-left: 6px solid #e0b000; border-radius: 4px;
+            padding: 0.6em 1em; margin: 1em 0; }
+.warnings ul { margin: 0.3em 0 0 0; padding-left: 1.2em; }
 """
 
 _NEURON_COLUMNS = ["name", "score", "coefficient", "top_tokens"]
@@ -33,6 +36,16 @@ def _quoted(token) -> str:
 
 def _table(frame, float_format="{:+.5f}".format) -> str:
     return frame.to_html(index=False, border=0, float_format=float_format, escape=True)
+
+
+def _warnings_banner(texts) -> str:
+    """The report's warnings (a request the server answered but probably not as meant) as a banner; "" if none."""
+    if not texts:
+        return ""
+    items = "".join(f"<li>{html.escape(t)}</li>" for t in texts)
+    label = "Warning" if len(texts) == 1 else f"{len(texts)} warnings"
+    return (f'<div class="warnings" role="alert"><strong>{label}: this report may not be of the fact you meant'
+            f"</strong><ul>{items}</ul></div>\n")
 
 
 def render(report, top=20) -> str:
@@ -74,5 +87,6 @@ def render(report, top=20) -> str:
     body = "".join(f"<h2>{html.escape(name)}</h2>\n{content}\n" for name, content in sections)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>factlens: {html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n"
+            f"{_warnings_banner(list(getattr(r, 'warnings', ())))}"
             f"<h1>Fact localization: {html.escape(title)}</h1>\n"
             f'<table class="summary">{summary_rows}</table>\n{body}</body></html>\n')
