@@ -29,6 +29,7 @@ TEST_PACKAGES=(
   curl
   python3-grpcio python3-protobuf python3-numpy python3-pandas python3-matplotlib python3-tqdm
   python3-yaml python3-venv python3-setuptools python3-pip python3-wheel prometheus chromium openssl
+  python3-nbclient python3-nbformat python3-ipykernel
   clang-14 libclang-rt-14-dev clang-format
 )
 case "$profile" in

@@ -1,19 +1,50 @@
 """Figures of factlens results (matplotlib).
 
-Each function draws into ``ax`` when given, else into a new ``matplotlib.figure.Figure`` (no pyplot
-state, so it works headless and in threads), and returns the figure. Save one with
-``fig.savefig("x.png")``; in a notebook a returned figure displays itself.
+Each function draws into ``ax`` when given, else into a new ``NotebookFigure`` (a
+``matplotlib.figure.Figure`` without pyplot state, so it works headless and in threads), and returns
+the figure. Save one with ``fig.savefig("x.png")``; in Jupyter a returned figure displays itself as a
+PNG, with no ``%matplotlib`` magic and no pyplot backend.
 """
+import base64
+import html
+import io
+
 import numpy as np
 from matplotlib.figure import Figure
 
 ATTENTION_COLOR, FFN_COLOR = "#4C72B0", "#DD8452"
 
 
+def to_png(fig, dpi=None) -> bytes:
+    """The figure as PNG bytes (``dpi``: the figure's own when None)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi or "figure")
+    return buf.getvalue()
+
+
+def to_img_tag(fig, alt="", dpi=None) -> str:
+    """An ``<img>`` element holding the figure as a base64 PNG data URI (no external reference)."""
+    data = base64.b64encode(to_png(fig, dpi)).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+class NotebookFigure(Figure):
+    """A ``Figure`` that IPython / Jupyter display as a PNG by themselves (``_repr_png_``).
+
+    Figures made without pyplot have no backend to show them, so Jupyter printed only
+    ``<Figure size 500x320 with 1 Axes>`` unless ``%matplotlib inline`` was run. Where the inline
+    backend is active it registers its own PNG formatter for every Figure, which IPython prefers, so
+    the figure still displays once. ``savefig`` and everything else are matplotlib's.
+    """
+
+    def _repr_png_(self):
+        return to_png(self)
+
+
 def _axes(ax, size):
     if ax is not None:
         return ax.figure, ax
-    fig = Figure(figsize=size, layout="constrained")
+    fig = NotebookFigure(figsize=size, layout="constrained")
     return fig, fig.add_subplot()
 
 

@@ -5,7 +5,12 @@ named after their proto field where there is one (``FactReport.ffn_layer_increas
 ``Tokens.ids``), ``.to_pandas()`` gives the result as a table, ``.to_dict()`` / ``.to_json()`` its
 protobuf JSON form (every field, zeros included). Any other attribute is read from the message, so
 the field documentation of ``proto/factlens/v1/factlens.proto`` applies as is.
+
+In IPython / Jupyter every result displays as a compact HTML table (``_repr_html_``; a
+``FactReport`` with its summary and figures), and ``repr()`` says what it holds. ``save(path)`` /
+``load(path)`` / ``from_json(text)`` write and read a result back (the JSON of ``to_json()``).
 """
+import html
 import inspect
 import json
 
@@ -55,8 +60,72 @@ def slot_name(i: int) -> str:
     return "emb" if i == 0 else ("attn" if i % 2 == 1 else "ffn") + str((i - 1) // 2)
 
 
+# --- HTML for notebooks. Every helper returns HTML; every string from a result goes through
+# html.escape, tokens quoted as a person reads them (" Paris": the leading space shows).
+
+_ROWS = 20  # rows of a table before "… more"
+
+
+def _e(value) -> str:
+    return html.escape(str(value))
+
+
+def _tok(token) -> str:
+    """A token, JSON-quoted (leading spaces and control characters visible), escaped."""
+    return f'<code style="white-space:pre">{_e(_quoted(token))}</code>'
+
+
+def _quoted(token) -> str:
+    return json.dumps(token, ensure_ascii=False)
+
+
+def _toks(scores, n=6) -> str:
+    return " ".join(_tok(t.token) for t in list(scores)[:n])
+
+
+def _num(value, fmt="{:+.4f}") -> str:
+    return fmt.format(value)
+
+
+def _table(columns, rows, caption=None, limit=_ROWS, rest="to_pandas() has them all") -> str:
+    """A table: column names (text), rows of HTML cells, an HTML caption; rows past ``limit`` counted."""
+    rows = list(rows)
+    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows[:limit])
+    if len(rows) > limit:
+        body += f'<tr><td colspan="{len(columns)}">… {len(rows) - limit} more rows ({_e(rest)})</td></tr>'
+    caption = f'<div style="margin-top:0.5em"><em>{caption}</em></div>' if caption else ""
+    return f'<div>{caption}<table class="factlens"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def _block(title, *parts) -> str:
+    """One result: a bold HTML title line, then its parts."""
+    return '<div class="factlens-result">' + f"<div><strong>{title}</strong></div>" + "".join(parts) + "</div>"
+
+
+def _warnings(proto) -> list:
+    """The response's warnings (a field of newer protos; none where the message has no such field)."""
+    return list(proto.warnings) if "warnings" in proto.DESCRIPTOR.fields_by_name else []
+
+
+def _warnings_html(proto) -> str:
+    items = "".join(f"<li>{_e(w)}</li>" for w in _warnings(proto))
+    return f'<ul style="color:#a15c00">{items}</ul>' if items else ""
+
+
+def _outcome(o) -> str:
+    return f"p = {o.prob:.4f}, log p = {o.log_prob:.4f}, rank {o.rank}"
+
+
+def _short_list(items, n=3) -> str:
+    items = list(items)
+    return ", ".join(items[:n]) + (f", ... ({len(items)} in all)" if len(items) > n else "")
+
+
 class Result:
     """A response message with typed accessors; other attributes come from the message (``.proto``)."""
+
+    _MESSAGE = None  # the response message class, for from_json
 
     def __init__(self, proto):
         self.proto = proto
@@ -74,12 +143,45 @@ class Result:
         """``to_dict()`` as a JSON string."""
         return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
 
+    @classmethod
+    def from_json(cls, text, **kwargs):
+        """The result of ``to_json()`` (the protobuf JSON mapping of its message; str or bytes) read back.
+        Fields this client's proto does not know (a newer server's) are ignored."""
+        return cls(json_format.Parse(text, cls._MESSAGE(), ignore_unknown_fields=True), **kwargs)
+
+    @classmethod
+    def load(cls, path, **kwargs):
+        """``from_json`` of a file written by ``save``."""
+        with open(path, encoding="utf-8") as f:
+            return cls.from_json(f.read(), **kwargs)
+
+    def save(self, path):
+        """Writes ``to_json()`` to ``path`` (UTF-8); ``load(path)`` reads it back."""
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(self.to_json() + "\n")
+
+    def _summary(self) -> str:
+        return f"{self.proto.ByteSize()} bytes"
+
     def __repr__(self):
-        return f"<{type(self).__name__}: {self.proto.ByteSize()} bytes>"
+        return f"<{type(self).__name__}: {self._summary()}>"
+
+    def _repr_html_(self):
+        return _block(_e(type(self).__name__), f"<pre>{_e(self.to_json())}</pre>")
 
 
 class Models(Result):
     """ListModels: a sequence of ``pb.ModelInfo``."""
+
+    _MESSAGE = pb.ListModelsResponse
+    _COLUMNS = ["name", "family", "layers", "heads", "d_model", "ffn_width", "vocab_size", "dtype", "device", "ready"]
+
+    def _summary(self):
+        return _short_list([f"{m.name} ({m.family}, {m.layers} layers)" for m in self.proto.models], 4) or "none"
+
+    def _repr_html_(self):
+        rows = [[_e(getattr(m, c)) for c in self._COLUMNS] for m in self.proto.models]
+        return _block(f"{len(rows)} model(s)", _table(self._COLUMNS, rows))
 
     def __iter__(self):
         return iter(self.proto.models)
@@ -98,6 +200,24 @@ class Models(Result):
 
 class Tokens(Result):
     """Tokenize: ids, offsets (numpy) and the tokens."""
+
+    _MESSAGE = pb.TokenizeResponse
+
+    def _shown(self):
+        p = self.proto
+        return list(p.display_tokens) if len(p.display_tokens) == len(p.ids) else list(p.tokens)
+
+    def _summary(self):
+        return f"{len(self.proto.ids)} tokens " + " ".join(_quoted(t) for t in self._shown()[:8]) + \
+            (" ..." if len(self.proto.ids) > 8 else "")
+
+    def _repr_html_(self):
+        p = self.proto
+        rows = [[str(i), str(t), _tok(shown), _tok(raw), f"{b}–{e}"]
+                for i, (t, shown, raw, b, e) in enumerate(zip(p.ids, self._shown(), p.tokens, p.offset_begin,
+                                                               p.offset_end))]
+        return _block(f"{len(p.ids)} tokens", _table(["position", "id", "token", "vocabulary string", "characters"],
+                                                     rows, limit=64))
 
     @property
     def ids(self):
@@ -120,6 +240,18 @@ class Tokens(Result):
 
 class Prediction(Result):
     """Predict: the top next tokens; ``ids`` and ``probs`` as numpy arrays, best first."""
+
+    _MESSAGE = pb.PredictResponse
+
+    def _summary(self):
+        tops = [f"{_quoted(t.token)} {t.score:.4f}" for t in self.proto.predictions]
+        return "next token " + (_short_list(tops) or "none")
+
+    def _repr_html_(self):
+        rows = [[str(i), str(t.id), _tok(t.token), _num(t.score, "{:.6f}")]
+                for i, t in enumerate(self.proto.predictions, 1)]
+        return _block(f"Next token after {len(self.proto.input_ids)} input tokens",
+                      _table(["rank", "id", "token", "prob"], rows))
 
     @property
     def input_ids(self):
@@ -161,6 +293,27 @@ def _head_matrix(entries, layers, heads):
 class Decomposition(Result):
     """Decompose: every component at each requested position."""
 
+    _MESSAGE = pb.DecomposeResponse
+
+    def _summary(self):
+        p = self.proto
+        sizes = sorted({len(d.components) for d in p.positions})
+        return (f"{len(p.positions)} position(s) of {len(p.input_ids)} tokens, "
+                f"{'/'.join(map(str, sizes)) or 0} components each, target id {p.target_id}")
+
+    def _repr_html_(self):
+        p = self.proto
+        parts = [_warnings_html(p)]
+        for d in p.positions:
+            lens = any(c.top_tokens for c in d.components)
+            rows = [[_e(component_name(c.component)), _num(c.increase), _num(c.norm, "{:.4f}")] +
+                    ([_toks(c.top_tokens, 5)] if lens else []) for c in d.components]
+            caption = (f"position {d.position} (token id {d.token_id}): final-norm scale {d.final_scale:.4f}, "
+                       f"reconstruction error {d.reconstruction_error:.2e}")
+            parts.append(_table(["component", "increase", "norm"] + (["logit lens"] if lens else []), rows,
+                                _e(caption), limit=40))
+        return _block(f"Decomposition of log p(target id {p.target_id})", *parts)
+
     def _position(self, position):
         for p in self.proto.positions:
             if position in (p.position, p.position - len(self.proto.input_ids)):
@@ -198,6 +351,32 @@ class Decomposition(Result):
 class Ranking(Result):
     """Rank: components ordered by score; ``scores`` as a numpy array."""
 
+    _MESSAGE = pb.RankResponse
+
+    def _kind(self):
+        c = self.proto.components
+        return pb.Component.Kind.Name(c[0].component.kind) if c else "components"
+
+    def _summary(self):
+        p = self.proto
+        tops = [f"{component_name(c.component)} {c.score:+.4f}" for c in p.components]
+        return (f"{len(p.components)} {self._kind()} of {p.total} ({pb.RankMode.Name(p.mode)}, {p.evaluated} "
+                f"evaluated exactly): " + (_short_list(tops) or "none"))
+
+    def _repr_html_(self):
+        p = self.proto
+        kinds = {c.component.kind for c in p.components}
+        neurons = bool(kinds & {pb.Component.FFN_NEURON, pb.Component.ATTENTION_NEURON})
+        sources = bool(kinds & {pb.Component.HEAD_POSITION, pb.Component.ATTENTION_NEURON})
+        rows = [[str(i), _e(component_name(c.component)), _num(c.score)] +
+                ([_num(c.coefficient, "{:+.4f}")] if neurons else []) + ([str(c.source_token_id)] if sources else [])
+                for i, c in enumerate(p.components, 1)]
+        columns = ["rank", "component", "score"] + (["coefficient"] if neurons else []) + \
+            (["source token id"] if sources else [])
+        title = (f"Ranking of {_e(self._kind())} for target id {p.target_id}: {len(rows)} of {p.total} "
+                 f"({_e(pb.RankMode.Name(p.mode))}, {p.evaluated} evaluated exactly)")
+        return _block(title, _warnings_html(p), _table(columns, rows))
+
     @property
     def scores(self):
         return _floats([c.score for c in self.proto.components])
@@ -211,6 +390,30 @@ class Ranking(Result):
 class Trace(Result):
     """Trace: which earlier components activate a neuron, per key (``in``; ``gate``/``up`` for Llama;
     ``value`` for attention neurons)."""
+
+    _MESSAGE = pb.TraceResponse
+
+    def _summary(self):
+        keys = [f"{k.key_name} (total {k.total:+.4f})" for k in self.proto.keys]
+        return f"position {self.proto.position}, keys " + (", ".join(keys) or "none")
+
+    def _repr_html_(self):
+        keys = self.proto.keys
+        slots = max((len(k.layer_scores) for k in keys), default=0)
+        rows = [[_e(slot_name(i))] + [_num(k.layer_scores[i]) if i < len(k.layer_scores) else "" for k in keys]
+                for i in range(slots)]
+        rows.append(["<strong>total</strong>"] + [_num(k.total) for k in keys])
+        parts = [_table(["slot"] + [f"key {k.key_name}" for k in keys], rows, "What each layer writes into the key",
+                        limit=slots + 1)]
+        for k in keys:
+            if k.top_ffn_subvalues:
+                coefficients = any(c.coefficient for c in k.top_ffn_subvalues)
+                sub = [[_e(component_name(c.component)), _num(c.score)] +
+                       ([_num(c.coefficient)] if coefficients else []) for c in k.top_ffn_subvalues]
+                parts.append(_table(["FFN subvalue", "score"] + (["coefficient"] if coefficients else []), sub,
+                                    f"Top earlier FFN subvalues activating key {_e(k.key_name)}", limit=10,
+                                    rest="top_subvalues() has them all"))
+        return _block(f"Trace at position {self.proto.position}", *parts)
 
     def _key(self, key_name):
         keys = self.proto.keys
@@ -253,6 +456,21 @@ class Projection(Result):
     """ProjectToVocab: top and bottom tokens of a component's vocabulary scores (before-softmax values;
     the vector's own log-probabilities for an adaptive-softmax model such as Baevski-18)."""
 
+    _MESSAGE = pb.ProjectToVocabResponse
+
+    def _summary(self):
+        return (f"top {_short_list([_quoted(t.token) for t in self.proto.top])}; "
+                f"bottom {_short_list([_quoted(t.token) for t in self.proto.bottom])}")
+
+    def _repr_html_(self):
+        import itertools
+
+        rows = [[str(i)] + [cell for t in (top, bottom)
+                            for cell in ((_tok(t.token), _num(t.score)) if t is not None else ("", ""))]
+                for i, (top, bottom) in enumerate(itertools.zip_longest(self.proto.top, self.proto.bottom), 1)]
+        return _block(f"Projection to the vocabulary (final-norm scale {self.proto.final_scale:.4f})",
+                      _table(["#", "top token", "score", "bottom token", "score"], rows))
+
     def to_pandas(self):
         """Rows: the top tokens (largest first), then the bottom ones (most negative first); column side says which."""
         import pandas as pd
@@ -265,6 +483,25 @@ class Projection(Result):
 
 class Ablation(Result):
     """Ablate: the target's outcome before and after."""
+
+    _MESSAGE = pb.AblateResponse
+
+    def _summary(self):
+        p = self.proto
+        after = f", now predicts {_quoted(p.predictions_after[0].token)}" if p.predictions_after else ""
+        return (f"target id {p.target_id}: log p {p.before.log_prob:.4f} -> {p.after.log_prob:.4f} "
+                f"(change {self.log_prob_change:+.4f}), rank {p.before.rank} -> {p.after.rank}{after}")
+
+    def _repr_html_(self):
+        p = self.proto
+        rows = [[state, _num(o.log_prob), _num(o.prob, "{:.6f}"), str(o.rank)]
+                for state, o in (("before", p.before), ("after", p.after))]
+        predictions = [[str(i), str(t.id), _tok(t.token), _num(t.score, "{:.6f}")]
+                       for i, t in enumerate(p.predictions_after, 1)]
+        return _block(f"Ablation: log p(target id {p.target_id}) changes by {self.log_prob_change:+.4f}",
+                      _warnings_html(p), _table(["", "log p", "prob", "rank"], rows),
+                      _table(["rank", "id", "token", "prob"], predictions, "Top next tokens after the ablation",
+                             limit=5, rest="predictions_frame() has them all") if predictions else "")
 
     @property
     def log_prob_change(self) -> float:
@@ -288,9 +525,87 @@ class FactReport(Result):
     ``model`` (a ``pb.ModelInfo`` when the client knows it) sizes the head matrix.
     """
 
+    _MESSAGE = pb.FactReport
+    _MODEL_KEY = "model_info"  # save() stores the model next to the report's fields under this key
+
     def __init__(self, proto, model=None):
         super().__init__(proto)
         self.model = model
+
+    @classmethod
+    def from_json(cls, text, model=None):
+        """A report from ``to_json()`` or ``save()`` text (also ``factlens locate --json`` output). The model
+        is ``model`` if given, else the ``model_info`` that ``save()`` wrote, else unknown."""
+        data = json.loads(text)
+        saved = data.pop(cls._MODEL_KEY, None)
+        if model is None and saved is not None:
+            model = json_format.ParseDict(saved, pb.ModelInfo(), ignore_unknown_fields=True)
+        return cls(json_format.ParseDict(data, pb.FactReport(), ignore_unknown_fields=True), model)
+
+    def save(self, path):
+        """Writes the report (``to_dict()``) and, when known, its model under ``model_info`` as JSON;
+        ``FactReport.load(path)`` reads both back, to display or re-render with ``to_html``."""
+        data = self.to_dict()
+        if self.model is not None:
+            data[self._MODEL_KEY] = message_to_dict(self.model)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+    def _summary(self):
+        r = self.proto
+        model = f"{self.model.name}: " if self.model is not None else ""
+        text = (f"{model}{_quoted(self.prompt)} -> {_quoted(r.target.token)} (id {r.target.id}): p = "
+                f"{r.outcome.prob:.4f}, rank {r.outcome.rank}, {self.layers} layers")
+        if r.ffn_neurons:
+            n = r.ffn_neurons[0]
+            text += f"; top FFN neuron L{n.layer}.N{n.neuron} {n.score:+.4f}"
+        return text
+
+    def _repr_html_(self):
+        from factlens import plots
+
+        r = self.proto
+        model = (f"{self.model.name} ({self.model.family}, {self.model.layers} layers × {self.model.heads} heads)"
+                 if self.model is not None else "(not recorded)")
+        summary = [
+            ("model", _e(model)),
+            ("prompt tokens", " ".join(_tok(t) for t in r.input_tokens)),
+            ("target", f"{_tok(r.target.token)} (id {r.target.id}) at position {r.position}"),
+            ("outcome", _e(_outcome(r.outcome))),
+            ("metric / ranking", _e(f"{pb.Metric.Name(r.metric)} / {pb.RankMode.Name(r.mode)}: {r.ffn_evaluated} of "
+                                    f"{r.ffn_total} FFN neurons and {r.attention_evaluated} of {r.attention_total} "
+                                    "attention neurons evaluated exactly")),
+        ]
+        if r.ablated_ffn_neurons:
+            summary.append((f"ablating the top {r.ablated_ffn_neurons} FFN neurons",
+                            _e(f"p {r.outcome.prob:.4f} → {r.ablated.prob:.4f}, rank {r.outcome.rank} → "
+                               f"{r.ablated.rank}")))
+        summary_table = ('<table class="factlens-summary"><tbody>' +
+                         "".join(f"<tr><th>{_e(k)}</th><td>{v}</td></tr>" for k, v in summary) + "</tbody></table>")
+        figures = ('<div style="display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start">' +
+                   plots.to_img_tag(self.plot_layers(), "per-layer attention and FFN increases of the target") +
+                   plots.to_img_tag(self.plot_heads(), "layer by head heatmap of the top heads") + "</div>")
+        predictions = _table(["rank", "id", "token", "prob"],
+                             [[str(i), str(t.id), _tok(t.token), _num(t.score, "{:.6f}")]
+                              for i, t in enumerate(r.predictions, 1)], "Prediction", limit=5,
+                             rest="predictions_frame() has them all")
+        heads = _table(["head", "score"], [[f"L{h.layer}.H{h.head}", _num(h.score)] for h in r.top_heads],
+                       "Top heads", limit=5, rest="heads_frame() has them all")
+        ffn = _table(["neuron", "score", "coefficient", "top tokens of its value vector"],
+                     [[_e(component_name(pb.Component(kind=pb.Component.FFN_NEURON, layer=n.layer, neuron=n.neuron))),
+                       _num(n.score), _num(n.coefficient), _toks(n.top_tokens)] for n in r.ffn_neurons],
+                     "Top FFN neurons", limit=10, rest="neurons_frame() has them all")
+        attention = _table(["neuron", "source token", "score", "top tokens of its value vector"],
+                           [[_e(component_name(pb.Component(kind=pb.Component.ATTENTION_NEURON, layer=n.layer,
+                                                            head=n.head, source_position=n.source_position,
+                                                            neuron=n.neuron))),
+                             _tok(self._source_token(n.source_position)), _num(n.score), _toks(n.top_tokens)]
+                            for n in r.attention_neurons],
+                           "Top attention neurons", limit=10, rest="neurons_frame(attention=True) has them all")
+        tables = ('<div style="display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start">' + predictions + heads +
+                  "</div>")
+        title = f"Fact localization: {_tok(self.prompt)} → {_tok(r.target.token)}"
+        return _block(title, _warnings_html(r), summary_table, figures, tables, ffn, attention)
 
     @property
     def input_ids(self):
@@ -401,6 +716,19 @@ class FactReport(Result):
 class ItemResult(Result):
     """One LocateFacts item: ``index`` and either ``report`` (a FactReport) or ``error`` (code, message)."""
 
+    _MESSAGE = pb.ItemResult
+
+    def _summary(self):
+        if self.report is not None:
+            return f"item {self.proto.index}: {self.report._summary()}"
+        return f"item {self.proto.index}: {self.exception.code.name}: {self.proto.error.message}"
+
+    def _repr_html_(self):
+        if self.report is not None:
+            return _block(f"Item {self.proto.index}", self.report._repr_html_())
+        return _block(f"Item {self.proto.index}: failed",
+                      f"<div>{_e(self.exception.code.name)}: {_e(self.proto.error.message)}</div>")
+
     def __init__(self, proto, model=None):
         super().__init__(proto)
         self.report = FactReport(proto.report, model) if proto.HasField("report") else None
@@ -416,6 +744,20 @@ class ItemResult(Result):
 
 class BatchAggregate(Result):
     """LocateFacts' aggregate over the successful items."""
+
+    _MESSAGE = pb.BatchAggregate
+
+    def _summary(self):
+        return f"{self.proto.facts} facts ({self.proto.failed} failed), {len(self.proto.ffn_neurons_per_layer)} layers"
+
+    def _repr_html_(self):
+        p = self.proto
+        rows = [[str(i), str(f), str(a), _num(ma), _num(mf)]
+                for i, (f, a, ma, mf) in enumerate(zip(p.ffn_neurons_per_layer, p.attention_neurons_per_layer,
+                                                       p.mean_attention_layer_increase, p.mean_ffn_layer_increase))]
+        return _block(f"Over {p.facts} facts ({p.failed} failed)",
+                      _table(["layer", "top FFN neurons", "top attention neurons", "mean attention increase",
+                              "mean FFN increase"], rows, limit=100))
 
     @property
     def ffn_neurons_per_layer(self):
