@@ -28,7 +28,7 @@ if [ "${1:-}" = "--fetch-debs" ]; then
   apt-get download libgrpc++-dev libgrpc++1.51 libgrpc-dev libgrpc29 protobuf-compiler-grpc \
     libprotobuf-dev libprotobuf32 libprotobuf-lite32 libprotoc32 libprotoc-dev protobuf-compiler \
     libabsl-dev libabsl20220623 libre2-dev libre2-9 libc-ares-dev libc-ares2 nlohmann-json3-dev \
-    libcivetweb-dev libcivetweb1 civetweb libgtest-dev libgmock-dev libbenchmark-dev \
+    libgtest-dev libgmock-dev libbenchmark-dev \
     libbenchmark1debian grpc-proto zlib1g-dev libssl-dev pkgconf pkgconf-bin libpkgconf3 \
     libpcre2-dev libpcre2-8-0 libpcre2-16-0 libpcre2-32-0 libpcre2-posix3 libsentencepiece-dev \
     libsentencepiece0

@@ -16,13 +16,13 @@ profile=full
 if [ "${1:-}" = "--profile" ]; then profile="${2:?--profile needs full, build or runtime}"; fi
 
 RUNTIME_PACKAGES=(
-  libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 libcivetweb1 libpcre2-8-0
+  libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 libpcre2-8-0
   python3-venv
 )
 BUILD_PACKAGES=(
   cmake g++ pkg-config ccache ninja-build
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto
-  libabsl-dev libre2-dev libpcre2-dev nlohmann-json3-dev libcivetweb-dev civetweb
+  libabsl-dev libre2-dev libpcre2-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev libsentencepiece-dev
 )
 TEST_PACKAGES=(

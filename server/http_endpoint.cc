@@ -1,71 +1,67 @@
 #include "server/http_endpoint.h"
 
-#include <CivetServer.h>
 #include <arpa/inet.h>
-#include <civetweb.h>
-#include <dlfcn.h>
 #include <netinet/in.h>
-#include <pthread.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <cstdint>
+#include <cstring>
 #include <exception>
+#include <iterator>
+#include <list>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <utility>
-#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
-
-// Debian 12's civetweb creates every thread with a 100 KB stack (pthread_attr_setstacksize(&attr,
-// 102400), compiled in). glibc puts a thread's static TLS on its stack, and with libtorch's CUDA
-// libraries loaded the process's static TLS alone is ~190 KB (cuBLASLt 94 KB, libtorch_cpu 26 KB,
-// cusparseLt 16 KB, ...), so pthread_create fails with EINVAL and the endpoint cannot start
-// ("Cannot create threads: error 0 [null context when constructing CivetServer]"; the same with
-// OpenBLAS's LAPACK loaded). Any executable that links this file defines the function below, which
-// it exports because libcivetweb.so refers to it, so civetweb's calls bind here: requests under
-// 1 MiB are raised to 1 MiB, then glibc's own function does the work. Other callers asking for
-// 1 MiB or more (and those that never set a size) are unaffected.
-extern "C" int pthread_attr_setstacksize(pthread_attr_t* attr, size_t size) {
-  using SetStackSize = int (*)(pthread_attr_t*, size_t);
-  static const auto glibc =
-      reinterpret_cast<SetStackSize>(dlsym(RTLD_NEXT, "pthread_attr_setstacksize"));
-  constexpr size_t kMinimumStack = size_t{1} << 20;
-  return glibc(attr, std::max(size, kMinimumStack));
-}
+#include "server/http_endpoint_internal.h"
 
 namespace factlens {
 namespace {
 
+using Clock = std::chrono::steady_clock;
+using http_internal::ParseRequestHead;
+using http_internal::RequestHead;
+
 constexpr absl::string_view kMetricsContentType = "text/plain; version=0.0.4; charset=utf-8";
 constexpr absl::string_view kTextContentType = "text/plain; charset=utf-8";
 
-// civetweb reports start-up failures (e.g. "cannot bind to ...") through the log_message callback,
-// synchronously on the thread that constructs CivetServer; Start() points this at a buffer for
-// the duration of the constructor. Messages on other threads (workers) are left to civetweb,
-// which writes them to error_log_file when one is configured.
-thread_local std::vector<std::string>* t_start_messages = nullptr;
+// After a response is written the connection is half-closed and what the client still sends (a
+// request body, say) is read and dropped, for at most this long and this much: closing a socket
+// with unread input resets the connection, which can destroy the response before the client has
+// read it.
+constexpr auto kLingerTime = std::chrono::milliseconds(1000);
+constexpr size_t kMaxLingerBytes = size_t{1} << 20;
+// Out of file descriptors with no connection to close: stop accepting for this long.
+constexpr auto kAcceptPause = std::chrono::milliseconds(100);
+constexpr int kMaxAcceptsPerWake = 64;  // Then other events get their turn.
+constexpr int kMaxEvents = 256;
 
-int CaptureLogMessage(const mg_connection* /*conn*/, const char* message) {
-  if (t_start_messages != nullptr && message != nullptr) t_start_messages->emplace_back(message);
-  return 0;  // Let civetweb also write its error_log_file, if any.
-}
+std::string ErrnoText(int error) { return std::generic_category().message(error); }
 
 const char* ReasonPhrase(int code) {
   switch (code) {
     case 200:
       return "OK";
+    case 400:
+      return "Bad Request";
     case 404:
       return "Not Found";
     case 405:
       return "Method Not Allowed";
+    case 431:
+      return "Request Header Fields Too Large";
     case 500:
       return "Internal Server Error";
     case 503:
@@ -74,40 +70,45 @@ const char* ReasonPhrase(int code) {
   return "Unknown";
 }
 
-// Writes a complete response; the body is left out for HEAD (Content-Length still describes it).
-void Respond(mg_connection* conn, bool head, int code, absl::string_view content_type,
-             absl::string_view body, absl::string_view extra_headers = "") {
-  const std::string header =
+// A complete response; the body is left out for HEAD (Content-Length still describes it).
+std::string Response(int code, absl::string_view content_type, absl::string_view body,
+                     bool head_only, absl::string_view extra_headers = "") {
+  std::string response =
       absl::StrCat("HTTP/1.1 ", code, " ", ReasonPhrase(code), "\r\nContent-Type: ", content_type,
                    "\r\nContent-Length: ", body.size(),
                    "\r\nCache-Control: no-store\r\nConnection: close\r\n", extra_headers, "\r\n");
-  mg_write(conn, header.data(), header.size());
-  if (!head && !body.empty()) mg_write(conn, body.data(), body.size());
+  if (!head_only) response.append(body.data(), body.size());
+  return response;
 }
 
-// Checks that `address` is one listening address in the syntax civetweb's listening_ports takes.
-absl::Status ValidateAddress(absl::string_view address) {
+struct ListenAddress {
+  sockaddr_storage storage{};
+  socklen_t length = 0;
+};
+
+// Parses one listening address: HOST:PORT with an IPv4 literal or [IPv6] literal, or PORT.
+absl::StatusOr<ListenAddress> ParseListenAddress(absl::string_view address) {
   auto invalid = [&](absl::string_view why) {
     return absl::InvalidArgumentError(
         absl::StrCat("metrics address \"", address, "\": ", why,
                      " (expected HOST:PORT with an IPv4 literal or [IPv6] literal, or PORT)"));
   };
-  absl::string_view host;
+  constexpr absl::string_view kBadIpv4 = "host must be a numeric IPv4 address such as 127.0.0.1";
+  std::string host;  // Empty: every IPv4 interface.
+  bool ipv6 = false;
   absl::string_view port = address;
   if (absl::StartsWith(address, "[")) {
     const size_t close = address.find("]:");
     if (close == absl::string_view::npos) return invalid("missing \"]:\" after IPv6 host");
-    host = address.substr(1, close - 1);
+    host = std::string(address.substr(1, close - 1));
     port = address.substr(close + 2);
+    ipv6 = true;
     if (host.empty()) return invalid("empty IPv6 host");
     for (char c : host) {
       if (!absl::ascii_isxdigit(c) && c != ':' && c != '.') return invalid("bad IPv6 host");
     }
-    if ((mg_check_feature(MG_FEATURES_IPV6) & MG_FEATURES_IPV6) == 0) {
-      return absl::InvalidArgumentError("civetweb was built without IPv6 support");
-    }
   } else if (const size_t colon = address.rfind(':'); colon != absl::string_view::npos) {
-    host = address.substr(0, colon);
+    host = std::string(address.substr(0, colon));
     port = address.substr(colon + 1);
     if (host.empty()) return invalid("empty host");
     int dots = 0;
@@ -115,10 +116,10 @@ absl::Status ValidateAddress(absl::string_view address) {
       if (c == '.') {
         ++dots;
       } else if (!absl::ascii_isdigit(c)) {
-        return invalid("host must be a numeric IPv4 address such as 127.0.0.1");
+        return invalid(kBadIpv4);
       }
     }
-    if (dots != 3) return invalid("host must be a numeric IPv4 address such as 127.0.0.1");
+    if (dots != 3) return invalid(kBadIpv4);
   }
   if (port.empty() || port.size() > 5) return invalid("bad port");
   for (char c : port) {
@@ -128,248 +129,495 @@ absl::Status ValidateAddress(absl::string_view address) {
   if (!absl::SimpleAtoi(port, &port_number) || port_number > 65535) {
     return invalid("port out of range");
   }
-  return absl::OkStatus();
-}
-
-// The loopback-reachable host for a listening host: the wildcard becomes loopback.
-std::string WakeHost(absl::string_view address) {
-  if (absl::StartsWith(address, "[")) {
-    const std::string host(address.substr(1, address.find(']') - 1));
-    in6_addr any{};
-    inet_pton(AF_INET6, host.c_str(), &any);
-    return IN6_IS_ADDR_UNSPECIFIED(&any) ? "::1" : host;
-  }
-  const size_t colon = address.rfind(':');
-  const std::string host =
-      colon == absl::string_view::npos ? "0.0.0.0" : std::string(address.substr(0, colon));
-  return host == "0.0.0.0" ? "127.0.0.1" : host;
-}
-
-// Opens and closes one TCP connection to host:port, ignoring every failure.
-void Poke(const std::string& host, int port) {
-  sockaddr_storage storage{};
-  socklen_t length = 0;
-  auto* v4 = reinterpret_cast<sockaddr_in*>(&storage);
-  auto* v6 = reinterpret_cast<sockaddr_in6*>(&storage);
-  if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
-    v4->sin_family = AF_INET;
-    v4->sin_port = htons(static_cast<uint16_t>(port));
-    length = sizeof(sockaddr_in);
-  } else if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
+  ListenAddress result;
+  if (ipv6) {
+    auto* v6 = reinterpret_cast<sockaddr_in6*>(&result.storage);
+    if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) != 1) return invalid("bad IPv6 host");
     v6->sin6_family = AF_INET6;
-    v6->sin6_port = htons(static_cast<uint16_t>(port));
-    length = sizeof(sockaddr_in6);
+    v6->sin6_port = htons(static_cast<uint16_t>(port_number));
+    result.length = sizeof(sockaddr_in6);
   } else {
-    return;
+    auto* v4 = reinterpret_cast<sockaddr_in*>(&result.storage);
+    if (host.empty()) {
+      v4->sin_addr.s_addr = htonl(INADDR_ANY);
+    } else if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) != 1) {
+      return invalid(kBadIpv4);
+    }
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(static_cast<uint16_t>(port_number));
+    result.length = sizeof(sockaddr_in);
   }
-  const int fd = socket(storage.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return;
-  connect(fd, reinterpret_cast<sockaddr*>(&storage), length);
-  close(fd);
+  return result;
 }
 
 }  // namespace
 
-// Serves every path; registered for all URIs. Never lets an exception reach civetweb's C code.
-class HttpEndpoint::Handler : public CivetHandler {
+// The listening socket, the open connections and the thread that serves them: an epoll loop
+// (level-triggered) over non-blocking sockets. Every member but Start() and Stop() runs on that
+// thread only.
+class HttpEndpoint::Loop {
  public:
-  Handler(const MetricsRegistry* registry, const ReadinessCallback* readiness)
-      : registry_(registry), readiness_(readiness) {}
+  Loop(const MetricsRegistry* registry, const ReadinessCallback* readiness,
+       const HttpEndpointOptions& options)
+      : registry_(registry), readiness_(readiness), options_(options) {}
+  ~Loop() {
+    Stop();
+    for (Connection& c : connections_) close(c.fd);
+    for (int fd : {listen_fd_, epoll_fd_, wake_fd_}) {
+      if (fd >= 0) close(fd);
+    }
+  }
+  Loop(const Loop&) = delete;
+  Loop& operator=(const Loop&) = delete;
 
-  bool handleGet(CivetServer*, mg_connection* conn, int* status) override {
-    return Serve(conn, /*head=*/false, status);
+  // Binds, listens and starts the thread. Returns the bound port.
+  absl::StatusOr<int> Start(absl::string_view address);
+  // Wakes the thread and joins it; connections stay open until the destructor.
+  void Stop() {
+    if (!thread_.joinable()) return;
+    stop_.store(true);
+    const uint64_t one = 1;
+    while (write(wake_fd_, &one, sizeof(one)) < 0 && errno == EINTR) {
+    }
+    thread_.join();
   }
-  bool handleHead(CivetServer*, mg_connection* conn, int* status) override {
-    return Serve(conn, /*head=*/true, status);
-  }
-  bool handlePost(CivetServer*, mg_connection* conn, int* status) override {
-    return NotAllowed(conn, status);
-  }
-  bool handlePut(CivetServer*, mg_connection* conn, int* status) override {
-    return NotAllowed(conn, status);
-  }
-  bool handleDelete(CivetServer*, mg_connection* conn, int* status) override {
-    return NotAllowed(conn, status);
-  }
-  bool handleOptions(CivetServer*, mg_connection* conn, int* status) override {
-    return NotAllowed(conn, status);
-  }
-  bool handlePatch(CivetServer*, mg_connection* conn, int* status) override {
-    return NotAllowed(conn, status);
-  }
-  // The two-argument overloads are only called by the defaults of the ones above.
-  using CivetHandler::handleDelete;
-  using CivetHandler::handleGet;
-  using CivetHandler::handleHead;
-  using CivetHandler::handleOptions;
-  using CivetHandler::handlePatch;
-  using CivetHandler::handlePost;
-  using CivetHandler::handlePut;
 
  private:
-  bool NotAllowed(mg_connection* conn, int* status) {
-    *status = 405;
-    Respond(conn, false, 405, kTextContentType, "method not allowed\n", "Allow: GET, HEAD\r\n");
-    return true;
-  }
+  enum class State {
+    kReading,    // until the request head is complete (header deadline)
+    kWriting,    // the response is being written (write deadline)
+    kLingering,  // written and half-closed; reading what the client still sends (linger deadline)
+  };
+  struct Connection {
+    int fd = -1;
+    State state = State::kReading;
+    bool closed = false;
+    bool saw_newline = false;  // A line of the request head has ended.
+    uint32_t events = 0;       // What epoll watches for.
+    Clock::time_point deadline;
+    std::string in;                        // The request head received so far.
+    std::string out;                       // The response.
+    size_t written = 0;                    // Bytes of `out` sent.
+    size_t drained = 0;                    // Bytes read and dropped while lingering.
+    std::list<Connection>::iterator self;  // In connections_, or in closed_ once closed.
+  };
 
-  bool Serve(mg_connection* conn, bool head, int* status) {
-    int code = 500;
-    try {
-      code = Route(conn, head);
-    } catch (const std::exception& e) {
-      Respond(conn, head, 500, kTextContentType, absl::StrCat("internal error: ", e.what(), "\n"));
-    } catch (...) {
-      Respond(conn, head, 500, kTextContentType, "internal error\n");
-    }
-    *status = code;
-    return true;
+  void Run();
+  void Accept(Clock::time_point now);
+  void OnEvent(Connection* c, uint32_t events, Clock::time_point now);
+  void ReadRequest(Connection* c, Clock::time_point now);
+  void Respond(Connection* c, const RequestHead& request, Clock::time_point now);
+  std::string Route(absl::string_view path, bool head_only);
+  void QueueResponse(Connection* c, std::string response, Clock::time_point now);
+  void Flush(Connection* c, Clock::time_point now);
+  void Drain(Connection* c);
+  void Close(Connection* c);
+  void SweepDeadlines(Clock::time_point now);
+  void SetEvents(Connection* c, uint32_t events);
+  void SetDeadline(Connection* c, Clock::time_point deadline) {
+    c->deadline = deadline;
+    next_deadline_ = std::min(next_deadline_, deadline);
   }
-
-  int Route(mg_connection* conn, bool head) {
-    const mg_request_info* info = mg_get_request_info(conn);
-    const absl::string_view path =
-        (info != nullptr && info->local_uri != nullptr) ? info->local_uri : "";
-    if (path == "/metrics") {
-      const std::string body = registry_->Render();
-      Respond(conn, head, 200, kMetricsContentType, body);
-      return 200;
-    }
-    if (path == "/healthz") {
-      Respond(conn, head, 200, kTextContentType, "ok\n");
-      return 200;
-    }
-    if (path == "/readyz") {
-      std::string reason;
-      const bool ready = !*readiness_ || (*readiness_)(&reason);
-      if (ready) {
-        Respond(conn, head, 200, kTextContentType, "ready\n");
-        return 200;
-      }
-      if (reason.empty()) reason = "unspecified";
-      Respond(conn, head, 503, kTextContentType, absl::StrCat("not ready: ", reason, "\n"));
-      return 503;
-    }
-    Respond(conn, head, 404, kTextContentType, "not found\n");
-    return 404;
-  }
+  // Marks `c` the most recently active connection.
+  void Touch(Connection* c) { connections_.splice(connections_.end(), connections_, c->self); }
 
   const MetricsRegistry* registry_;
   const ReadinessCallback* readiness_;
+  const HttpEndpointOptions options_;
+
+  int listen_fd_ = -1;
+  int epoll_fd_ = -1;
+  int wake_fd_ = -1;     // An eventfd: Stop() writes to it to wake epoll_wait.
+  char listen_tag_ = 0;  // Their addresses tell the listening socket and the eventfd apart from
+  char wake_tag_ = 0;    // connections in epoll's event data.
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+
+  // Open connections, least recently active first (so front() is the one idle the longest).
+  std::list<Connection> connections_;
+  // Closed during the current batch of events (later events of the batch may still name them);
+  // freed after it.
+  std::list<Connection> closed_;
+  // No connection's deadline is earlier than this.
+  Clock::time_point next_deadline_ = Clock::time_point::max();
+  bool accept_paused_ = false;
+  Clock::time_point accept_resume_;
 };
+
+absl::StatusOr<int> HttpEndpoint::Loop::Start(absl::string_view address) {
+  absl::StatusOr<ListenAddress> parsed = ParseListenAddress(address);
+  if (!parsed.ok()) return parsed.status();
+  auto unavailable = [&](absl::string_view what, int error) {
+    return absl::UnavailableError(
+        absl::StrCat("metrics endpoint: ", what, " ", address, ": ", ErrnoText(error)));
+  };
+  const int family = parsed->storage.ss_family;
+  listen_fd_ = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (listen_fd_ < 0) return unavailable("cannot create a socket for", errno);
+  const int on = 1;
+  setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
+  if (family == AF_INET6) setsockopt(listen_fd_, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on));
+  if (bind(listen_fd_, reinterpret_cast<const sockaddr*>(&parsed->storage), parsed->length) != 0) {
+    return unavailable("cannot bind to", errno);
+  }
+  if (listen(listen_fd_, SOMAXCONN) != 0) return unavailable("cannot listen on", errno);
+  sockaddr_storage bound{};
+  socklen_t bound_length = sizeof(bound);
+  if (getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&bound), &bound_length) != 0) {
+    return unavailable("cannot read the port bound for", errno);
+  }
+  const int port = ntohs(family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
+                                            : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+
+  epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
+  if (epoll_fd_ < 0) return unavailable("cannot create an epoll instance for", errno);
+  wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (wake_fd_ < 0) return unavailable("cannot create an eventfd for", errno);
+  epoll_event event{};
+  event.events = EPOLLIN;
+  event.data.ptr = &listen_tag_;
+  if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, listen_fd_, &event) != 0) {
+    return unavailable("cannot watch the socket of", errno);
+  }
+  event.data.ptr = &wake_tag_;
+  if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, wake_fd_, &event) != 0) {
+    return unavailable("cannot watch the eventfd of", errno);
+  }
+  try {
+    thread_ = std::thread([this] { Run(); });
+  } catch (const std::system_error& e) {
+    return absl::UnavailableError(
+        absl::StrCat("metrics endpoint on ", address, ": cannot create its thread: ", e.what()));
+  }
+  return port;
+}
+
+void HttpEndpoint::Loop::Run() {
+  epoll_event events[kMaxEvents];
+  while (!stop_.load()) {
+    Clock::time_point wake = next_deadline_;
+    if (accept_paused_) wake = std::min(wake, accept_resume_);
+    int timeout_ms = -1;
+    if (wake != Clock::time_point::max()) {
+      const auto wait = std::chrono::ceil<std::chrono::milliseconds>(wake - Clock::now()).count();
+      timeout_ms = static_cast<int>(std::clamp<decltype(wait)>(wait, 0, 60000));
+    }
+    const int n = epoll_wait(epoll_fd_, events, kMaxEvents, timeout_ms);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return;  // EBADF/EINVAL: cannot happen while the descriptors are ours.
+    }
+    const Clock::time_point now = Clock::now();
+    for (int i = 0; i < n; ++i) {
+      void* tag = events[i].data.ptr;
+      if (tag == &wake_tag_) {
+        uint64_t count = 0;
+        while (read(wake_fd_, &count, sizeof(count)) < 0 && errno == EINTR) {
+        }
+      } else if (tag == &listen_tag_) {
+        Accept(now);
+      } else {
+        auto* c = static_cast<Connection*>(tag);
+        if (c->closed) continue;
+        try {
+          OnEvent(c, events[i].events, now);
+        } catch (...) {  // std::bad_alloc building a response: drop this connection, not the loop.
+          Close(c);
+        }
+      }
+    }
+    if (now >= next_deadline_) SweepDeadlines(now);
+    closed_.clear();
+    if (accept_paused_ && now >= accept_resume_) {
+      epoll_event event{};
+      event.events = EPOLLIN;
+      event.data.ptr = &listen_tag_;
+      if (epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, listen_fd_, &event) == 0) accept_paused_ = false;
+    }
+  }
+}
+
+void HttpEndpoint::Loop::Accept(Clock::time_point now) {
+  if (accept_paused_) return;
+  for (int i = 0; i < kMaxAcceptsPerWake; ++i) {
+    const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      switch (errno) {
+        case EAGAIN:
+#if EWOULDBLOCK != EAGAIN
+        case EWOULDBLOCK:
+#endif
+          return;
+        case EINTR:
+        case ECONNABORTED:
+        case EPROTO:
+        case EPERM:
+        case ENETDOWN:
+        case ENOPROTOOPT:
+        case EHOSTDOWN:
+        case ENONET:
+        case EHOSTUNREACH:
+        case EOPNOTSUPP:
+        case ENETUNREACH:
+          continue;  // That connection failed; the next one may not.
+        case EMFILE:
+        case ENFILE:
+        case ENOBUFS:
+        case ENOMEM:
+          // Out of descriptors or memory: make room by closing the connection idle the longest.
+          if (!connections_.empty()) {
+            Close(&connections_.front());
+            continue;
+          }
+          [[fallthrough]];
+        default: {
+          // Nothing to close (or an unexpected error): the listening socket would wake the loop
+          // at once, again and again, so it is left unwatched for a moment.
+          epoll_event event{};
+          event.data.ptr = &listen_tag_;
+          epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, listen_fd_, &event);
+          accept_paused_ = true;
+          accept_resume_ = now + kAcceptPause;
+          return;
+        }
+      }
+    }
+    if (connections_.size() >= static_cast<size_t>(options_.max_connections)) {
+      Close(&connections_.front());  // The one idle the longest.
+    }
+    Connection& c = connections_.emplace_back();
+    c.self = std::prev(connections_.end());
+    c.fd = fd;
+    SetDeadline(&c, now + std::chrono::milliseconds(options_.header_timeout_ms));
+    c.events = EPOLLIN;
+    epoll_event event{};
+    event.events = c.events;
+    event.data.ptr = &c;
+    if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &event) != 0) Close(&c);
+  }
+}
+
+void HttpEndpoint::Loop::OnEvent(Connection* c, uint32_t events, Clock::time_point now) {
+  switch (c->state) {
+    case State::kReading:
+      ReadRequest(c, now);  // recv() reports a hang-up or error too.
+      break;
+    case State::kWriting:
+      if ((events & EPOLLERR) != 0) {
+        Close(c);
+      } else {
+        Flush(c, now);  // On EPOLLHUP send() fails and closes.
+      }
+      break;
+    case State::kLingering:
+      Drain(c);
+      break;
+  }
+}
+
+void HttpEndpoint::Loop::ReadRequest(Connection* c, Clock::time_point now) {
+  const size_t limit = static_cast<size_t>(options_.max_header_bytes);
+  char buffer[4096];
+  while (c->state == State::kReading) {
+    // Never more than the limit: a head that has not ended by then is an error (431) anyway.
+    const size_t want = std::min(sizeof(buffer), limit - c->in.size());
+    const ssize_t n = recv(c->fd, buffer, want, 0);
+    if (n == 0) {  // The client gave up before its request was complete.
+      Close(c);
+      return;
+    }
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) Close(c);
+      return;
+    }
+    const bool newline = std::memchr(buffer, '\n', static_cast<size_t>(n)) != nullptr;
+    c->in.append(buffer, static_cast<size_t>(n));
+    Touch(c);
+    // Parse when a line has ended, while the request line is still arriving (to refuse garbage
+    // early), or at the limit; not for every byte of a header line sent slowly.
+    if (!newline && c->saw_newline && c->in.size() < limit) continue;
+    c->saw_newline = c->saw_newline || newline;
+    const RequestHead request = ParseRequestHead(c->in, limit);
+    switch (request.outcome) {
+      case RequestHead::Outcome::kIncomplete:
+        break;
+      case RequestHead::Outcome::kComplete:
+        Respond(c, request, now);
+        break;
+      case RequestHead::Outcome::kError:
+        QueueResponse(c,
+                      Response(request.error_status, kTextContentType,
+                               request.error_status == 400
+                                   ? absl::StrCat("bad request: ", request.error, "\n")
+                                   : absl::StrCat(request.error, "\n"),
+                               /*head_only=*/false),
+                      now);
+        break;
+    }
+  }
+}
+
+void HttpEndpoint::Loop::Respond(Connection* c, const RequestHead& request, Clock::time_point now) {
+  std::string response;
+  if (request.method != "GET" && request.method != "HEAD") {
+    response = Response(405, kTextContentType, "method not allowed\n", /*head_only=*/false,
+                        "Allow: GET, HEAD\r\n");
+  } else {
+    const bool head_only = request.method == "HEAD";
+    try {
+      response = Route(request.path, head_only);
+    } catch (const std::exception& e) {
+      response = Response(500, kTextContentType, absl::StrCat("internal error: ", e.what(), "\n"),
+                          head_only);
+    } catch (...) {
+      response = Response(500, kTextContentType, "internal error\n", head_only);
+    }
+  }
+  QueueResponse(c, std::move(response), now);
+}
+
+std::string HttpEndpoint::Loop::Route(absl::string_view path, bool head_only) {
+  if (path == "/metrics") {
+    return Response(200, kMetricsContentType, registry_->Render(), head_only);
+  }
+  if (path == "/healthz") return Response(200, kTextContentType, "ok\n", head_only);
+  if (path == "/readyz") {
+    std::string reason;
+    const bool ready = !*readiness_ || (*readiness_)(&reason);
+    if (ready) return Response(200, kTextContentType, "ready\n", head_only);
+    if (reason.empty()) reason = "unspecified";
+    return Response(503, kTextContentType, absl::StrCat("not ready: ", reason, "\n"), head_only);
+  }
+  return Response(404, kTextContentType, "not found\n", head_only);
+}
+
+void HttpEndpoint::Loop::QueueResponse(Connection* c, std::string response, Clock::time_point now) {
+  std::string().swap(c->in);  // The request (and any body after it) is no longer needed.
+  c->out = std::move(response);
+  c->written = 0;
+  c->state = State::kWriting;
+  SetDeadline(c, now + std::chrono::milliseconds(options_.write_timeout_ms));
+  Flush(c, now);
+}
+
+void HttpEndpoint::Loop::Flush(Connection* c, Clock::time_point now) {
+  while (c->written < c->out.size()) {
+    const ssize_t n =
+        send(c->fd, c->out.data() + c->written, c->out.size() - c->written, MSG_NOSIGNAL);
+    if (n > 0) {
+      c->written += static_cast<size_t>(n);
+      Touch(c);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      SetEvents(c, EPOLLOUT);
+      return;
+    }
+    Close(c);  // EPIPE, ECONNRESET: the client is gone.
+    return;
+  }
+  std::string().swap(c->out);
+  shutdown(c->fd, SHUT_WR);
+  c->state = State::kLingering;
+  SetDeadline(c, now + kLingerTime);
+  SetEvents(c, EPOLLIN);
+}
+
+void HttpEndpoint::Loop::Drain(Connection* c) {
+  char buffer[4096];
+  while (true) {
+    const ssize_t n = recv(c->fd, buffer, sizeof(buffer), 0);
+    if (n > 0) {
+      c->drained += static_cast<size_t>(n);
+      if (c->drained > kMaxLingerBytes) break;
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+    break;  // End of input (the client closed too) or an error.
+  }
+  Close(c);
+}
+
+void HttpEndpoint::Loop::Close(Connection* c) {
+  if (c->closed) return;
+  c->closed = true;
+  if (c->state == State::kWriting) {
+    // A response cut short: reset, so the kernel drops the unsent bytes instead of keeping them
+    // (and retrying) for a client that does not read.
+    const linger reset{1, 0};
+    setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
+  }
+  close(c->fd);  // Also removes it from the epoll set.
+  c->fd = -1;
+  closed_.splice(closed_.end(), connections_, c->self);
+}
+
+void HttpEndpoint::Loop::SweepDeadlines(Clock::time_point now) {
+  next_deadline_ = Clock::time_point::max();
+  for (auto it = connections_.begin(); it != connections_.end();) {
+    Connection& c = *it++;  // Close() moves c out of the list.
+    if (c.deadline <= now) {
+      Close(&c);
+    } else {
+      next_deadline_ = std::min(next_deadline_, c.deadline);
+    }
+  }
+}
+
+void HttpEndpoint::Loop::SetEvents(Connection* c, uint32_t events) {
+  if (c->events == events) return;
+  epoll_event event{};
+  event.events = events;
+  event.data.ptr = c;
+  if (epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, c->fd, &event) != 0) {
+    Close(c);
+    return;
+  }
+  c->events = events;
+}
 
 HttpEndpoint::HttpEndpoint(const MetricsRegistry* registry, ReadinessCallback readiness,
                            HttpEndpointOptions options)
-    : registry_(registry),
-      readiness_(std::move(readiness)),
-      options_(std::move(options)),
-      handler_(std::make_unique<Handler>(registry_, &readiness_)) {}
+    : registry_(registry), readiness_(std::move(readiness)), options_(options) {
+  for (int* value : {&options_.header_timeout_ms, &options_.write_timeout_ms,
+                     &options_.max_header_bytes, &options_.max_connections}) {
+    *value = std::max(*value, 1);
+  }
+}
 
 HttpEndpoint::~HttpEndpoint() { Stop(); }
 
 absl::StatusOr<int> HttpEndpoint::Start(absl::string_view address) {
-  absl::MutexLock lock(&mu_);
-  if (server_ != nullptr) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("metrics endpoint already listening on port ", port_));
+  absl::MutexLock lifecycle(&lifecycle_mu_);
+  {
+    absl::MutexLock lock(&mu_);
+    if (loop_ != nullptr) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("metrics endpoint already listening on port ", port_));
+    }
   }
   if (registry_ == nullptr) return absl::InvalidArgumentError("metrics endpoint: null registry");
-  if (absl::Status status = ValidateAddress(address); !status.ok()) return status;
-
-  std::vector<std::string> civet_options = {
-      "listening_ports",    std::string(address),
-      "num_threads",        absl::StrCat(options_.num_threads > 0 ? options_.num_threads : 1),
-      "request_timeout_ms", absl::StrCat(options_.request_timeout_ms),
-      "enable_keep_alive",  "no",
-  };
-  if (!options_.error_log_file.empty()) {
-    civet_options.push_back("error_log_file");
-    civet_options.push_back(options_.error_log_file);
-  }
-  CivetCallbacks callbacks;
-  callbacks.log_message = &CaptureLogMessage;
-
-  std::vector<std::string> messages;
-  std::unique_ptr<CivetServer> server;
-  std::string failure;
-  t_start_messages = &messages;
-  try {
-    server = std::make_unique<CivetServer>(civet_options, &callbacks);
-  } catch (const std::exception& e) {
-    failure = e.what();  // CivetException: "null context when constructing CivetServer. ..."
-  } catch (...) {
-    failure = "unknown exception constructing CivetServer";
-  }
-  t_start_messages = nullptr;
-  if (server != nullptr && server->getContext() == nullptr) {
-    server.reset();
-    failure = "civetweb returned no context";
-  }
-  if (server == nullptr) {
-    std::string reason =
-        messages.empty() ? "civetweb gave no reason" : absl::StrJoin(messages, "; ");
-    return absl::UnavailableError(absl::StrCat("cannot start metrics endpoint on ", address, ": ",
-                                               reason, " [", failure, "]"));
-  }
-
-  // Every path goes to the one handler: exact URIs first, then the catch-all pattern.
-  for (const char* uri : {"/metrics", "/healthz", "/readyz", "/", "**"}) {
-    server->addHandler(uri, handler_.get());
-  }
-
-  int bound_port = 0;
-  try {
-    for (const mg_server_port& p : server->getListeningPortsFull()) {
-      if (p.port > 0) {
-        bound_port = p.port;
-        break;
-      }
-    }
-  } catch (...) {
-  }
-  if (bound_port <= 0) {
-    server->close();
-    return absl::InternalError(
-        absl::StrCat("metrics endpoint on ", address, ": civetweb reports no listening port"));
-  }
-  server_ = std::move(server);
-  port_ = bound_port;
-  wake_host_ = WakeHost(address);
-  return bound_port;
+  auto loop = std::make_unique<Loop>(registry_, &readiness_, options_);
+  absl::StatusOr<int> port = loop->Start(address);
+  if (!port.ok()) return port.status();  // ~Loop closes what was opened.
+  absl::MutexLock lock(&mu_);
+  loop_ = std::move(loop);
+  port_ = *port;
+  return *port;
 }
 
 void HttpEndpoint::Stop() {
-  std::unique_ptr<CivetServer> server;
-  int port = 0;
-  std::string wake_host;
+  absl::MutexLock lifecycle(&lifecycle_mu_);
+  std::unique_ptr<Loop> loop;
   {
     absl::MutexLock lock(&mu_);
-    server = std::move(server_);
-    port = port_;
-    wake_host = std::move(wake_host_);
+    loop = std::move(loop_);
     port_ = 0;
   }
-  if (server == nullptr) return;
-  // civetweb's master thread sleeps in poll() for up to 2 s between checks of its stop flag; a
-  // connection to the listening socket wakes it, so close() returns in milliseconds. Best effort:
-  // if the poke cannot connect, close() just takes its 2 s.
-  std::atomic<bool> closed{false};
-  std::thread waker;
-  try {
-    waker = std::thread([&closed, &wake_host, port] {
-      while (!closed.load()) {
-        Poke(wake_host, port);
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-      }
-    });
-  } catch (...) {  // std::system_error: no thread, no poke.
-  }
-  try {
-    server->close();  // Joins civetweb's threads; in-flight handlers finish first.
-  } catch (...) {
-  }
-  closed.store(true);
-  if (waker.joinable()) waker.join();
+  loop.reset();  // Wakes and joins the thread, then closes every socket.
 }
 
 int HttpEndpoint::port() const {
@@ -379,7 +627,7 @@ int HttpEndpoint::port() const {
 
 bool HttpEndpoint::running() const {
   absl::MutexLock lock(&mu_);
-  return server_ != nullptr;
+  return loop_ != nullptr;
 }
 
 }  // namespace factlens
