@@ -26,6 +26,7 @@
 #include "analysis/model_files.h"
 #include "factlens_commit.h"  // generated at build time: FACTLENS_COMMIT
 #include "nlohmann/json.hpp"
+#include "server/default_model.h"
 #include "server/flag_usage.h"
 #include "server/http_endpoint.h"
 #include "server/metrics.h"
@@ -39,7 +40,8 @@ ABSL_FLAG(std::string, model, "",
           "NAME=DIR_OR_REPO_ID[,device=cpu|cuda[:N]][,dtype=float32|float64|float16|bfloat16]; "
           "repeat the "
           "flag on the command line for several models (a --flagfile may hold one). Default: "
-          "the embedded demo model gpt2-facts-tiny");
+          "the demo model gpt2-facts-tiny from <prefix>/share/factlens/models beside "
+          "<prefix>/bin (the directory chosen is shown above and logged at startup)");
 ABSL_FLAG(int, max_prompt_tokens, 512, "Longest prompt accepted, in tokens");
 ABSL_FLAG(int, max_top_k, 1000, "Largest top_k (and ablation count) accepted");
 ABSL_FLAG(int, max_batch_items, 256, "Most items in one LocateFacts request");
@@ -185,7 +187,13 @@ absl::Status CheckNumericFlags() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  factlens::ParseFlags(argc, argv, "Serves the factlens.v1 gRPC API. See README.md.", "/server/");
+  // The usage message names the default model's directory, or why there is none.
+  const absl::StatusOr<std::string> default_model = factlens::DefaultModelDirectory();
+  const std::string usage = absl::StrCat(
+      "Serves the factlens.v1 gRPC API. See README.md.\nWithout --model it serves ",
+      default_model.ok() ? absl::StrCat(factlens::kDefaultModelName, "=", *default_model)
+                         : std::string(default_model.status().message()));
+  factlens::ParseFlags(argc, argv, usage.c_str(), "/server/");
   // SIGTERM/SIGINT are handled by a thread of ours (sigwait); block them before threads start.
   sigset_t signals;
   sigemptyset(&signals);
@@ -204,8 +212,13 @@ int main(int argc, char** argv) {
         "--model: give every --model on the command line or every one in one flagfile, not both "
         "(absl keeps only the last one it reads)"));
   }
-  if (model_flags.empty())
-    model_flags.push_back(std::string("gpt2-facts-tiny=") + FACTLENS_DEFAULT_MODEL);
+  if (model_flags.empty()) {
+    if (!default_model.ok()) return Fail(default_model.status());
+    LogEvent({{"event", "default_model"},
+              {"model", factlens::kDefaultModelName},
+              {"directory", *default_model}});
+    model_flags.push_back(absl::StrCat(factlens::kDefaultModelName, "=", *default_model));
+  }
   for (const std::string& text : model_flags) {
     absl::StatusOr<factlens::ModelSpec> spec = factlens::ParseModelSpec(text);
     if (!spec.ok()) return Fail(spec.status());

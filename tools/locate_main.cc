@@ -15,10 +15,13 @@
 #include "analysis/text_input.h"
 #include "analysis/tokenizer/tokenizer.h"
 #include "analysis/weights.h"
+#include "server/default_model.h"
 #include "server/flag_usage.h"
 
-ABSL_FLAG(std::string, model, FACTLENS_DEFAULT_MODEL,
-          "Model directory, or a Hugging Face repo id in the local HF cache");
+// The default is resolved next to the executable (server/default_model.h); --help shows it.
+ABSL_FLAG(std::string, model, factlens::DefaultModelDirectoryOrEmpty(),
+          "Model directory, or a Hugging Face repo id in the local HF cache. Default: the demo "
+          "model, <prefix>/share/factlens/models/gpt2-facts-tiny beside <prefix>/bin");
 ABSL_FLAG(std::string, prompt, "The capital of France is", "Prompt text");
 ABSL_FLAG(std::string, target, " Paris", "Target text; must be exactly one token");
 ABSL_FLAG(bool, first_token, false, "Use the first token of a multi-token --target");
@@ -43,6 +46,11 @@ int Fail(const absl::Status& status) {
 int main(int argc, char** argv) {
   factlens::ParseFlags(argc, argv, "Prints the fact-localization report for a prompt and a target.",
                        "/tools/locate_main.");
+  if (absl::GetFlag(FLAGS_model).empty()) {  // no demo model beside the binary, and no --model
+    absl::StatusOr<std::string> demo = factlens::DefaultModelDirectory();
+    if (!demo.ok()) return Fail(demo.status());
+    absl::SetFlag(&FLAGS_model, *demo);
+  }
   factlens::ConfigureCpuThreads(absl::GetFlag(FLAGS_threads));
   factlens::LoadOptions load;
   load.device = absl::GetFlag(FLAGS_device);

@@ -17,10 +17,13 @@
 #include "analysis/forward.h"
 #include "analysis/tokenizer/tokenizer.h"
 #include "analysis/weights.h"
+#include "server/default_model.h"
 #include "server/flag_usage.h"
 
-ABSL_FLAG(std::string, model, FACTLENS_DEFAULT_MODEL,
-          "Model directory, or a Hugging Face repo id in the local HF cache");
+// The default is resolved next to the executable (server/default_model.h); --help shows it.
+ABSL_FLAG(std::string, model, factlens::DefaultModelDirectoryOrEmpty(),
+          "Model directory, or a Hugging Face repo id in the local HF cache. Default: the demo "
+          "model, <prefix>/share/factlens/models/gpt2-facts-tiny beside <prefix>/bin");
 ABSL_FLAG(std::string, prompt, "The capital of France is", "Prompt text");
 ABSL_FLAG(std::string, ids, "", "Comma-separated token ids to use instead of --prompt");
 ABSL_FLAG(int, top_k, 10, "Number of next tokens to print (1..1000)");
@@ -39,6 +42,11 @@ int Fail(const absl::Status& status) {
 int main(int argc, char** argv) {
   factlens::ParseFlags(argc, argv, "Prints the top next tokens a model predicts after a prompt.",
                        "/tools/predict_main.");
+  if (absl::GetFlag(FLAGS_model).empty()) {  // no demo model beside the binary, and no --model
+    absl::StatusOr<std::string> demo = factlens::DefaultModelDirectory();
+    if (!demo.ok()) return Fail(demo.status());
+    absl::SetFlag(&FLAGS_model, *demo);
+  }
   factlens::ConfigureCpuThreads(absl::GetFlag(FLAGS_threads));
   const int top_k = absl::GetFlag(FLAGS_top_k);
   if (top_k < 1 || top_k > 1000) {
