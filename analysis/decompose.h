@@ -18,6 +18,21 @@
 
 namespace factlens {
 
+// One step of the logit lens over the residual stream: the output head (final norm, then output
+// layer) applied to the residual so far.
+struct LensStep {
+  ComponentRef after;  // kEmbedding, then kAttentionLayer l and kFfnLayer l: the residual after it
+  TokenScore top;      // the most probable token there; score = probability
+  std::optional<TargetOutcome> target;
+};
+
+// The logit lens at `position` (resolved, in [0, T)) of a FullCapture() trace: [1 + 2L] steps,
+// after the embedding and after each layer's attention and FFN, the last being the model's own
+// output; each with the outcome of `target` when given (a token in the vocabulary). One batched
+// pass through the output head. Thread-safe.
+std::vector<LensStep> CumulativeLens(const Model& model, const ForwardTrace& trace,
+                                     int64_t position, std::optional<int64_t> target);
+
 struct DecomposeOptions {
   // Split each attention layer into its heads (kHead) plus its bias (kAttentionBias).
   bool include_heads = false;
@@ -27,6 +42,8 @@ struct DecomposeOptions {
   // When set (its position is ignored), each layer/head component carries its increase of the
   // target's metric (the embedding and attention biases do not).
   std::optional<AttributionTarget> target;
+  // Also the position's CumulativeLens (with the target's outcome when a target is set).
+  bool cumulative = false;
 };
 
 struct DecomposedComponent {
@@ -43,6 +60,7 @@ struct PositionDecomposition {
   std::vector<DecomposedComponent> components;  // embedding, then layer by layer
   // max |Σ components − final residual| (float64 sum): how exactly the pieces add up.
   double reconstruction_error = 0;
+  std::vector<LensStep> cumulative;  // when DecomposeOptions::cumulative
 };
 
 // Decomposes position `position` (resolved, in [0, T)) of a FullCapture() trace. Errors:

@@ -83,15 +83,6 @@ absl::Status CheckOptions(const ModelConfig& config, const LocateOptions& o) {
 
 }  // namespace
 
-TargetOutcome OutcomeOf(const at::Tensor& logits, int64_t target) {
-  const at::Tensor log_probs = at::log_softmax(logits.to(at::kDouble), -1);
-  TargetOutcome outcome;
-  outcome.log_prob = log_probs[target].item<double>();
-  outcome.prob = std::exp(outcome.log_prob);
-  outcome.rank = 1 + (logits > logits[target]).sum().item<int64_t>();
-  return outcome;
-}
-
 absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64_t> token_ids,
                                       int64_t target, const LocateOptions& options,
                                       const ProgressCallback& progress) {
@@ -126,6 +117,7 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
     const at::Tensor logits = trace->logits[a.position()];
     report.outcome = OutcomeOf(logits, target);
     report.predictions = TopScores(at::softmax(logits.to(at::kDouble), -1), options.predictions);
+    report.cumulative = CumulativeLens(model, *trace, a.position(), target);
 
     if (!report_progress("layers and heads", 0.1)) return cancelled;
     report.attention_layer_increase = ToVector(a.AttentionLayerIncrease());

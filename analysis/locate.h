@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "analysis/attribution.h"
+#include "analysis/decompose.h"
 #include "analysis/output_head.h"
 #include "analysis/weights.h"
 
@@ -51,12 +52,6 @@ struct NeuronReport {
   std::vector<TokenScore> top_tokens;
 };
 
-struct TargetOutcome {
-  double log_prob = 0;
-  double prob = 0;
-  int64_t rank = 0;  // 1 = argmax
-};
-
 struct AblationReport {
   int64_t removed = 0;  // FFN neurons zeroed at the position
   TargetOutcome before, after;
@@ -82,6 +77,8 @@ struct FactReport {
   // What the request probably did not mean (a target missing its leading space); filled by the
   // caller that knows the request's text, e.g. from TargetSpacingWarning.
   std::vector<std::string> warnings;
+  // The logit lens at the position after the embedding and every sublayer ([1 + 2L] steps).
+  std::vector<LensStep> cumulative;
 };
 
 // Called between stages with a short stage name and the fraction done in [0, 1], and repeatedly
@@ -116,9 +113,6 @@ void Accumulate(const FactReport& report, BatchAggregate& aggregate);
 BatchAggregate LocateFacts(
     const Model& model, absl::Span<const FactQuery> queries, const LocateOptions& options,
     const std::function<void(size_t, const absl::StatusOr<FactReport>&)>& on_report);
-
-// The outcome for `target` of the model's logits at one position.
-TargetOutcome OutcomeOf(const at::Tensor& logits, int64_t target);
 
 }  // namespace factlens
 

@@ -15,6 +15,15 @@ at::Tensor ApplyNorm(NormKind kind, double eps, const at::Tensor& x, const at::T
   return weight * normed.to(x.scalar_type());
 }
 
+TargetOutcome OutcomeOf(const at::Tensor& logits, int64_t target) {
+  const at::Tensor log_probs = at::log_softmax(logits.to(at::kDouble), -1);
+  TargetOutcome outcome;
+  outcome.log_prob = log_probs[target].item<double>();
+  outcome.prob = std::exp(outcome.log_prob);
+  outcome.rank = 1 + (logits > logits[target]).sum().item<int64_t>();
+  return outcome;
+}
+
 std::vector<TokenScore> TopScores(const at::Tensor& scores, int64_t k, bool largest) {
   const at::Tensor flat = scores.reshape({-1});
   const auto [values, indices] =

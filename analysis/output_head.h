@@ -29,6 +29,17 @@ struct TokenScore {
   double score = 0;
 };
 
+// What the model's next-token distribution gives a target.
+struct TargetOutcome {
+  double log_prob = 0;
+  double prob = 0;
+  int64_t rank = 0;  // 1 = argmax
+};
+
+// The outcome for `target` of one position's logits [V] (any floating dtype; log-softmax in
+// float64). Thread-safe.
+TargetOutcome OutcomeOf(const at::Tensor& logits, int64_t target);
+
 // The k largest (`largest`) or smallest entries of `scores` (any shape, read flattened), best
 // first, as (flat index, value) pairs; k is clamped to the element count. For a vocabulary-sized
 // tensor the flat index is the token id. Thread-safe.

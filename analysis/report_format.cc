@@ -81,6 +81,14 @@ std::string FormatFactReport(const FactReport& r, const Tokenizer& tokenizer) {
     absl::StrAppendFormat(&out, "  layer %2d  %+10.5f | %+10.5f\n", l,
                           r.attention_layer_increase[l], r.ffn_layer_increase[l]);
   }
+  absl::StrAppend(&out, "\nLogit lens: the target and the top token after each sublayer\n");
+  for (size_t i = 0; i < r.cumulative.size(); ++i) {
+    const LensStep& step = r.cumulative[i];
+    absl::StrAppendFormat(&out, "  after %-6s rank %6d  log p %9.4f  top %s\n", SlotName(i),
+                          step.target ? step.target->rank : 0,
+                          step.target ? step.target->log_prob : 0,
+                          absl::StrCat("\"", ShowToken(tokenizer, step.top.token_id), "\""));
+  }
   absl::StrAppend(&out, "\nTop heads\n");
   for (const HeadScore& h : r.top_heads)
     absl::StrAppendFormat(&out, "  L%d.H%d  %+10.5f\n", h.layer, h.head, h.score);
@@ -184,6 +192,18 @@ json FactReportToJson(const FactReport& r, const ModelConfig& config, const Toke
   out["query_layers_ffn"] = query_ffn;
   out["query_layers_attention"] = r.query_layers_attention;
   out["query_ffn_neurons"] = neurons(r.query_ffn_neurons);
+  json lens = json::array();
+  for (size_t i = 0; i < r.cumulative.size(); ++i) {
+    const LensStep& step = r.cumulative[i];
+    json item = {{"after", SlotName(i)},
+                 {"top",
+                  {{"id", step.top.token_id},
+                   {"token", ShowToken(tokenizer, step.top.token_id)},
+                   {"prob", step.top.score}}}};
+    if (step.target) item["target"] = OutcomeJson(*step.target);
+    lens.push_back(item);
+  }
+  out["cumulative"] = lens;
   out["ablation"] = {{"removed_ffn_neurons", r.ablation.removed},
                      {"before", OutcomeJson(r.ablation.before)},
                      {"after", OutcomeJson(r.ablation.after)}};

@@ -183,6 +183,16 @@ void FillOutcome(const TargetOutcome& outcome, v1::TargetOutcome* out) {
   out->set_rank(outcome.rank);
 }
 
+void FillLensSteps(const ServedModel& model, const std::vector<LensStep>& steps,
+                   google::protobuf::RepeatedPtrField<v1::LensStep>* out) {
+  for (const LensStep& step : steps) {
+    v1::LensStep* s = out->Add();
+    *s->mutable_after() = ToProto(step.after);
+    FillTokenScore(model, step.top.token_id, step.top.score, s->mutable_top());
+    if (step.target) FillOutcome(*step.target, s->mutable_target());
+  }
+}
+
 void FillDecomposition(const ServedModel& model, const PositionDecomposition& decomposition,
                        int64_t token_id, bool include_vectors, v1::PositionDecomposition* out) {
   out->set_position(static_cast<int32_t>(decomposition.position));
@@ -201,6 +211,7 @@ void FillDecomposition(const ServedModel& model, const PositionDecomposition& de
     for (const TokenScore& t : c.lens_tokens)
       FillTokenScore(model, t.token_id, t.score, component->add_top_tokens());
   }
+  FillLensSteps(model, decomposition.cumulative, out->mutable_cumulative());
 }
 
 namespace {
@@ -266,6 +277,7 @@ void FillFactReport(const ServedModel& model, const FactReport& r, v1::FactRepor
                   : r.metric == Metric::kLogitIncrease ? v1::LOGIT_INCREASE
                                                        : v1::LOGPROB_INCREASE);
   for (const std::string& warning : r.warnings) out->add_warnings(warning);
+  FillLensSteps(model, r.cumulative, out->mutable_cumulative());
 }
 
 }  // namespace factlens

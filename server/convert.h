@@ -46,6 +46,8 @@ v1::RankMode ToProto(RankMode mode);
 
 void FillTokenScore(const ServedModel& model, int64_t id, double score, v1::TokenScore* out);
 void FillOutcome(const TargetOutcome& outcome, v1::TargetOutcome* out);
+void FillLensSteps(const ServedModel& model, const std::vector<LensStep>& steps,
+                   google::protobuf::RepeatedPtrField<v1::LensStep>* out);
 void FillFactReport(const ServedModel& model, const FactReport& report, v1::FactReport* out);
 // `token_id` is the prompt token at the decomposed position; vectors are copied (as float32)
 // only when `include_vectors`.

@@ -356,6 +356,7 @@ grpc::Status FactLensService::Decompose(grpc::ServerContext* context,
         DecomposeOptions options;
         ResolvedTarget target;
         options.include_heads = request->include_heads();
+        options.cumulative = request->cumulative();
         FACTLENS_ASSIGN_OR_RETURN(
             options.logit_lens_top_k,
             TopK("logit_lens_top_k", request->logit_lens_top_k(), 0, options_.max_top_k));
@@ -429,6 +430,7 @@ grpc::Status FactLensService::Rank(grpc::ServerContext* context, const v1::RankR
       out->set_coefficient(coefficient);
       if (ref.kind == ComponentKind::kHeadPosition || ref.kind == ComponentKind::kAttentionNeuron) {
         out->set_source_token_id((at->ids)[ref.source_position]);
+        out->set_source_token(ShowToken(*m.tokenizer, (at->ids)[ref.source_position]));
       }
     };
     auto small_level = [&](const at::Tensor& scores,

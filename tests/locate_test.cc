@@ -68,6 +68,40 @@ TEST_F(LocateTest, StandardReportForParis) {
   EXPECT_EQ(report->ffn_neurons[0].neuron, all.neurons[0].index);
 }
 
+TEST_F(LocateTest, LogitLensStepsAreTheModelWithTheLaterSublayersRemoved) {
+  absl::StatusOr<FactReport> report = LocateFact(*model_, kFrance, kParis, LocateOptions{});
+  ASSERT_TRUE(report.ok()) << report.status();
+  const int64_t layers = model_->config().n_layers;
+  ASSERT_EQ(report->cumulative.size(), static_cast<size_t>(1 + 2 * layers));
+  // Step s is the residual after sublayer s (0 = embedding, 2l+1 = attention l, 2l+2 = FFN l).
+  // Zeroing every later sublayer's output at every position leaves exactly that residual at the
+  // final norm, so the model's own output there must be the step's, to float64 rounding.
+  for (int64_t step = 0; step <= 2 * layers; ++step) {
+    const LensStep& lens = report->cumulative[step];
+    ASSERT_TRUE(lens.target.has_value());
+    std::vector<Ablation> later;
+    for (int64_t k = step + 1; k <= 2 * layers; ++k) {
+      later.push_back(
+          {k % 2 == 1 ? AblationTarget::kAttentionLayer : AblationTarget::kFfnLayer, (k - 1) / 2});
+    }
+    absl::StatusOr<ForwardTrace> truncated = Forward(*model_, kFrance, LogitsAt(-1), later);
+    ASSERT_TRUE(truncated.ok()) << truncated.status();
+    const TargetOutcome expected = OutcomeOf(truncated->logits[0], kParis);
+    EXPECT_EQ(lens.target->rank, expected.rank) << "step " << step;
+    EXPECT_NEAR(lens.target->log_prob, expected.log_prob, 1e-9) << "step " << step;
+    EXPECT_EQ(lens.top.token_id, truncated->logits[0].argmax().item<int64_t>()) << "step " << step;
+    const ComponentKind kind = step == 0       ? ComponentKind::kEmbedding
+                               : step % 2 == 1 ? ComponentKind::kAttentionLayer
+                                               : ComponentKind::kFfnLayer;
+    EXPECT_EQ(lens.after.kind, kind);
+    EXPECT_EQ(lens.after.layer, step == 0 ? 0 : (step - 1) / 2);
+  }
+  // The last step is the model's output.
+  EXPECT_EQ(report->cumulative.back().target->rank, report->outcome.rank);
+  EXPECT_NEAR(report->cumulative.back().target->log_prob, report->outcome.log_prob, 1e-12);
+  EXPECT_EQ(report->cumulative.back().top.token_id, report->predictions[0].token_id);
+}
+
 TEST_F(LocateTest, ProgressCallbackCanStopTheWork) {
   int calls = 0;
   const absl::Status status =

@@ -183,6 +183,17 @@ class ServerTest(unittest.TestCase):
             self.assertAlmostEqual(rc.score, ffn[rc.component.layer], places=9)
 
     def test_rank_every_level(self):
+    def test_decompose_and_locate_fact_give_the_logit_lens_after_every_sublayer(self):
+        (pos,) = self.client.decompose(PROMPT, target=" Paris", cumulative=True).positions
+        after = [(pb.Component.Kind.Name(s.after.kind), s.after.layer) for s in pos.cumulative]
+        self.assertEqual(after, [("EMBEDDING", 0)] + [(k, l) for l in range(4) for k in ("ATTENTION_LAYER", "FFN_LAYER")])
+        report = self.client.locate_fact(PROMPT, " Paris").proto
+        self.assertEqual([(s.target.rank, s.top.id) for s in pos.cumulative],
+                         [(s.target.rank, s.top.id) for s in report.cumulative])
+        self.assertEqual((pos.cumulative[-1].target.rank, pos.cumulative[-1].top.id), (1, PARIS))
+        self.assertAlmostEqual(report.cumulative[-1].target.log_prob, report.outcome.log_prob, places=12)
+        self.assertEqual(len(self.client.decompose(PROMPT, target=" Paris").positions[0].cumulative), 0)
+
         for level in ["ATTENTION_LAYER", "FFN_LAYER", "HEAD", "HEAD_POSITION", "FFN_NEURON", "ATTENTION_NEURON"]:
             r = self.client.rank(PROMPT, " Paris", pb.RankRequest.Level.Value(level), top_k=3)
             self.assertEqual(len(r.components), 3, level)
