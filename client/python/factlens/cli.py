@@ -79,8 +79,8 @@ def _print_models(models):
 
 def _print_ranked(frame):
     # The name holds layer, head, position and neuron; show the other columns only where they say something.
-    extra = [c for c in ("coefficient", "source_token_id") if frame[c].any()]
-    _print_frame(frame[["name", "score"] + extra], token_columns=())
+    extra = [c for c in ("coefficient", "source_token") if frame[c].any()]
+    _print_frame(frame[["name", "score"] + extra], token_columns=[c for c in extra if c == "source_token"])
 
 
 def _print_trace(trace):

@@ -245,11 +245,12 @@ class Client:
 
     def decompose(self, prompt, target=None, positions=(), include_heads=False, include_vectors=False,
                   logit_lens_top_k=0, metric="LOGPROB_INCREASE", timeout=None,
-                  first_token=False) -> results.Decomposition:
-        """Every residual-stream component at the positions (default: the last), with its increase for target."""
+                  first_token=False, cumulative=False) -> results.Decomposition:
+        """Every residual-stream component at the positions (default: the last), with its increase for target;
+        ``cumulative``: also each position's logit lens after every sublayer (the target's rank there)."""
         req = pb.DecomposeRequest(model=self.model, prompt=_prompt(prompt), positions=list(positions),
                                   include_heads=include_heads, include_vectors=include_vectors,
-                                  logit_lens_top_k=logit_lens_top_k,
+                                  logit_lens_top_k=logit_lens_top_k, cumulative=cumulative,
                                   options=pb.AttributionOptions(metric=enum_value(pb.Metric, metric, "metric")))
         if target is not None:
             req.target.CopyFrom(_target(target, first_token))
@@ -268,7 +269,7 @@ class Client:
         """Which earlier components activate a neuron (FFN "L1.N157" or attention "L1.H2.P3.d7")."""
         req = pb.TraceRequest(model=self.model, prompt=_prompt(prompt), neuron=parse_component(neuron),
                               top_k=top_k, position=position)
-        return results.Trace(self._call(self._stub.Trace, req, timeout))
+        return results.Trace(self._call(self._stub.Trace, req, timeout), neuron=req.neuron)
 
     def project(self, prompt, component, top_k=10, position=None, timeout=None) -> results.Projection:
         """Top and bottom tokens of a component's projection into vocabulary space (ProjectToVocab)."""
@@ -303,7 +304,7 @@ class Client:
         try:
             for event in self._stream(self._stub.LocateFact, req, timeout):
                 if event.HasField("report"):
-                    report = results.FactReport(event.report, self.model_info())
+                    report = results.FactReport(event.report, self.model_info(), server=self.address)
                     break
                 for callback in (on_progress, bar):
                     if callback:
@@ -340,7 +341,7 @@ class Client:
                     bar.update(1)
                 if event.item.HasField("report"):
                     _warn(event.item.report, f"items[{event.item.index}]: ")
-                yield results.ItemResult(event.item, model)
+                yield results.ItemResult(event.item, model, server=self.address)
         finally:
             if bar:
                 bar.close()

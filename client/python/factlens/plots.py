@@ -8,11 +8,16 @@ PNG, with no ``%matplotlib`` magic and no pyplot backend.
 import base64
 import html
 import io
+import json
 
 import numpy as np
 from matplotlib.figure import Figure
 
 ATTENTION_COLOR, FFN_COLOR = "#4C72B0", "#DD8452"
+RANK1_COLOR = "#2CA02C"  # logit-lens steps where the target is the top prediction
+MISSING_COLOR = "#E4E4E4"  # heatmap cells without a value
+KEY_COLORS = ("#8172B3", "#C44E52", "#55A868", "#937860")  # one per key of a traced neuron
+SUBVALUE_TOKENS = "tokens the subvalue m·v promotes"
 
 
 def to_png(fig, dpi=None) -> bytes:
@@ -70,10 +75,11 @@ def layer_increase_bars(attention, ffn, ax=None, title=None, ylabel="log-prob in
 
 
 def head_heatmap(matrix, ax=None, title=None, label="log-prob increase"):
-    """A layer × head heatmap of scores (NaN cells stay blank), values written in when the grid is small."""
+    """A layer × head heatmap of scores (NaN cells grey), values written in when the grid is small."""
     matrix = np.asarray(matrix, dtype=float)
     layers, heads = matrix.shape
     fig, ax = _axes(ax, (max(4.0, 0.5 * heads + 2), max(3.0, 0.4 * layers + 1.5)))
+    ax.set_facecolor(MISSING_COLOR)  # NaN cells show it: grey is "no value", white is a score near 0
     limit = np.nanmax(np.abs(matrix)) if np.isfinite(matrix).any() else 1.0
     image = ax.imshow(matrix, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
     fig.colorbar(image, ax=ax, label=label)
@@ -101,17 +107,100 @@ def neurons_per_layer_bars(ffn_counts, attention_counts, ax=None, title=None):
     return fig
 
 
-def neuron_table(frame, ax=None, title=None):
-    """A table of top neurons: name, score, coefficient and top tokens (a ``FactReport.neurons_frame()``)."""
-    columns = ["name", "score", "coefficient", "top_tokens"]
-    fig, ax = _axes(ax, (10.0, 0.3 * len(frame) + 1.0))
+def neuron_table(frame, ax=None, title=None, note=True):
+    """A table of top neurons (a ``FactReport.neurons_frame()``): name, source token (attention neurons),
+    score, coefficient m, and the tokens the neuron's subvalue m·v promotes.
+
+    The table fills the figure, which is sized to its rows. ``note`` adds a line under the table: for a
+    negative coefficient the promoted tokens are the value vector's bottom tokens.
+    """
+    attention = bool(len(frame)) and "source_position" in frame and (frame["source_position"] >= 0).any()
+    columns = ["name"] + (["source_token"] if attention else []) + ["score", "coefficient", "top_tokens"]
+    labels = ["name"] + (["source token"] if attention else []) + ["score", "coefficient m", SUBVALUE_TOKENS]
+    widths = [0.13] + ([0.1] if attention else []) + [0.09, 0.1]
+    widths.append(1.0 - sum(widths))
+    rows = max(1, len(frame))
+    height = 0.24 * (rows + 1) + (0.35 if title else 0) + (0.3 if note else 0) + 0.15
+    fig, ax = _axes(ax, (10.0, height))
     ax.axis("off")
-    cells = [[row.name, f"{row.score:+.4f}", f"{row.coefficient:+.3f}", row.top_tokens]
+    cells = [[row.name] + ([json.dumps(row.source_token, ensure_ascii=False)] if attention else []) +
+             [f"{row.score:+.4f}", f"{row.coefficient:+.3f}", row.top_tokens]
              for row in frame[columns].itertuples(index=False)]
-    table = ax.table(cellText=cells or [[""] * 4], colLabels=columns, colWidths=[0.14, 0.1, 0.1, 0.66],
-                     cellLoc="left", loc="upper center")
+    # bbox: the table fills the axes (matplotlib's default row height ignores the figure's, leaving
+    # the lower part of a tall figure blank or cutting a long table off).
+    table = ax.table(cellText=cells or [[""] * len(columns)], colLabels=labels, colWidths=widths,
+                     cellLoc="left", colLoc="left", bbox=[0, 0, 1, 1])
     table.auto_set_font_size(False)
     table.set_fontsize(8)
+    for (row, _), cell in table.get_celld().items():
+        cell.PAD = 0.02 if cell.get_width() < 0.3 else 0.008  # the padding is a fraction of the column width
+        if row == 0:
+            cell.set_facecolor("#F0F3F8")
+            cell.get_text().set_fontweight("bold")
+    if note:
+        ax.text(0, -0.02, "m < 0: the subvalue m·v points against the value vector v, so its promoted tokens are "
+                "v's bottom tokens", transform=ax.transAxes, va="top", fontsize=8, color="#555555")
     if title:
         ax.set_title(title)
+    return fig
+
+
+def _step_ticks(ax, labels):
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=0 if len(labels) <= 13 else 90, fontsize=8 if len(labels) > 13 else None)
+    ax.set_xlim(-0.5, len(labels) - 0.5)
+
+
+def cumulative_lens(labels, log_probs, ranks, top_tokens=None, ax=None, title=None, target=None):
+    """The logit lens after each step of the residual stream (emb, attn0, ffn0, ...): the target's
+    log-probability, with the steps where it is the top prediction (rank 1) starred and the target's rank
+    written above the others; ``top_tokens`` (the top prediction at each step) under the step names
+    where the target is not rank 1."""
+    log_probs, ranks = np.asarray(log_probs, dtype=float), np.asarray(ranks)
+    fig, ax = _axes(ax, (max(5.5, 0.38 * len(labels) + 2), 3.4))
+    steps = np.arange(len(labels))
+    ax.plot(steps, log_probs, color="#555555", marker="o", markersize=4, linewidth=1.2, zorder=2,
+            label=f"log p({target})" if target is not None else "log p(target)")
+    first = ranks == 1
+    if first.any():
+        ax.scatter(steps[first], log_probs[first], s=90, marker="*", color=RANK1_COLOR, zorder=3,
+                   label="target is rank 1")
+    if len(labels) <= 40:
+        for x, y, rank in zip(steps, log_probs, ranks):
+            if rank != 1:
+                ax.annotate(f"rank {rank}", (x, y), xytext=(0, 7), textcoords="offset points", ha="center",
+                            fontsize=6.5, color="#555555")
+    if top_tokens is not None and len(labels) <= 40:
+        ax.set_xticks(range(len(labels)))  # the top prediction under each step's name
+        ax.set_xticklabels([f"{label}\n{json.dumps(token, ensure_ascii=False)}" if rank != 1 else label
+                            for label, token, rank in zip(labels, top_tokens, ranks)], fontsize=7)
+    if top_tokens is None or len(labels) > 40:
+        _step_ticks(ax, labels)
+    ax.set_xlim(-0.5, len(labels) - 0.5)
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_xlabel("residual stream after (below: the top prediction where it is not the target)", fontsize=8)
+    ax.set_ylabel("log-prob of the target")
+    ax.legend(loc="lower right", fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+def trace_keys(labels, keys, ax=None, title=None):
+    """What each earlier part of the residual stream writes into a neuron's key(s): one line per key
+    (``keys``: (name, [1 + 2L] scores) pairs, e.g. a gated FFN neuron's ``gate`` and ``up``), over the
+    steps ``labels`` (emb, attn0, ffn0, ...)."""
+    fig, ax = _axes(ax, (max(5.5, 0.38 * len(labels) + 2), 3.2))
+    steps = np.arange(len(labels))
+    for i, (name, scores) in enumerate(keys):
+        total = float(np.sum(scores))
+        ax.plot(steps, np.asarray(scores, dtype=float)[:len(labels)], marker="o", markersize=4, linewidth=1.4,
+                color=KEY_COLORS[i % len(KEY_COLORS)], label=f"key {name} (total {total:+.3f})")
+    _step_ticks(ax, labels)
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_xlabel("component of the residual stream")
+    ax.set_ylabel("key · component")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
     return fig

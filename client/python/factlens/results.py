@@ -10,6 +10,7 @@ In IPython / Jupyter every result displays as a compact HTML table (``_repr_html
 ``FactReport`` with its summary and figures), and ``repr()`` says what it holds. ``save(path)`` /
 ``load(path)`` / ``from_json(text)`` write and read a result back (the JSON of ``to_json()``).
 """
+import datetime
 import html
 import inspect
 import json
@@ -21,6 +22,9 @@ from google.protobuf import json_format
 from factlens.components import component_name
 from factlens.errors import FactlensError
 from factlens.v1 import factlens_pb2 as pb
+
+# This client's version; kept equal to client/python/pyproject.toml's (a test checks). Reports record it.
+CLIENT_VERSION = "0.1.0"
 
 # protobuf >= 5.26 renamed the option that prints fields holding their default value.
 _PRINT_DEFAULTS = ("always_print_fields_with_no_presence"
@@ -79,8 +83,10 @@ def _quoted(token) -> str:
     return json.dumps(token, ensure_ascii=False)
 
 
-def _toks(scores, n=6) -> str:
-    return " ".join(_tok(t.token) for t in list(scores)[:n])
+def _toks(scores, n=6, target_id=None) -> str:
+    """The first ``n`` tokens; the one whose id is ``target_id`` in a ``<mark>``."""
+    return " ".join(f"<mark>{_tok(t.token)}</mark>" if target_id is not None and t.id == target_id else _tok(t.token)
+                    for t in list(scores)[:n])
 
 
 def _num(value, fmt="{:+.4f}") -> str:
@@ -273,13 +279,24 @@ class Prediction(Result):
 _COMPONENT_COLUMNS = ["name", "kind", "layer", "head", "source_position", "neuron"]
 
 
+_WITH_HEAD = {pb.Component.HEAD, pb.Component.HEAD_POSITION, pb.Component.ATTENTION_NEURON,
+              pb.Component.ATTENTION_NEURON_VALUE, pb.Component.ATTENTION_NEURON_KEY}
+_WITH_SOURCE = _WITH_HEAD - {pb.Component.HEAD}
+
+
 def _component_row(c):
-    return [component_name(c), pb.Component.Kind.Name(c.kind), c.layer, c.head, c.source_position, c.neuron]
+    """name, kind, layer, head, source_position, neuron; head and source_position are -1 for components that
+    have none (a whole head's source position, an FFN neuron's head), as in the FactReport's tables."""
+    return [component_name(c), pb.Component.Kind.Name(c.kind), c.layer, c.head if c.kind in _WITH_HEAD else -1,
+            c.source_position if c.kind in _WITH_SOURCE else -1, c.neuron]
 
 
 def _ranked_frame(ranked):
-    rows = [_component_row(r.component) + [r.score, r.coefficient, r.source_token_id] for r in ranked]
-    return _frame(rows, _COMPONENT_COLUMNS + ["score", "coefficient", "source_token_id"])
+    # source_token_id stays as sent (0 where there is no source): the CLI hides an all-zero column;
+    # source_token is the token as read (" France"), "" where there is no source.
+    rows = [_component_row(r.component) + [r.score, r.coefficient, r.source_token_id, r.source_token]
+            for r in ranked]
+    return _frame(rows, _COMPONENT_COLUMNS + ["score", "coefficient", "source_token_id", "source_token"])
 
 
 def _head_matrix(entries, layers, heads):
@@ -369,10 +386,11 @@ class Ranking(Result):
         neurons = bool(kinds & {pb.Component.FFN_NEURON, pb.Component.ATTENTION_NEURON})
         sources = bool(kinds & {pb.Component.HEAD_POSITION, pb.Component.ATTENTION_NEURON})
         rows = [[str(i), _e(component_name(c.component)), _num(c.score)] +
-                ([_num(c.coefficient, "{:+.4f}")] if neurons else []) + ([str(c.source_token_id)] if sources else [])
+                ([_num(c.coefficient, "{:+.4f}")] if neurons else []) +
+                ([_tok(c.source_token) if c.component.kind in _WITH_SOURCE else ""] if sources else [])
                 for i, c in enumerate(p.components, 1)]
         columns = ["rank", "component", "score"] + (["coefficient"] if neurons else []) + \
-            (["source token id"] if sources else [])
+            (["source token"] if sources else [])
         title = (f"Ranking of {_e(self._kind())} for target id {p.target_id}: {len(rows)} of {p.total} "
                  f"({_e(pb.RankMode.Name(p.mode))}, {p.evaluated} evaluated exactly)")
         return _block(title, _warnings_html(p), _table(columns, rows))
@@ -383,19 +401,55 @@ class Ranking(Result):
 
     def to_pandas(self):
         """One row per ranked component: name, kind, layer, head, source_position, neuron, score,
-        coefficient, source_token_id."""
+        coefficient, source_token_id, source_token."""
         return _ranked_frame(self.proto.components)
 
 
 class Trace(Result):
     """Trace: which earlier components activate a neuron, per key (``in``; ``gate``/``up`` for Llama;
-    ``value`` for attention neurons)."""
+    ``value`` for attention neurons).
+
+    ``neuron`` (a short name such as ``"L2.N94"`` or a ``pb.Component``; the response does not carry it)
+    names the traced neuron in titles and limits the figure to the components the neuron can read.
+    """
 
     _MESSAGE = pb.TraceResponse
+    _NEURON_KEY = "neuron"  # save() stores the neuron's name next to the response's fields
+
+    def __init__(self, proto, neuron=None):
+        super().__init__(proto)
+        if neuron is not None and not isinstance(neuron, pb.Component):
+            from factlens.components import parse_component
+
+            neuron = parse_component(neuron)
+        self.neuron = neuron
+
+    @property
+    def neuron_name(self):
+        """The traced neuron's short name, or None when unknown."""
+        return component_name(self.neuron) if self.neuron is not None else None
+
+    @classmethod
+    def from_json(cls, text, neuron=None):
+        """A trace from ``to_json()`` or ``save()`` text; the neuron is ``neuron`` if given, else the one
+        ``save()`` wrote, else unknown."""
+        data = json.loads(text)
+        saved = data.pop(cls._NEURON_KEY, None)
+        return cls(json_format.ParseDict(data, pb.TraceResponse(), ignore_unknown_fields=True),
+                   neuron if neuron is not None else saved)
+
+    def save(self, path):
+        """Writes ``to_dict()`` and, when known, the neuron's name under ``neuron``."""
+        data = self.to_dict()
+        if self.neuron is not None:
+            data[self._NEURON_KEY] = self.neuron_name
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
     def _summary(self):
         keys = [f"{k.key_name} (total {k.total:+.4f})" for k in self.proto.keys]
-        return f"position {self.proto.position}, keys " + (", ".join(keys) or "none")
+        neuron = f"{self.neuron_name} " if self.neuron is not None else ""
+        return f"{neuron}at position {self.proto.position}, keys " + (", ".join(keys) or "none")
 
     def _repr_html_(self):
         keys = self.proto.keys
@@ -413,7 +467,8 @@ class Trace(Result):
                 parts.append(_table(["FFN subvalue", "score"] + (["coefficient"] if coefficients else []), sub,
                                     f"Top earlier FFN subvalues activating key {_e(k.key_name)}", limit=10,
                                     rest="top_subvalues() has them all"))
-        return _block(f"Trace at position {self.proto.position}", *parts)
+        neuron = f"of {_e(self.neuron_name)} " if self.neuron is not None else ""
+        return _block(f"Trace {neuron}at position {self.proto.position}", *parts)
 
     def _key(self, key_name):
         keys = self.proto.keys
@@ -436,13 +491,31 @@ class Trace(Result):
         """The earlier FFN subvalues that activate a key most, as a table like ``Ranking.to_pandas()``."""
         return _ranked_frame(self._key(key_name).top_ffn_subvalues)
 
+    def _reach(self):
+        """How many [1 + 2L] slots the neuron reads: an FFN neuron of layer l the embedding up to attn{l}, an
+        attention neuron of layer l up to ffn{l-1}; all of them when the neuron is unknown."""
+        slots = max((len(k.layer_scores) for k in self.proto.keys), default=0)
+        n = self.neuron
+        if n is None:
+            return slots
+        attention = n.kind in (pb.Component.ATTENTION_NEURON, pb.Component.ATTENTION_NEURON_VALUE,
+                               pb.Component.ATTENTION_NEURON_KEY)
+        return min(slots, 2 * n.layer + (1 if attention else 2))
+
     def plot_layers(self, key_name=None, ax=None):
-        """Bars of a key's per-layer scores: attention and FFN of each layer (the embedding's in the title)."""
+        """Lines of what each component of the residual stream (emb, attn0, ffn0, ...) writes into the
+        neuron's keys, key · component: one line per key (a gated neuron's ``gate`` and ``up``), or only
+        ``key_name``'s. Titled with the neuron's name when known."""
         from factlens import plots
 
-        scores = self.layer_scores(key_name)
-        return plots.layer_increase_bars(scores[1::2], scores[2::2], ax=ax, ylabel="contribution to the key",
-                                         title=f"Key {self._key(key_name).key_name}: embedding {scores[0]:+.3f}")
+        keys = [self._key(key_name)] if key_name is not None else list(self.proto.keys)
+        reach = self._reach()
+        who = self.neuron_name or "the neuron"
+        names = " and ".join(k.key_name for k in keys)
+        title = (f"What activates {who} at position {self.proto.position}:\n"
+                 f"each component's contribution to its key{'s' if len(keys) > 1 else ''} {names}")
+        return plots.trace_keys([slot_name(i) for i in range(reach)],
+                                [(k.key_name, list(k.layer_scores)[:reach]) for k in keys], ax=ax, title=title)
 
     def to_pandas(self):
         """Per-layer scores: one row per slot (emb, attn0, ffn0, ...), one column per key."""
@@ -519,37 +592,87 @@ class Ablation(Result):
         return _token_frame(self.proto.predictions_after, "prob")
 
 
+_NOW = object()  # FactReport(created=_NOW): the report is being made now
+
+
+def _metric(metric) -> str:
+    """What a score of the report's metric measures, in words."""
+    return {pb.Metric.PROB_INCREASE: "probability increase",
+            pb.Metric.LOGIT_INCREASE: "logit increase"}.get(metric, "log-prob increase")
+
+
 class FactReport(Result):
     """LocateFact's report: where the model keeps the fact that the prompt continues with the target.
 
-    ``model`` (a ``pb.ModelInfo`` when the client knows it) sizes the head matrix.
+    ``model`` (a ``pb.ModelInfo`` when the client knows it) sizes the head matrix. Provenance, shown by
+    ``to_html`` and kept by ``save``/``load``: ``server`` (the address it came from) and
+    ``server_version`` when the caller knows them, ``created`` (a timezone-aware ``datetime``; by
+    default now, None when unknown) and ``client_version`` (the factlens client that made it).
     """
 
     _MESSAGE = pb.FactReport
     _MODEL_KEY = "model_info"  # save() stores the model next to the report's fields under this key
+    _PROVENANCE_KEY = "provenance"  # ... and where it came from under this one
 
-    def __init__(self, proto, model=None):
+    def __init__(self, proto, model=None, server=None, server_version=None, created=_NOW,
+                 client_version=CLIENT_VERSION):
         super().__init__(proto)
         self.model = model
+        self.server = server
+        self.server_version = server_version
+        self.created = datetime.datetime.now().astimezone().replace(microsecond=0) if created is _NOW else created
+        self.client_version = client_version
 
     @classmethod
     def from_json(cls, text, model=None):
         """A report from ``to_json()`` or ``save()`` text (also ``factlens locate --json`` output). The model
-        is ``model`` if given, else the ``model_info`` that ``save()`` wrote, else unknown."""
+        is ``model`` if given, else the ``model_info`` that ``save()`` wrote, else unknown; the provenance
+        is what ``save()`` wrote (unknown for other text)."""
         data = json.loads(text)
         saved = data.pop(cls._MODEL_KEY, None)
+        provenance = data.pop(cls._PROVENANCE_KEY, None) or {}
         if model is None and saved is not None:
             model = json_format.ParseDict(saved, pb.ModelInfo(), ignore_unknown_fields=True)
-        return cls(json_format.ParseDict(data, pb.FactReport(), ignore_unknown_fields=True), model)
+        created = provenance.get("created")
+        return cls(json_format.ParseDict(data, pb.FactReport(), ignore_unknown_fields=True), model,
+                   server=provenance.get("server"), server_version=provenance.get("server_version"),
+                   created=datetime.datetime.fromisoformat(created) if created else None,
+                   client_version=provenance.get("client_version"))
 
     def save(self, path):
-        """Writes the report (``to_dict()``) and, when known, its model under ``model_info`` as JSON;
-        ``FactReport.load(path)`` reads both back, to display or re-render with ``to_html``."""
+        """Writes the report (``to_dict()``), its model (when known) under ``model_info`` and its provenance
+        under ``provenance`` as JSON; ``FactReport.load(path)`` reads them back, to display or re-render with
+        ``to_html``."""
         data = self.to_dict()
         if self.model is not None:
             data[self._MODEL_KEY] = message_to_dict(self.model)
+        data[self._PROVENANCE_KEY] = {
+            "server": self.server, "server_version": self.server_version,
+            "created": self.created.isoformat() if self.created is not None else None,
+            "client_version": self.client_version}
         with open(path, "w", encoding="utf-8") as f:
             f.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+    def provenance(self) -> dict:
+        """Where the report came from, as text: model, family, shape, server, server_version, created,
+        client_version (\"not recorded\" where unknown)."""
+        m = self.model
+        unknown = "not recorded"
+        shape = unknown
+        if m is not None:
+            heads = f"{m.heads} heads" + (f" ({m.kv_heads} key/value heads)" if m.kv_heads and m.kv_heads != m.heads
+                                          else "")
+            shape = (f"{m.layers} layers × {heads} of dimension {m.head_dim}, d_model {m.d_model}, FFN width "
+                     f"{m.ffn_width}, vocabulary {m.vocab_size}; {m.dtype or '?'} on {m.device or '?'}")
+        return {
+            "model": (m.name + (f" (loaded from {m.source})" if m.source else "")) if m is not None else unknown,
+            "family": (m.family or unknown) if m is not None else unknown,
+            "shape": shape,
+            "server": self.server or unknown,
+            "server_version": self.server_version or "not reported (the API has no version field)",
+            "created": self.created.strftime("%Y-%m-%d %H:%M:%S %Z").strip() if self.created is not None else unknown,
+            "client_version": self.client_version or unknown,
+        }
 
     def _summary(self):
         r = self.proto
@@ -586,20 +709,24 @@ class FactReport(Result):
                    plots.to_img_tag(self.plot_layers(), "per-layer attention and FFN increases of the target") +
                    plots.to_img_tag(self.plot_heads(), "layer by head heatmap of the top heads") + "</div>")
         predictions = _table(["rank", "id", "token", "prob"],
-                             [[str(i), str(t.id), _tok(t.token), _num(t.score, "{:.6f}")]
+                             [[str(i), str(t.id), _toks([t], target_id=r.target.id), _num(t.score, "{:.6f}")]
                               for i, t in enumerate(r.predictions, 1)], "Prediction", limit=5,
                              rest="predictions_frame() has them all")
         heads = _table(["head", "score"], [[f"L{h.layer}.H{h.head}", _num(h.score)] for h in r.top_heads],
                        "Top heads", limit=5, rest="heads_frame() has them all")
-        ffn = _table(["neuron", "score", "coefficient", "top tokens of its value vector"],
+        promoted = "tokens the subvalue m·v promotes"
+        ffn = _table(["neuron", "score", "coefficient m", promoted],
                      [[_e(component_name(pb.Component(kind=pb.Component.FFN_NEURON, layer=n.layer, neuron=n.neuron))),
-                       _num(n.score), _num(n.coefficient), _toks(n.top_tokens)] for n in r.ffn_neurons],
-                     "Top FFN neurons", limit=10, rest="neurons_frame() has them all")
-        attention = _table(["neuron", "source token", "score", "top tokens of its value vector"],
+                       _num(n.score), _num(n.coefficient), _toks(n.top_tokens, target_id=r.target.id)]
+                      for n in r.ffn_neurons],
+                     "Top FFN neurons (m &lt; 0: the promoted tokens are the value vector v's bottom tokens)",
+                     limit=10, rest="neurons_frame() has them all")
+        attention = _table(["neuron", "source token", "score", promoted],
                            [[_e(component_name(pb.Component(kind=pb.Component.ATTENTION_NEURON, layer=n.layer,
                                                             head=n.head, source_position=n.source_position,
                                                             neuron=n.neuron))),
-                             _tok(self._source_token(n.source_position)), _num(n.score), _toks(n.top_tokens)]
+                             _tok(self._source_token(n.source_position)), _num(n.score),
+                             _toks(n.top_tokens, target_id=r.target.id)]
                             for n in r.attention_neurons],
                            "Top attention neurons", limit=10, rest="neurons_frame(attention=True) has them all")
         tables = ('<div style="display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start">' + predictions + heads +
@@ -644,11 +771,13 @@ class FactReport(Result):
         return _token_frame(self.proto.predictions, "prob")
 
     def heads_frame(self, positions=False):
-        """Top heads (``positions``: top head × source position pairs): name, layer, head, source, score."""
+        """Top heads (``positions``: top head × source position pairs): name, layer, head, source_position
+        (-1 for a whole head), source_token (the token at that position, "" for a whole head), score."""
         heads = self.proto.top_head_positions if positions else self.proto.top_heads
         rows = [[component_name(pb.Component(kind=pb.Component.HEAD_POSITION if positions else pb.Component.HEAD,
                                              layer=h.layer, head=h.head, source_position=h.source_position)),
-                 h.layer, h.head, h.source_position, self._source_token(h.source_position), h.score] for h in heads]
+                 h.layer, h.head, h.source_position if positions else -1,
+                 self._source_token(h.source_position) if positions else "", h.score] for h in heads]
         return _frame(rows, ["name", "layer", "head", "source_position", "source_token", "score"])
 
     def head_matrix(self):
@@ -657,7 +786,8 @@ class FactReport(Result):
 
     def neurons_frame(self, attention=False, top_tokens=6):
         """Top FFN neurons (``attention``: attention neurons): name, layer, neuron (head dim), head, source,
-        score, coefficient, and the first ``top_tokens`` tokens of their value vector's projection."""
+        score, coefficient m, and ``top_tokens``: the first ``top_tokens`` tokens that the neuron's subvalue
+        m·v promotes (its projection's top tokens; for m < 0 the value vector v's bottom tokens)."""
         kind = pb.Component.ATTENTION_NEURON if attention else pb.Component.FFN_NEURON
         neurons = self.proto.attention_neurons if attention else self.proto.ffn_neurons
         rows = [[component_name(pb.Component(kind=kind, layer=n.layer, neuron=n.neuron, head=n.head,
@@ -693,14 +823,51 @@ class FactReport(Result):
         """Layer × head heatmap of the top heads."""
         from factlens import plots
 
-        return plots.head_heatmap(self.head_matrix(), ax=ax, title="Top heads (blank: not in the top list)")
+        return plots.head_heatmap(self.head_matrix(), ax=ax, title="Top heads (grey: not in the top list)",
+                                  label=_metric(self.proto.metric))
 
     def plot_neuron_table(self, n=10, attention=False, ax=None):
         """The top ``n`` neurons with their top tokens, drawn as a table."""
         from factlens import plots
 
         kind = "attention" if attention else "FFN"
-        return plots.neuron_table(self.neurons_frame(attention=attention).head(n), ax=ax, title=f"Top {kind} neurons")
+        return plots.neuron_table(self.neurons_frame(attention=attention).head(n), ax=ax,
+                                  title=f"Top {kind} neurons by {_metric(self.proto.metric)} of "
+                                        f"{_quoted(self.proto.target.token)}")
+
+    def cumulative_frame(self):
+        """The logit lens after the embedding and after each sublayer (``cumulative``; empty when the server
+        sent none): step, after (emb, attn0, ffn0, ...), log_prob, prob, rank (of the target there), and the
+        top prediction there: top_id, top_token, top_prob."""
+        rows = [[i, component_name(s.after), s.target.log_prob, s.target.prob, s.target.rank, s.top.id, s.top.token,
+                 s.top.score] for i, s in enumerate(self._cumulative())]
+        return _frame(rows, ["step", "after", "log_prob", "prob", "rank", "top_id", "top_token", "top_prob"])
+
+    def _cumulative(self):
+        return list(self.proto.cumulative) if "cumulative" in self.proto.DESCRIPTOR.fields_by_name else []
+
+    def rank1_after(self):
+        """The step (``"ffn1"``, ...) from which on the target stays the top prediction up to the output,
+        or None (no logit-lens steps, or the model's output does not rank it first)."""
+        steps = self._cumulative()
+        if not steps or steps[-1].target.rank != 1:
+            return None
+        i = len(steps) - 1
+        while i > 0 and steps[i - 1].target.rank == 1:
+            i -= 1
+        return component_name(steps[i].after)
+
+    def plot_cumulative(self, ax=None):
+        """The target's log-prob in the logit lens after each step (rank-1 steps starred), with the top
+        prediction written above the other steps. Raises ValueError when the report has no such steps."""
+        from factlens import plots
+
+        frame = self.cumulative_frame()
+        if frame.empty:
+            raise ValueError("the report has no logit-lens steps (cumulative): the server did not send them")
+        target = _quoted(self.proto.target.token)
+        return plots.cumulative_lens(list(frame.after), frame.log_prob, frame["rank"], list(frame.top_token), ax=ax,
+                                     target=target, title=f"Logit lens: {target} after each step of the residual stream")
 
     def to_html(self, path=None) -> str:
         """One self-contained HTML page (inline CSS, figures as base64 PNG); written to ``path`` if given."""
@@ -729,9 +896,9 @@ class ItemResult(Result):
         return _block(f"Item {self.proto.index}: failed",
                       f"<div>{_e(self.exception.code.name)}: {_e(self.proto.error.message)}</div>")
 
-    def __init__(self, proto, model=None):
+    def __init__(self, proto, model=None, server=None):
         super().__init__(proto)
-        self.report = FactReport(proto.report, model) if proto.HasField("report") else None
+        self.report = FactReport(proto.report, model, server=server) if proto.HasField("report") else None
 
     @property
     def exception(self):
