@@ -14,8 +14,9 @@ import os
 from factlens import Client
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-parser.add_argument("--server", default="127.0.0.1:50051")
-parser.add_argument("--model", default="", help="model name (default: the server's only model)")
+parser.add_argument("--server", default=None, help="host:port (default: $FACTLENS_SERVER, else 127.0.0.1:50051)")
+parser.add_argument("--model", default=None,
+                    help="model name (default: $FACTLENS_MODEL, else the server's only model)")
 parser.add_argument("--token", default=os.environ.get("FACTLENS_TOKEN"), help="bearer token")
 parser.add_argument("--prompt", default="The capital of France is")
 parser.add_argument("--target", default=" Paris")
