@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
+
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -90,8 +92,20 @@ absl::StatusOr<at::Tensor> ComponentVector(const Model& model, const ForwardTrac
   }
 }
 
+namespace {
+
+// The largest ablation scale magnitude: beyond it the float32 residual stream overflows.
+constexpr double kMaxAblationScale = 1000;
+
+}  // namespace
+
 absl::StatusOr<Ablation> ToAblation(const ComponentRef& ref, std::optional<int64_t> position,
                                     double scale) {
+  if (!std::isfinite(scale) || std::abs(scale) > kMaxAblationScale) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("scale: ", scale, " is not a finite number of magnitude at most ",
+                     kMaxAblationScale, " (larger scales overflow the float32 residual stream)"));
+  }
   Ablation a;
   switch (ref.kind) {
     case ComponentKind::kAttentionLayer:

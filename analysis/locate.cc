@@ -227,17 +227,27 @@ void Accumulate(const FactReport& report, BatchAggregate& aggregate) {
   }
 }
 
-BatchAggregate LocateFacts(
-    const Model& model, absl::Span<const FactQuery> queries, const LocateOptions& options,
-    const std::function<void(size_t, const absl::StatusOr<FactReport>&)>& on_report) {
-  BatchAggregate aggregate;
-  for (size_t i = 0; i < queries.size(); ++i) {
-    const absl::StatusOr<FactReport> report =
-        LocateFact(model, queries[i].token_ids, queries[i].target, options);
-    if (report.ok()) Accumulate(*report, aggregate);
-    if (on_report) on_report(i, report);
-  }
-  return aggregate;
+absl::StatusOr<std::vector<TokenScore>> PredictNext(const Model& model,
+                                                    absl::Span<const int64_t> token_ids,
+                                                    int64_t position, int64_t k) {
+  absl::StatusOr<ForwardTrace> trace = Forward(model, token_ids, LogitsAt(position));
+  if (!trace.ok()) return trace.status();
+  return TopScores(at::softmax(trace->logits[0].to(at::kDouble), -1), k);
+}
+
+absl::StatusOr<AblationComparison> CompareAblation(const Model& model,
+                                                   absl::Span<const int64_t> token_ids,
+                                                   int64_t position, int64_t target,
+                                                   absl::Span<const Ablation> ablations,
+                                                   int64_t k) {
+  const CaptureOptions capture = LogitsAt(position);
+  absl::StatusOr<ForwardTrace> before = Forward(model, token_ids, capture);
+  if (!before.ok()) return before.status();
+  absl::StatusOr<ForwardTrace> after = Forward(model, token_ids, capture, ablations);
+  if (!after.ok()) return after.status();
+  return AblationComparison{OutcomeOf(before->logits[0], target),
+                            OutcomeOf(after->logits[0], target),
+                            TopScores(at::softmax(after->logits[0].to(at::kDouble), -1), k)};
 }
 
 }  // namespace factlens

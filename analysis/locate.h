@@ -92,11 +92,6 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
                                       int64_t target, const LocateOptions& options,
                                       const ProgressCallback& progress = nullptr);
 
-struct FactQuery {
-  std::vector<int64_t> token_ids;
-  int64_t target = 0;
-};
-
 // Per-layer counts of the top FFN and attention neurons over many facts (the paper's figures).
 struct BatchAggregate {
   std::vector<int64_t> ffn_neurons_per_layer;
@@ -108,11 +103,22 @@ struct BatchAggregate {
 // Adds one report to a running aggregate.
 void Accumulate(const FactReport& report, BatchAggregate& aggregate);
 
-// Runs LocateFact on every query, calling `on_report` with each index and report (or error) as it
-// completes, and returns the aggregate over the successful ones.
-BatchAggregate LocateFacts(
-    const Model& model, absl::Span<const FactQuery> queries, const LocateOptions& options,
-    const std::function<void(size_t, const absl::StatusOr<FactReport>&)>& on_report);
+// The k most probable next tokens at `position` (in [0, T)) of `token_ids`, with their
+// probabilities. Errors: those of Forward. Thread-safe.
+absl::StatusOr<std::vector<TokenScore>> PredictNext(const Model& model,
+                                                    absl::Span<const int64_t> token_ids,
+                                                    int64_t position, int64_t k);
+
+// The target's outcome at `position` without and with `ablations`, and the k most probable next
+// tokens with them. Errors: those of Forward (InvalidArgument for a bad ablation). Thread-safe.
+struct AblationComparison {
+  TargetOutcome before, after;
+  std::vector<TokenScore> predictions_after;  // score = probability
+};
+absl::StatusOr<AblationComparison> CompareAblation(const Model& model,
+                                                   absl::Span<const int64_t> token_ids,
+                                                   int64_t position, int64_t target,
+                                                   absl::Span<const Ablation> ablations, int64_t k);
 
 }  // namespace factlens
 

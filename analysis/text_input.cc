@@ -146,4 +146,21 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, const Tokenizer& token
   return report;
 }
 
+absl::StatusOr<BatchAggregate> LocateFacts(
+    const Model& model, const Tokenizer& tokenizer,
+    absl::Span<const absl::StatusOr<TextFact>> facts, const LocateOptions& options,
+    const std::function<bool(size_t, const absl::StatusOr<FactReport>&)>& on_report,
+    const ProgressCallback& progress) {
+  BatchAggregate aggregate;
+  for (size_t i = 0; i < facts.size(); ++i) {
+    const absl::StatusOr<FactReport> report =
+        facts[i].ok()
+            ? LocateFact(model, tokenizer, facts[i]->token_ids, facts[i]->target, options, progress)
+            : absl::StatusOr<FactReport>(facts[i].status());
+    if (report.ok()) Accumulate(*report, aggregate);
+    if (!on_report(i, report)) return absl::CancelledError("the batch was stopped");
+  }
+  return aggregate;
+}
+
 }  // namespace factlens

@@ -3,6 +3,7 @@
 #define FACTLENS_ANALYSIS_TEXT_INPUT_H_
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -59,6 +60,22 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, const Tokenizer& token
                                       absl::Span<const int64_t> token_ids,
                                       const ResolvedTarget& target, const LocateOptions& options,
                                       const ProgressCallback& progress = nullptr);
+
+// A fact of a batch: the prompt's token ids and its resolved target.
+struct TextFact {
+  std::vector<int64_t> token_ids;
+  ResolvedTarget target;
+};
+
+// LocateFact (above, with warnings) on each fact in order, giving `on_report` each report, or the
+// fact's own error when it could not be read or located; `on_report` returns false to stop the
+// batch (then Cancelled). `progress` is passed to each LocateFact. Returns the aggregate over the
+// successful reports. Thread-safe.
+absl::StatusOr<BatchAggregate> LocateFacts(
+    const Model& model, const Tokenizer& tokenizer,
+    absl::Span<const absl::StatusOr<TextFact>> facts, const LocateOptions& options,
+    const std::function<bool(size_t, const absl::StatusOr<FactReport>&)>& on_report,
+    const ProgressCallback& progress = nullptr);
 
 }  // namespace factlens
 

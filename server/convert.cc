@@ -3,6 +3,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "analysis/report_format.h"
+#include "analysis/status_macros.h"
 #include "analysis/text_input.h"
 
 namespace factlens {
@@ -12,6 +13,7 @@ absl::StatusOr<std::vector<int64_t>> PromptIds(const ServedModel& model, const v
   std::vector<int64_t> ids;
   switch (prompt.input_case()) {
     case v1::Prompt::kText: {
+      FACTLENS_RETURN_IF_ERROR(CheckTextLength("prompt", prompt.text(), max_prompt_tokens));
       absl::StatusOr<std::vector<int64_t>> encoded = EncodePrompt(*model.tokenizer, prompt.text());
       if (!encoded.ok()) return encoded.status();
       ids = *std::move(encoded);
@@ -44,8 +46,15 @@ absl::StatusOr<std::vector<int64_t>> PromptIds(const ServedModel& model, const v
   return ids;
 }
 
+absl::Status CheckTextLength(const char* field, const std::string& text, int max_tokens) {
+  if (text.size() <= static_cast<size_t>(max_tokens) * kMaxTokenBytes) return absl::OkStatus();
+  return absl::ResourceExhaustedError(
+      absl::StrCat(field, ": ", text.size(), " bytes of text are more than the server's limit of ",
+                   max_tokens, " tokens (--max_prompt_tokens) can hold"));
+}
+
 absl::StatusOr<ResolvedTarget> TargetId(const ServedModel& model, const v1::Target& target,
-                                        const v1::Prompt& prompt) {
+                                        const v1::Prompt& prompt, int max_prompt_tokens) {
   switch (target.target_case()) {
     case v1::Target::kTokenId:
       if (target.token_id() < 0 || target.token_id() >= model.model->config().vocab_size) {
@@ -54,6 +63,7 @@ absl::StatusOr<ResolvedTarget> TargetId(const ServedModel& model, const v1::Targ
       }
       return ResolvedTarget{target.token_id()};
     case v1::Target::kText:
+      FACTLENS_RETURN_IF_ERROR(CheckTextLength("target", target.text(), max_prompt_tokens));
       // Without prompt text (token ids), the target text is tokenized on its own.
       return ResolveTarget(*model.tokenizer,
                            prompt.input_case() == v1::Prompt::kText ? prompt.text() : "",
@@ -181,6 +191,39 @@ void FillOutcome(const TargetOutcome& outcome, v1::TargetOutcome* out) {
   out->set_log_prob(outcome.log_prob);
   out->set_prob(outcome.prob);
   out->set_rank(outcome.rank);
+}
+
+absl::StatusOr<RankLevel> ToRankLevel(v1::RankRequest::Level level) {
+  switch (level) {
+    case v1::RankRequest::ATTENTION_LAYER:
+      return RankLevel::kAttentionLayer;
+    case v1::RankRequest::FFN_LAYER:
+      return RankLevel::kFfnLayer;
+    case v1::RankRequest::HEAD:
+      return RankLevel::kHead;
+    case v1::RankRequest::HEAD_POSITION:
+      return RankLevel::kHeadPosition;
+    case v1::RankRequest::FFN_NEURON:
+      return RankLevel::kFfnNeuron;
+    case v1::RankRequest::ATTENTION_NEURON:
+      return RankLevel::kAttentionNeuron;
+    default:
+      return absl::InvalidArgumentError(
+          level == v1::RankRequest::LEVEL_UNSPECIFIED ? "level: unspecified" : "level: unknown");
+  }
+}
+
+void FillRankedComponent(const ServedModel& model, const std::vector<int64_t>& ids,
+                         const RankedComponent& ranked, v1::RankedComponent* out) {
+  *out->mutable_component() = ToProto(ranked.ref);
+  out->set_score(ranked.score);
+  out->set_coefficient(ranked.coefficient);
+  if (ranked.ref.kind == ComponentKind::kHeadPosition ||
+      ranked.ref.kind == ComponentKind::kAttentionNeuron) {
+    const int64_t source = ids[ranked.ref.source_position];
+    out->set_source_token_id(source);
+    out->set_source_token(ShowToken(*model.tokenizer, source));
+  }
 }
 
 void FillLensSteps(const ServedModel& model, const std::vector<LensStep>& steps,

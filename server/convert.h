@@ -12,6 +12,7 @@
 #include "analysis/components.h"
 #include "analysis/decompose.h"
 #include "analysis/locate.h"
+#include "analysis/rank.h"
 #include "analysis/text_input.h"
 #include "factlens/v1/factlens.pb.h"
 #include "server/model_registry.h"
@@ -28,7 +29,15 @@ absl::StatusOr<std::vector<int64_t>> PromptIds(const ServedModel& model, const v
 // The target token (see v1::Target), with its spaced alternative for a text target that may be
 // missing its leading space. InvalidArgument naming `target`.
 absl::StatusOr<ResolvedTarget> TargetId(const ServedModel& model, const v1::Target& target,
-                                        const v1::Prompt& prompt);
+                                        const v1::Prompt& prompt, int max_prompt_tokens);
+
+// Text longer than any `max_tokens` tokens can be (kMaxTokenBytes each) is ResourceExhausted
+// naming `field`, before any tokenizing: a huge text costs nothing.
+inline constexpr size_t kMaxTokenBytes = 1024;
+absl::Status CheckTextLength(const char* field, const std::string& text, int max_tokens);
+
+// Model names longer than this are InvalidArgument (and logged cut to this length).
+inline constexpr size_t kMaxModelNameBytes = 256;
 
 // `top_k` with 0 meaning `fallback`; InvalidArgument when negative, ResourceExhausted above
 // `limit`.
@@ -43,6 +52,13 @@ v1::Component ToProto(const ComponentRef& ref);
 Metric ToMetric(v1::Metric metric);
 RankMode ToRankMode(v1::RankMode mode);
 v1::RankMode ToProto(RankMode mode);
+
+// The analysis level of a RankRequest level; InvalidArgument naming `level` when unspecified.
+absl::StatusOr<RankLevel> ToRankLevel(v1::RankRequest::Level level);
+// A ranked component, with the source token (id and text) of head positions and attention
+// neurons from the prompt's `ids`.
+void FillRankedComponent(const ServedModel& model, const std::vector<int64_t>& ids,
+                         const RankedComponent& ranked, v1::RankedComponent* out);
 
 void FillTokenScore(const ServedModel& model, int64_t id, double score, v1::TokenScore* out);
 void FillOutcome(const TargetOutcome& outcome, v1::TargetOutcome* out);

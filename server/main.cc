@@ -70,6 +70,11 @@ ABSL_FLAG(std::string, port_file, "", "Once serving, write '<grpc port> <http po
 
 namespace {
 
+// Concurrent streams one connection may hold, and threads beyond the admission queues' capacity
+// (health checks, reflection, ListModels, Tokenize and refusals need threads too).
+constexpr int kMaxStreamsPerConnection = 256;
+constexpr int kSpareThreads = 256;
+
 absl::StatusOr<std::vector<std::string>> ReadTokens(const std::string& path) {
   absl::StatusOr<std::string> text = factlens::ReadTextFile(path);
   if (!text.ok()) return text.status();
@@ -281,6 +286,16 @@ int main(int argc, char** argv) {
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
   builder.SetMaxSendMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
+  // A client opening thousands of streams at once ("rapid reset") made the synchronous server
+  // start a thread per stream (1500+ threads, +450 MB). Streams per connection and the server's
+  // threads are bounded; calls beyond the thread bound are answered RESOURCE_EXHAUSTED by gRPC,
+  // and the bound exceeds what the admission queues (per model: running + queued) can admit.
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, kMaxStreamsPerConnection);
+  grpc::ResourceQuota quota("factlens");
+  quota.SetMaxThreads(kSpareThreads +
+                      2 * static_cast<int>(model_flags.size()) *
+                          (absl::GetFlag(FLAGS_max_concurrent) + absl::GetFlag(FLAGS_max_queued)));
+  builder.SetResourceQuota(quota);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) {
     return Fail(absl::UnavailableError(

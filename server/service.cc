@@ -16,6 +16,7 @@
 #include "analysis/forward.h"
 #include "analysis/locate.h"
 #include "analysis/output_head.h"
+#include "analysis/rank.h"
 #include "analysis/report_format.h"
 #include "analysis/status_macros.h"
 #include "analysis/text_input.h"
@@ -84,6 +85,22 @@ absl::StatusOr<PromptAt> ParsePromptAt(const ServedModel& m, const Request& requ
       out.position, ResolvePosition(OptionalPosition(request.has_position(), request.position()),
                                     out.ids.size()));
   return out;
+}
+
+// The number of most probable next tokens an Ablate response lists.
+constexpr int64_t kAblatePredictions = 10;
+
+// One LocateFacts item: its report, or its error as a gRPC code and a message naming the item.
+void FillItemResult(const ServedModel& m, int index, const absl::StatusOr<FactReport>& report,
+                    v1::ItemResult* out) {
+  out->set_index(index);
+  if (report.ok()) {
+    FillFactReport(m, *report, out->mutable_report());
+    return;
+  }
+  const grpc::Status mapped = ToGrpcStatus(report.status());
+  out->mutable_error()->set_code(mapped.error_code());
+  out->mutable_error()->set_message(absl::StrCat("items[", index, "].", mapped.error_message()));
 }
 
 }  // namespace
@@ -215,7 +232,8 @@ grpc::Status FactLensService::Handle(grpc::ServerContext* context, const char* r
   const auto start = std::chrono::steady_clock::now();
   RequestRecord record;
   record.rpc = rpc;
-  record.model = model;
+  // The log keeps a bounded prefix of what the client sent (a name is at most kMaxModelNameBytes).
+  record.model = model.substr(0, kMaxModelNameBytes + 1);
   record.peer = context->peer();
   bool draining;
   {
@@ -226,6 +244,10 @@ grpc::Status FactLensService::Handle(grpc::ServerContext* context, const char* r
   absl::Status status = Authenticate(*context);
   if (status.ok() && draining) {
     status = absl::UnavailableError("the server is shutting down");
+  }
+  if (status.ok() && model.size() > kMaxModelNameBytes) {
+    status = absl::InvalidArgumentError(absl::StrCat(
+        "model: a name of ", model.size(), " bytes; names are at most ", kMaxModelNameBytes));
   }
   if (status.ok()) status = work(record);
   const grpc::Status result = ToGrpcStatus(status);
@@ -293,6 +315,8 @@ grpc::Status FactLensService::Tokenize(grpc::ServerContext* context,
                                        v1::TokenizeResponse* response) {
   return Serve(
       context, "Tokenize", request->model(), false, [&](const ServedModel& m) -> absl::Status {
+        FACTLENS_RETURN_IF_ERROR(
+            CheckTextLength("text", request->text(), options_.max_prompt_tokens));
         absl::StatusOr<Encoding> encoding =
             m.tokenizer->Encode(request->text(), request->add_special_tokens());
         if (!encoding.ok())
@@ -313,6 +337,11 @@ grpc::Status FactLensService::Detokenize(grpc::ServerContext* context,
                                          v1::DetokenizeResponse* response) {
   return Serve(
       context, "Detokenize", request->model(), false, [&](const ServedModel& m) -> absl::Status {
+        if (request->ids_size() > options_.max_prompt_tokens) {
+          return absl::ResourceExhaustedError(
+              absl::StrCat("ids: ", request->ids_size(), " ids exceed the server's limit of ",
+                           options_.max_prompt_tokens, " (--max_prompt_tokens)"));
+        }
         std::vector<int32_t> ids;
         for (int64_t id : request->ids()) {
           if (id < 0 || id >= m.model->config().vocab_size) {
@@ -332,18 +361,16 @@ grpc::Status FactLensService::Detokenize(grpc::ServerContext* context,
 grpc::Status FactLensService::Predict(grpc::ServerContext* context,
                                       const v1::PredictRequest* request,
                                       v1::PredictResponse* response) {
-  return Serve(
-      context, "Predict", request->model(), true, [&](const ServedModel& m) -> absl::Status {
-        absl::StatusOr<PromptAt> at = ParsePromptAt(m, *request, options_);
-        if (!at.ok()) return at.status();
-        absl::StatusOr<ForwardTrace> trace = Forward(*m.model, at->ids, LogitsAt(at->position));
-        if (!trace.ok()) return trace.status();
-        const at::Tensor probs = at::softmax(trace->logits[0].to(at::kDouble), -1);
-        for (const auto& [id, p] : TopScores(probs, at->top_k))
-          FillTokenScore(m, id, p, response->add_predictions());
-        for (int64_t id : at->ids) response->add_input_ids(id);
-        return absl::OkStatus();
-      });
+  return Serve(context, "Predict", request->model(), true,
+               [&](const ServedModel& m) -> absl::Status {
+                 FACTLENS_ASSIGN_OR_RETURN(const PromptAt at, ParsePromptAt(m, *request, options_));
+                 FACTLENS_ASSIGN_OR_RETURN(const std::vector<TokenScore> predictions,
+                                           PredictNext(*m.model, at.ids, at.position, at.top_k));
+                 for (const TokenScore& t : predictions)
+                   FillTokenScore(m, t.token_id, t.score, response->add_predictions());
+                 for (int64_t id : at.ids) response->add_input_ids(id);
+                 return absl::OkStatus();
+               });
 }
 
 grpc::Status FactLensService::Decompose(grpc::ServerContext* context,
@@ -361,7 +388,8 @@ grpc::Status FactLensService::Decompose(grpc::ServerContext* context,
             options.logit_lens_top_k,
             TopK("logit_lens_top_k", request->logit_lens_top_k(), 0, options_.max_top_k));
         if (request->target().target_case() != v1::Target::TARGET_NOT_SET) {
-          FACTLENS_ASSIGN_OR_RETURN(target, TargetId(m, request->target(), request->prompt()));
+          FACTLENS_ASSIGN_OR_RETURN(target, TargetId(m, request->target(), request->prompt(),
+                                                     options_.max_prompt_tokens));
           options.target = AttributionTarget{target.id, -1, ToMetric(request->options().metric()),
                                              request->options().include_final_norm_bias()};
         }
@@ -402,95 +430,35 @@ grpc::Status FactLensService::Decompose(grpc::ServerContext* context,
 grpc::Status FactLensService::Rank(grpc::ServerContext* context, const v1::RankRequest* request,
                                    v1::RankResponse* response) {
   return Serve(context, "Rank", request->model(), true, [&](const ServedModel& m) -> absl::Status {
-    absl::StatusOr<PromptAt> at = ParsePromptAt(m, *request, options_);
-    if (!at.ok()) return at.status();
-    absl::StatusOr<ResolvedTarget> target = TargetId(m, request->target(), request->prompt());
-    if (!target.ok()) return target.status();
-    if (request->level() == v1::RankRequest::LEVEL_UNSPECIFIED)
-      return absl::InvalidArgumentError("level: unspecified");
+    FACTLENS_ASSIGN_OR_RETURN(const PromptAt at, ParsePromptAt(m, *request, options_));
+    FACTLENS_ASSIGN_OR_RETURN(
+        const ResolvedTarget target,
+        TargetId(m, request->target(), request->prompt(), options_.max_prompt_tokens));
+    FACTLENS_ASSIGN_OR_RETURN(const RankLevel level, ToRankLevel(request->level()));
     FACTLENS_ASSIGN_OR_RETURN(const std::shared_ptr<const ForwardTrace> trace,
-                              FullTrace(m, at->ids));
-    absl::StatusOr<std::unique_ptr<Attribution>> a =
+                              FullTrace(m, at.ids));
+    FACTLENS_ASSIGN_OR_RETURN(
+        const std::unique_ptr<Attribution> attribution,
         Attribution::Create(*m.model, *trace,
-                            {target->id, at->position, ToMetric(request->options().metric()),
-                             request->options().include_final_norm_bias()});
-    if (!a.ok()) return a.status();
-    for (int64_t id : at->ids) response->add_input_ids(id);
-    response->set_target_id(target->id);
+                            {target.id, at.position, ToMetric(request->options().metric()),
+                             request->options().include_final_norm_bias()}));
+    FACTLENS_ASSIGN_OR_RETURN(
+        const ComponentRanking ranking,
+        RankComponents(*attribution, level, at.top_k,
+                       request->bottom() ? RankOrder::kBottom : RankOrder::kTop,
+                       ToRankMode(request->mode()), [context] { return context->IsCancelled(); }));
     FACTLENS_ASSIGN_OR_RETURN(
         const std::optional<std::string> warning,
-        TargetSpacingWarning(*m.model, *m.tokenizer, at->ids, at->position, *target));
+        TargetSpacingWarning(*m.model, *m.tokenizer, at.ids, at.position, target));
+    for (int64_t id : at.ids) response->add_input_ids(id);
+    response->set_target_id(target.id);
     if (warning) response->add_warnings(*warning);
-    const ModelConfig& c = m.model->config();
-    const bool bottom = request->bottom();
-    auto add = [&](ComponentRef ref, double score, double coefficient) {
-      v1::RankedComponent* out = response->add_components();
-      *out->mutable_component() = ToProto(ref);
-      out->set_score(score);
-      out->set_coefficient(coefficient);
-      if (ref.kind == ComponentKind::kHeadPosition || ref.kind == ComponentKind::kAttentionNeuron) {
-        out->set_source_token_id((at->ids)[ref.source_position]);
-        out->set_source_token(ShowToken(*m.tokenizer, (at->ids)[ref.source_position]));
-      }
-    };
-    auto small_level = [&](const at::Tensor& scores,
-                           const std::function<ComponentRef(int64_t)>& ref_of) {
-      for (const auto& [flat, value] : TopScores(scores, at->top_k, !bottom))
-        add(ref_of(flat), value, 0);
-      response->set_mode(v1::EXHAUSTIVE);
-      response->set_evaluated(scores.numel());
-      response->set_total(scores.numel());
-    };
-    const int64_t t = static_cast<int64_t>(at->ids.size());
-    switch (request->level()) {
-      case v1::RankRequest::ATTENTION_LAYER:
-        small_level((*a)->AttentionLayerIncrease(), [](int64_t f) {
-          return ComponentRef{ComponentKind::kAttentionLayer, f};
-        });
-        break;
-      case v1::RankRequest::FFN_LAYER:
-        small_level((*a)->FfnLayerIncrease(), [](int64_t f) {
-          return ComponentRef{ComponentKind::kFfnLayer, f};
-        });
-        break;
-      case v1::RankRequest::HEAD:
-        small_level((*a)->HeadIncrease(), [&](int64_t f) {
-          return ComponentRef{ComponentKind::kHead, f / c.n_heads, f % c.n_heads};
-        });
-        break;
-      case v1::RankRequest::HEAD_POSITION:
-        small_level((*a)->HeadPositionIncrease(), [&](int64_t f) {
-          return ComponentRef{ComponentKind::kHeadPosition, f / (c.n_heads * t),
-                              (f / t) % c.n_heads, f % t};
-        });
-        break;
-      case v1::RankRequest::FFN_NEURON:
-      case v1::RankRequest::ATTENTION_NEURON: {
-        const bool ffn = request->level() == v1::RankRequest::FFN_NEURON;
-        const RankOrder order = bottom ? RankOrder::kBottom : RankOrder::kTop;
-        const RankMode mode = ToRankMode(request->mode());
-        const Interrupted cancelled = [context] { return context->IsCancelled(); };
-        FACTLENS_ASSIGN_OR_RETURN(
-            const NeuronRanking ranking,
-            ffn ? (*a)->RankFfnNeurons(at->top_k, order, mode, cancelled)
-                : (*a)->RankAttentionNeurons(at->top_k, order, mode, cancelled));
-        for (const RankedNeuron& n : ranking.neurons) {
-          if (ffn) {
-            add({ComponentKind::kFfnNeuron, n.layer, 0, 0, n.index}, n.score, n.coefficient);
-          } else {
-            const AttentionNeuronIndex i = SplitAttentionNeuronIndex(c, n.index);
-            add({ComponentKind::kAttentionNeuron, n.layer, i.head, i.source_position, i.dim},
-                n.score, n.coefficient);
-          }
-        }
-        response->set_mode(ToProto(ranking.mode));
-        response->set_evaluated(ranking.evaluated);
-        response->set_total(ranking.total);
-        break;
-      }
-      default:
-        return absl::InvalidArgumentError("level: unknown");
+    for (const RankedComponent& ranked : ranking.components) {
+      FillRankedComponent(m, at.ids, ranked, response->add_components());
     }
+    response->set_mode(ToProto(ranking.mode));
+    response->set_evaluated(ranking.evaluated);
+    response->set_total(ranking.total);
     return absl::OkStatus();
   });
 }
@@ -566,8 +534,9 @@ grpc::Status FactLensService::Ablate(grpc::ServerContext* context, const v1::Abl
       context, "Ablate", request->model(), true, [&](const ServedModel& m) -> absl::Status {
         FACTLENS_ASSIGN_OR_RETURN(const std::vector<int64_t> ids,
                                   PromptIds(m, request->prompt(), options_.max_prompt_tokens));
-        FACTLENS_ASSIGN_OR_RETURN(const ResolvedTarget target,
-                                  TargetId(m, request->target(), request->prompt()));
+        FACTLENS_ASSIGN_OR_RETURN(
+            const ResolvedTarget target,
+            TargetId(m, request->target(), request->prompt(), options_.max_prompt_tokens));
         FACTLENS_ASSIGN_OR_RETURN(
             const int64_t position,
             ResolvePosition(OptionalPosition(request->has_position(), request->position()),
@@ -589,21 +558,19 @@ grpc::Status FactLensService::Ablate(grpc::ServerContext* context, const v1::Abl
             return absl::InvalidArgumentError(absl::StrCat("ablations: ", a.status().message()));
           ablations.push_back(*a);
         }
-        const CaptureOptions capture = LogitsAt(position);
-        FACTLENS_ASSIGN_OR_RETURN(const ForwardTrace before, Forward(*m.model, ids, capture));
-        FACTLENS_ASSIGN_OR_RETURN(const ForwardTrace after,
-                                  Forward(*m.model, ids, capture, ablations));
-        for (int64_t id : ids) response->add_input_ids(id);
-        response->set_target_id(target.id);
-        FillOutcome(OutcomeOf(before.logits[0], target.id), response->mutable_before());
-        FillOutcome(OutcomeOf(after.logits[0], target.id), response->mutable_after());
+        FACTLENS_ASSIGN_OR_RETURN(
+            const AblationComparison compared,
+            CompareAblation(*m.model, ids, position, target.id, ablations, kAblatePredictions));
         FACTLENS_ASSIGN_OR_RETURN(
             const std::optional<std::string> warning,
             TargetSpacingWarning(*m.model, *m.tokenizer, ids, position, target));
+        for (int64_t id : ids) response->add_input_ids(id);
+        response->set_target_id(target.id);
         if (warning) response->add_warnings(*warning);
-        const at::Tensor probs = at::softmax(after.logits[0].to(at::kDouble), -1);
-        for (const auto& [id, p] : TopScores(probs, 10))
-          FillTokenScore(m, id, p, response->add_predictions_after());
+        FillOutcome(compared.before, response->mutable_before());
+        FillOutcome(compared.after, response->mutable_after());
+        for (const TokenScore& t : compared.predictions_after)
+          FillTokenScore(m, t.token_id, t.score, response->add_predictions_after());
         return absl::OkStatus();
       });
 }
@@ -615,8 +582,9 @@ grpc::Status FactLensService::LocateFact(grpc::ServerContext* context,
       context, "LocateFact", request->model(), true, [&](const ServedModel& m) -> absl::Status {
         FACTLENS_ASSIGN_OR_RETURN(const std::vector<int64_t> ids,
                                   PromptIds(m, request->prompt(), options_.max_prompt_tokens));
-        FACTLENS_ASSIGN_OR_RETURN(const ResolvedTarget target,
-                                  TargetId(m, request->target(), request->prompt()));
+        FACTLENS_ASSIGN_OR_RETURN(
+            const ResolvedTarget target,
+            TargetId(m, request->target(), request->prompt(), options_.max_prompt_tokens));
         FACTLENS_RETURN_IF_ERROR(CheckLocateLimits(request->options(), options_.max_top_k));
         const LocateOptions options = ToLocateOptions(
             request->options(), OptionalPosition(request->has_position(), request->position()));
@@ -657,34 +625,28 @@ grpc::Status FactLensService::LocateFacts(grpc::ServerContext* context,
         }
         FACTLENS_RETURN_IF_ERROR(CheckLocateLimits(request->options(), options_.max_top_k));
         const LocateOptions options = ToLocateOptions(request->options(), std::nullopt);
-        BatchAggregate aggregate;
-        int failed = 0;
-        for (int i = 0; i < request->items_size(); ++i) {
-          if (context->IsCancelled()) return absl::CancelledError("cancelled by the client");
-          const v1::FactItem& item = request->items(i);
-          absl::StatusOr<FactReport> report = [&]() -> absl::StatusOr<FactReport> {
-            FACTLENS_ASSIGN_OR_RETURN(const std::vector<int64_t> ids,
+        std::vector<absl::StatusOr<TextFact>> facts;
+        for (const v1::FactItem& item : request->items()) {
+          facts.push_back([&]() -> absl::StatusOr<TextFact> {
+            FACTLENS_ASSIGN_OR_RETURN(std::vector<int64_t> ids,
                                       PromptIds(m, item.prompt(), options_.max_prompt_tokens));
-            FACTLENS_ASSIGN_OR_RETURN(const ResolvedTarget target,
-                                      TargetId(m, item.target(), item.prompt()));
-            return factlens::LocateFact(
-                *m.model, *m.tokenizer, ids, target, options,
-                [&](const std::string&, double) { return !context->IsCancelled(); });
-          }();
-          v1::LocateFactsEvent event;
-          event.mutable_item()->set_index(i);
-          if (report.ok()) {
-            Accumulate(*report, aggregate);
-            FillFactReport(m, *report, event.mutable_item()->mutable_report());
-          } else {
-            ++failed;
-            const grpc::Status mapped = ToGrpcStatus(report.status());
-            event.mutable_item()->mutable_error()->set_code(mapped.error_code());
-            event.mutable_item()->mutable_error()->set_message(
-                absl::StrCat("items[", i, "].", mapped.error_message()));
-          }
-          if (!writer->Write(event)) return absl::CancelledError("the client went away");
+            FACTLENS_ASSIGN_OR_RETURN(
+                ResolvedTarget target,
+                TargetId(m, item.target(), item.prompt(), options_.max_prompt_tokens));
+            return TextFact{std::move(ids), std::move(target)};
+          }());
         }
+        FACTLENS_ASSIGN_OR_RETURN(
+            const BatchAggregate aggregate,
+            factlens::LocateFacts(
+                *m.model, *m.tokenizer, facts, options,
+                [&](size_t i, const absl::StatusOr<FactReport>& report) {
+                  v1::LocateFactsEvent event;
+                  FillItemResult(m, static_cast<int>(i), report, event.mutable_item());
+                  return !context->IsCancelled() && writer->Write(event);
+                },
+                [&](const std::string&, double) { return !context->IsCancelled(); }));
+        const int failed = request->items_size() - static_cast<int>(aggregate.facts);
         v1::LocateFactsEvent event;
         v1::BatchAggregate* out = event.mutable_aggregate();
         for (int64_t v : aggregate.ffn_neurons_per_layer) out->add_ffn_neurons_per_layer(v);

@@ -113,24 +113,6 @@ TEST_F(LocateTest, ProgressCallbackCanStopTheWork) {
   EXPECT_EQ(calls, 3);  // forward, layers and heads, FFN neurons
 }
 
-TEST_F(LocateTest, BatchAggregatesCountsPerLayer) {
-  const std::vector<FactQuery> queries = {{kFrance, kParis}, {kFrance, kParis}, {{464}, 99999999}};
-  LocateOptions options;
-  options.top_ffn_neurons = 7;
-  options.top_attention_neurons = 5;
-  std::vector<bool> ok;
-  const BatchAggregate aggregate =
-      LocateFacts(*model_, queries, options,
-                  [&](size_t, const absl::StatusOr<FactReport>& r) { ok.push_back(r.ok()); });
-  EXPECT_EQ(ok, (std::vector<bool>{true, true, false}));
-  EXPECT_EQ(aggregate.facts, 2);
-  int64_t ffn_total = 0, attention_total = 0;
-  for (int64_t c : aggregate.ffn_neurons_per_layer) ffn_total += c;
-  for (int64_t c : aggregate.attention_neurons_per_layer) attention_total += c;
-  EXPECT_EQ(ffn_total, 14);
-  EXPECT_EQ(attention_total, 10);
-}
-
 TEST_F(LocateTest, BadOptionsAndTargetsAreInvalidArgument) {
   LocateOptions options;
   options.top_ffn_neurons = -1;

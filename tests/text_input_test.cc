@@ -122,6 +122,46 @@ TEST(LlamaTargetTest, UnspacedTargetSplitInTwoIsRefusedNamingTheSpacedToken) {
               HasSubstr("did you mean \" Paris\" (5465), with a leading space?"));
 }
 
+TEST(BatchTest, ReportsEveryFactInOrderAndAggregatesTheSuccessfulOnes) {
+  const Loaded m = Load("models/gpt2-facts-tiny");
+  ASSERT_NE(m.model, nullptr);
+  absl::StatusOr<std::vector<int64_t>> ids = EncodePrompt(*m.tokenizer, kPrompt);
+  absl::StatusOr<ResolvedTarget> paris = ResolveTarget(*m.tokenizer, kPrompt, " Paris", false);
+  absl::StatusOr<ResolvedTarget> bare = ResolveTarget(*m.tokenizer, kPrompt, "Paris", false);
+  ASSERT_TRUE(ids.ok() && paris.ok() && bare.ok());
+  const std::vector<absl::StatusOr<TextFact>> facts = {
+      TextFact{*ids, *paris}, absl::InvalidArgumentError("target: unreadable"),
+      TextFact{*ids, *bare}, TextFact{{464}, ResolvedTarget{99999999}}};
+  LocateOptions options;
+  options.top_ffn_neurons = 7;
+  options.top_attention_neurons = 5;
+  std::vector<std::string> seen;
+  absl::StatusOr<BatchAggregate> aggregate = LocateFacts(
+      *m.model, *m.tokenizer, facts, options, [&](size_t i, const absl::StatusOr<FactReport>& r) {
+        seen.push_back(absl::StrCat(i, r.ok() ? ":ok" : ":error",
+                                    r.ok() ? absl::StrCat("/", r->warnings.size()) : ""));
+        return true;
+      });
+  ASSERT_TRUE(aggregate.ok()) << aggregate.status();
+  EXPECT_EQ(seen, (std::vector<std::string>{"0:ok/0", "1:error", "2:ok/1", "3:error"}));
+  EXPECT_EQ(aggregate->facts, 2);
+  int64_t ffn_total = 0, attention_total = 0;
+  for (int64_t c : aggregate->ffn_neurons_per_layer) ffn_total += c;
+  for (int64_t c : aggregate->attention_neurons_per_layer) attention_total += c;
+  EXPECT_EQ(ffn_total, 14);
+  EXPECT_EQ(attention_total, 10);
+
+  // on_report returning false stops the batch.
+  seen.clear();
+  absl::StatusOr<BatchAggregate> stopped = LocateFacts(
+      *m.model, *m.tokenizer, facts, options, [&](size_t i, const absl::StatusOr<FactReport>&) {
+        seen.push_back(absl::StrCat(i));
+        return false;
+      });
+  EXPECT_EQ(stopped.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(seen, (std::vector<std::string>{"0"}));
+}
+
 TEST(WordLevelTargetTest, SpacingDoesNotApplyToWholeWords) {
   const Loaded m = Load("tests/data/fairseq-reference/baevski-tiny");
   ASSERT_NE(m.tokenizer, nullptr);
