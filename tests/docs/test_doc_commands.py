@@ -53,6 +53,7 @@ DOCS = [
     "docs/method-reference.md",
     "docs/metrics.md",
     "docs/python-client.md",
+    "docs/reliability.md",
     "docs/tokenizer.md",
     "client/python/README.md",
     "client/cpp/README.md",
@@ -120,6 +121,14 @@ EXCLUDED = {
     ("docs/metrics.md", "ctest --test-dir build -L server --output-on-failure"): (
         "runs a test suite", "scripts/test.sh (every label)"),
     ("docs/python-client.md", "ctest -L client"): ("runs a test suite", "scripts/test.sh (every label)"),
+    ("docs/reliability.md", "ctest --test-dir build -L reliability --output-on-failure"): (
+        "runs a test suite", "scripts/test.sh (every label)"),
+    ("docs/reliability.md", "python3 tools/loadgen.py --server build/server/factlens_server --clients 1,8,32,64 "
+                            "--seconds 150"): (
+        "10 minutes of load", "reliability_load runs the same generator for 10 s"),
+    ("docs/reliability.md", "python3 tools/loadgen.py --server build/server/factlens_server --rss --clients 8 "
+                            "--seconds 300"): (
+        "5 minutes of load", "reliability_load runs the same generator for 10 s"),
     ("docs/python-client.md", "python3 client/python/tests/test_client.py build/server/factlens_server build/python"): (
         "a test of its own, with its own servers", "python_client_api runs exactly it"),
     ("client/cpp/README.md", "ctest --test-dir build -L client"): ("runs a test suite", "scripts/test.sh"),
