@@ -14,7 +14,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <string>
 
@@ -25,6 +24,7 @@
 #include "analysis/tokenizer/tokenizer.h"
 #include "analysis/weights.h"
 #include "nlohmann/json.hpp"
+#include "tests/file_util.h"
 #include "tests/support/random_gpt2.h"
 
 namespace factlens {
@@ -145,8 +145,10 @@ int main(int argc, char** argv) {
   std::printf("%s, %d threads, top-k = %lld\n", factlens::CpuMathLibraries().c_str(),
               at::get_num_threads(), static_cast<long long>(k));
   if (medium) {
-    const std::string dir =
-        (std::filesystem::temp_directory_path() / "factlens-gpt2-medium-random").string();
+    // A fresh directory under $TMPDIR, removed on every return (std::filesystem::remove_all would
+    // bind to libtorch's copy and crash: tests/file_util.h).
+    const factlens::testing::ScopedTempDir tmp;
+    const std::string dir = tmp.path() + "/gpt2-medium-random";
     if (const absl::Status s = factlens::testing::WriteRandomGpt2(dir, {}, 0); !s.ok()) {
       std::fprintf(stderr, "%s\n", std::string(s.message()).c_str());
       return 1;
@@ -162,7 +164,6 @@ int main(int argc, char** argv) {
     factlens::Comparisons c;
     factlens::RunOne(**model, prompt, -1, k, c);
     factlens::PrintAll("gpt2-medium shape (random)", c);
-    std::filesystem::remove_all(dir);
   }
   for (const char* name : {"gpt2-facts-tiny", "llama-facts-tiny"}) {
     const std::string dir = std::string(FACTLENS_SOURCE_DIR) + "/models/" + name;

@@ -7,7 +7,13 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 "$root/scripts/build.sh"
 cd "${FACTLENS_BUILD_DIR:-$root/build}"
 status=0
-ctest --output-on-failure -j"$(nproc)" --timeout 900 || status=$?
+# Every test runs with TMPDIR set to a fresh directory of this run (its own, so that concurrent runs
+# do not see each other's files); after the last test it must be empty: the check names what a
+# test left behind and fails the run. The directory is removed however the run ends.
+test_tmp=$(mktemp -d "${TMPDIR:-/tmp}/factlens-tests.XXXXXX")
+trap 'rm -rf "$test_tmp"' EXIT
+TMPDIR="$test_tmp" ctest --output-on-failure -j"$(nproc)" --timeout 900 || status=$?
+"$root/tests/check_temp_dir_empty.sh" "$test_tmp" || status=1
 if ! nvidia-smi -L >/dev/null 2>&1; then
   gpu_tests=$(ctest -N -L gpu | grep -c "Test *#" || true)
   echo "test: the $gpu_tests tests of the gpu label were skipped, not run: no GPU is visible here" \

@@ -43,7 +43,8 @@ TEST(ResolveModelDirectoryTest, ExistingDirectoryIsUsedAsIs) {
 }
 
 TEST(ResolveModelDirectoryTest, RepoIdResolvesThroughRefsInHfHome) {
-  const fs::path home = testing::MakeTempDir();
+  const testing::ScopedTempDir tmp;
+  const fs::path home = tmp.path();
   const fs::path repo = home / "hub" / "models--acme--tiny-gpt2";
   WriteFile(repo / "refs" / "main", "0123abcd\n");
   WriteFile(repo / "refs" / "v2", "ffff0000");
@@ -64,7 +65,8 @@ TEST(ResolveModelDirectoryTest, RepoIdResolvesThroughRefsInHfHome) {
 }
 
 TEST(ResolveModelDirectoryTest, HubCacheVariableWinsAndSingleSnapshotNeedsNoRef) {
-  const fs::path cache = testing::MakeTempDir();
+  const testing::ScopedTempDir tmp;
+  const fs::path cache = tmp.path();
   const fs::path snapshot = cache / "models--gpt2" / "snapshots" / "abc";
   fs::create_directories(snapshot);
   ScopedEnv hub_cache("HF_HUB_CACHE", cache.string());
@@ -74,7 +76,8 @@ TEST(ResolveModelDirectoryTest, HubCacheVariableWinsAndSingleSnapshotNeedsNoRef)
 }
 
 TEST(ResolveModelDirectoryTest, UnknownModelsAreNotFoundWithWhereItLooked) {
-  ScopedEnv hub_cache("HF_HUB_CACHE", testing::MakeTempDir());
+  const testing::ScopedTempDir cache;
+  ScopedEnv hub_cache("HF_HUB_CACHE", cache.path());
   const absl::Status missing = ResolveModelDirectory("acme/missing").status();
   EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(std::string(missing.message()), HasSubstr("models--acme--missing"));
@@ -96,13 +99,15 @@ TEST(CheckpointTest, OpensSingleFileCheckpointAndFindsTensors) {
 }
 
 TEST(CheckpointTest, DirectoryWithoutSafetensorsIsNotFound) {
-  const absl::Status status = Checkpoint::Open(testing::MakeTempDir()).status();
+  const testing::ScopedTempDir empty;
+  const absl::Status status = Checkpoint::Open(empty.path()).status();
   EXPECT_EQ(status.code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(std::string(status.message()), HasSubstr("model.safetensors"));
 }
 
 TEST(CheckpointTest, IndexNamingAMissingShardOrTensorIsAnError) {
-  const fs::path dir = testing::MakeTempDir();
+  const testing::ScopedTempDir tmp;
+  const fs::path dir = tmp.path();
   WriteFile(dir / "model.safetensors.index.json",
             R"({"weight_map":{"a":"model-00001-of-00001.safetensors"}})");
   EXPECT_EQ(Checkpoint::Open(dir.string()).status().code(), absl::StatusCode::kNotFound);

@@ -90,7 +90,8 @@ void ExpectReferenceLogits(const std::string& reference, const std::string& mode
 }
 
 TEST(ModelLoadingTest, Gpt2WithoutTransformerPrefixAndWithMaskBuffers) {
-  const fs::path dir = fs::path(testing::MakeTempDir()) / "gpt2-unprefixed";
+  const testing::ScopedTempDir tmp;
+  const fs::path dir = fs::path(tmp.path()) / "gpt2-unprefixed";
   WriteVariant("gpt2-tiny", dir, [](TensorMap& tensors) {
     TensorMap renamed;
     for (auto& [name, tensor] : tensors)
@@ -104,7 +105,8 @@ TEST(ModelLoadingTest, Gpt2WithoutTransformerPrefixAndWithMaskBuffers) {
 }
 
 TEST(ModelLoadingTest, ShardedCheckpointWithIndex) {
-  const fs::path dir = fs::path(testing::MakeTempDir()) / "llama-sharded";
+  const testing::ScopedTempDir tmp;
+  const fs::path dir = fs::path(tmp.path()) / "llama-sharded";
   WriteVariant(
       "llama-tiny", dir, [](TensorMap&) {}, /*shards=*/3);
   ASSERT_TRUE(fs::exists(dir / "model-00003-of-00003.safetensors"));
@@ -113,7 +115,8 @@ TEST(ModelLoadingTest, ShardedCheckpointWithIndex) {
 }
 
 TEST(ModelLoadingTest, RepoIdInHuggingFaceCache) {
-  const fs::path cache = testing::MakeTempDir();
+  const testing::ScopedTempDir tmp;
+  const fs::path cache = tmp.path();
   const fs::path repo = cache / "models--factlens--gpt2-tiny";
   WriteVariant("gpt2-tiny", repo / "snapshots" / "c0ffee", [](TensorMap&) {});
   fs::create_directories(repo / "refs");
@@ -124,7 +127,8 @@ TEST(ModelLoadingTest, RepoIdInHuggingFaceCache) {
 }
 
 TEST(ModelLoadingTest, Float16CheckpointIsUpcastToFloat32OnCpu) {
-  const fs::path dir = fs::path(testing::MakeTempDir()) / "gpt2-fp16";
+  const testing::ScopedTempDir tmp;
+  const fs::path dir = fs::path(tmp.path()) / "gpt2-fp16";
   WriteVariant("gpt2-tiny", dir, [](TensorMap& tensors) {
     for (auto& [name, tensor] : tensors) tensor = tensor.to(at::kHalf);
   });
@@ -158,7 +162,8 @@ void ExpectLoadError(const fs::path& dir, absl::StatusCode code, const std::stri
 }
 
 TEST(ModelLoadingTest, BrokenCheckpointsAreClearErrors) {
-  const fs::path root = testing::MakeTempDir();
+  const testing::ScopedTempDir tmp;
+  const fs::path root = tmp.path();
   WriteVariant("gpt2-tiny", root / "missing",
                [](TensorMap& t) { t.erase("transformer.h.1.ln_2.bias"); });
   ExpectLoadError(root / "missing", absl::StatusCode::kDataLoss, "transformer.h.1.ln_2.bias");

@@ -9,7 +9,6 @@ import json
 import math
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,9 @@ import tempfile
 import time
 
 SERVER, CLIENT = sys.argv[1], sys.argv[2]
+# The server harness shared with the project's other Python-driven tests.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "python"))
+from server_process import ServerProcess  # noqa: E402
 TOKEN = "cpp-client-token"
 PROMPT = "The capital of France is"
 # Independent facts about the demo model gpt2-facts-tiny: GPT-2's token " Paris" is id 6342.
@@ -31,40 +33,6 @@ def check(condition, what, detail=""):
     if not condition:
         failures.append(what + ("\n" + detail if detail else ""))
     return condition
-
-
-class Server:
-    """A factlens_server child process on free loopback ports, requiring TOKEN."""
-
-    def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="factlens-cpp-client-")
-        token_file = os.path.join(self.dir, "tokens")
-        with open(token_file, "w") as f:
-            f.write(TOKEN + "\n")
-        port_file = os.path.join(self.dir, "ports")
-        self.log = open(os.path.join(self.dir, "server.log"), "w+")
-        self.proc = subprocess.Popen([SERVER, "--listen", "127.0.0.1:0", "--http_listen", "127.0.0.1:0",
-                                      "--port_file", port_file, "--threads", "1",
-                                      "--auth_token_file", token_file],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 60
-        while not (os.path.exists(port_file) and os.path.getsize(port_file) > 0):
-            if self.proc.poll() is not None or time.time() > deadline:
-                self.proc.kill()
-                raise RuntimeError("server did not start:\n" + self.logs())
-            time.sleep(0.05)
-        with open(port_file) as f:
-            self.address = "127.0.0.1:" + f.read().split()[0]
-
-    def logs(self):
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
-
-    def stop(self):
-        """SIGTERM, then the exit status."""
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
 
 
 def client(address, *args, token=TOKEN):
@@ -207,14 +175,19 @@ def test_errors(address):
 
 
 def main():
-    """Runs every check against one server; returns the exit status."""
-    server = Server()
-    try:
-        test_locate(server.address)
-        test_rank(server.address)
-        test_errors(server.address)
-    finally:
-        status = server.stop()
+    """Runs every check against one server; returns the exit status. The token file's directory and
+    the server's own (tests/python/server_process.py) are removed however the run ends."""
+    with tempfile.TemporaryDirectory(prefix="factlens-cpp-client-") as scratch:
+        token_file = os.path.join(scratch, "tokens")
+        with open(token_file, "w") as f:
+            f.write(TOKEN + "\n")
+        server = ServerProcess(SERVER, "--auth_token_file", token_file)
+        try:
+            test_locate(server.address)
+            test_rank(server.address)
+            test_errors(server.address)
+        finally:
+            status = server.stop()
     check(status == 0, "server: exits 0 on SIGTERM", server.logs()[-2000:])
     if failures:
         print(f"\n{len(failures)} check(s) failed:\n" + "\n\n".join(failures))

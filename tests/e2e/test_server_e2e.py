@@ -60,8 +60,8 @@ def openssl_certificate(directory, name, common_name, san=None, ca=None):
     return key, cert
 
 
-def write_token_file():
-    path = os.path.join(tempfile.mkdtemp(), "tokens")
+def write_token_file(directory):
+    path = os.path.join(directory, "tokens")
     with open(path, "w") as f:
         f.write("# accepted tokens\n" + TOKEN + "\n")
     return path
@@ -70,7 +70,8 @@ def write_token_file():
 class ServerTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.server = Server("--auth_token_file", write_token_file(), "--max_concurrent", "1", "--max_queued", "1",
+        tokens = cls.enterClassContext(tempfile.TemporaryDirectory(prefix="factlens-e2e-"))
+        cls.server = Server("--auth_token_file", write_token_file(tokens), "--max_concurrent", "1", "--max_queued", "1",
                             "--max_top_k", "200", "--max_prompt_tokens", "32", "--max_batch_items", "4")
         cls.client = Client(cls.server.address, token=TOKEN)
 
@@ -90,7 +91,7 @@ class ServerTest(unittest.TestCase):
     def test_prometheus_scrapes_the_server(self):
         """A real Prometheus (Debian's) scrapes this server's /metrics: target up, no scrape error,
         and the request counter moves with the requests made between two scrapes."""
-        d = tempfile.mkdtemp()
+        d = self.enterContext(tempfile.TemporaryDirectory(prefix="factlens-e2e-"))
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             prom_port = s.getsockname()[1]
@@ -182,7 +183,6 @@ class ServerTest(unittest.TestCase):
         for rc in ranked.components:
             self.assertAlmostEqual(rc.score, ffn[rc.component.layer], places=9)
 
-    def test_rank_every_level(self):
     def test_decompose_and_locate_fact_give_the_logit_lens_after_every_sublayer(self):
         (pos,) = self.client.decompose(PROMPT, target=" Paris", cumulative=True).positions
         after = [(pb.Component.Kind.Name(s.after.kind), s.after.layer) for s in pos.cumulative]
@@ -194,6 +194,7 @@ class ServerTest(unittest.TestCase):
         self.assertAlmostEqual(report.cumulative[-1].target.log_prob, report.outcome.log_prob, places=12)
         self.assertEqual(len(self.client.decompose(PROMPT, target=" Paris").positions[0].cumulative), 0)
 
+    def test_rank_every_level(self):
         for level in ["ATTENTION_LAYER", "FFN_LAYER", "HEAD", "HEAD_POSITION", "FFN_NEURON", "ATTENTION_NEURON"]:
             r = self.client.rank(PROMPT, " Paris", pb.RankRequest.Level.Value(level), top_k=3)
             self.assertEqual(len(r.components), 3, level)
@@ -555,7 +556,7 @@ class LifecycleTest(unittest.TestCase):
             self.assertEqual(server.stop(), 0)
 
     def test_tls(self):
-        d = tempfile.mkdtemp()
+        d = self.enterContext(tempfile.TemporaryDirectory(prefix="factlens-e2e-"))
         key, cert = openssl_certificate(d, "server", "localhost", san="DNS:localhost,IP:127.0.0.1")
         server = Server("--tls_cert", cert, "--tls_key", key)
         try:
@@ -568,7 +569,7 @@ class LifecycleTest(unittest.TestCase):
             self.assertEqual(server.stop(), 0)
 
     def test_mtls_requires_a_client_certificate_from_the_ca(self):
-        d = tempfile.mkdtemp()
+        d = self.enterContext(tempfile.TemporaryDirectory(prefix="factlens-e2e-"))
         key, cert = openssl_certificate(d, "server", "localhost", san="DNS:localhost,IP:127.0.0.1")
         ca_key, ca = openssl_certificate(d, "ca", "factlens test CA")
         client_key, client_cert = openssl_certificate(d, "client", "notebook", ca=(ca_key, ca))

@@ -17,10 +17,11 @@ import weakref
 DEFAULT_FLAGS = ("--listen", "127.0.0.1:0", "--http_listen", "127.0.0.1:0", "--threads", "1")
 
 
-def _kill_and_remove(proc, directory):
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+def _kill_and_remove(procs, directory):
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -33,15 +34,22 @@ class ServerProcess:
     def __init__(self, binary, *flags, default_flags=True):
         self.dir = tempfile.mkdtemp(prefix="factlens-server-")
         self._log = None
+        # Registered before anything can fail: a server its test never stopped (an exception between
+        # start and stop) is killed, and the directory removed, when the object goes away or the
+        # interpreter exits; a server that could not be started (Popen raised) leaves nothing either.
+        procs = []
+        self._cleanup = weakref.finalize(self, _kill_and_remove, procs, self.dir)
         port_file = os.path.join(self.dir, "ports")
         self.log_path = os.path.join(self.dir, "server.log")
-        with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen(
-                [binary, *(DEFAULT_FLAGS if default_flags else ()), *flags, "--port_file", port_file],
-                stdout=log, stderr=subprocess.STDOUT)
-        # A server its test never stopped (an exception between start and stop) is killed and its
-        # directory removed when the object goes away or the interpreter exits.
-        self._cleanup = weakref.finalize(self, _kill_and_remove, self.proc, self.dir)
+        try:
+            with open(self.log_path, "w") as log:
+                self.proc = subprocess.Popen(
+                    [binary, *(DEFAULT_FLAGS if default_flags else ()), *flags, "--port_file", port_file],
+                    stdout=log, stderr=subprocess.STDOUT)
+        except BaseException:
+            self._cleanup()
+            raise
+        procs.append(self.proc)
         deadline = time.time() + 60
         while not (os.path.exists(port_file) and os.path.getsize(port_file) > 0):
             if self.proc.poll() is not None or time.time() > deadline:

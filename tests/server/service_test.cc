@@ -37,11 +37,12 @@ constexpr double kFloat32Unit = 0x1p-24;  // float32 unit roundoff
 // The fake backend: one random model shared by every registry of the test run.
 std::shared_ptr<const Model> FakeModel() {
   static const std::shared_ptr<const Model> model = [] {
-    const std::string dir = testing::MakeTempDir();
+    // Removed once loaded (the model holds its weights; a mapping outlives the unlinked file).
+    const testing::ScopedTempDir dir;
     const absl::Status written = testing::WriteRandomGpt2(
-        dir, {50257, kDModel, kLayers, kHeads, kFfn, kPositions}, /*seed=*/7);
+        dir.path(), {50257, kDModel, kLayers, kHeads, kFfn, kPositions}, /*seed=*/7);
     if (!written.ok()) ADD_FAILURE() << written;
-    absl::StatusOr<std::shared_ptr<const Model>> loaded = Model::Load(dir);
+    absl::StatusOr<std::shared_ptr<const Model>> loaded = Model::Load(dir.path());
     if (!loaded.ok()) ADD_FAILURE() << loaded.status();
     return loaded.ok() ? *loaded : nullptr;
   }();

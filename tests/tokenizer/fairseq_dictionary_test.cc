@@ -69,29 +69,7 @@ std::string LoadError(const std::string& dict) {
   return std::string(t.status().message());
 }
 
-void WriteAll(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out << bytes;
-}
-
-// A temporary directory removed at scope exit.
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/factlens_fairseq_XXXXXX";
-    const char* d = mkdtemp(tmpl);
-    if (d == nullptr) std::abort();
-    path_ = d;
-  }
-  ~TempDir() {
-    const std::string cmd = "rm -rf '" + path_ + "'";
-    if (std::system(cmd.c_str()) != 0) std::fprintf(stderr, "cannot remove %s\n", path_.c_str());
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using testing::WriteAll;  // tests/file_util.h, like testing::ScopedTempDir
 
 // ---------------------------------------------------------------- the fixture dictionary
 
@@ -468,7 +446,7 @@ TEST(FairseqParse, SizeLimit) {
 // ---------------------------------------------------------------- files and directories
 
 TEST(FairseqFiles, FileErrorsNameThePath) {
-  TempDir dir;
+  testing::ScopedTempDir dir;
   EXPECT_EQ(Tokenizer::FromFairseqDictFile(dir.path() + "/missing.txt").status().code(),
             absl::StatusCode::kNotFound);
   EXPECT_EQ(Tokenizer::FromFairseqDictFile(dir.path()).status().code(),
@@ -486,7 +464,7 @@ TEST(FairseqFiles, FileErrorsNameThePath) {
 }
 
 TEST(FairseqFiles, ModelDirectoryPrefersTokenizerJson) {
-  TempDir dir;
+  testing::ScopedTempDir dir;
   auto missing = Tokenizer::FromModelDirectory(dir.path());
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(std::string(missing.status().message()), HasSubstr("dict.txt"));

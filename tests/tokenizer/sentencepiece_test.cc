@@ -38,29 +38,7 @@ using Json = nlohmann::json;
 
 // ---------------------------------------------------------------- helpers
 
-void WriteAll(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out << bytes;
-}
-
-// A temporary directory removed at scope exit.
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/factlens_sp_XXXXXX";
-    const char* d = mkdtemp(tmpl);
-    if (d == nullptr) std::abort();
-    path_ = d;
-  }
-  ~TempDir() {
-    const std::string cmd = "rm -rf '" + path_ + "'";
-    if (std::system(cmd.c_str()) != 0) std::fprintf(stderr, "cannot remove %s\n", path_.c_str());
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using testing::WriteAll;  // tests/file_util.h, like testing::ScopedTempDir
 
 // A protobuf wire-format writer (independent of the reader under test).
 class Proto {
@@ -452,7 +430,7 @@ TEST(SentencePieceReader, HostileSizesAreBounded) {
 }
 
 TEST(SentencePieceReader, Files) {
-  TempDir dir;
+  testing::ScopedTempDir dir;
   const std::string path = dir.path() + "/tokenizer.model";
   WriteAll(path, "not a protobuf");
   auto bad = Tokenizer::FromSentencePieceFile(path);
@@ -541,7 +519,7 @@ TEST(SentencePieceConversion, DocumentShapeAndOptions) {
 // Directory with a tokenizer.model and a tokenizer_config.json.
 std::unique_ptr<Tokenizer> LoadDirWithConfig(const std::string& model_bytes,
                                              const std::string& config) {
-  TempDir dir;
+  testing::ScopedTempDir dir;
   WriteAll(dir.path() + "/tokenizer.model", model_bytes);
   if (!config.empty()) WriteAll(dir.path() + "/tokenizer_config.json", config);
   auto t = Tokenizer::FromModelDirectory(dir.path());
@@ -753,7 +731,8 @@ std::vector<std::string> ComparisonTexts() {
 }
 
 struct TrainedModel {
-  std::string dir;
+  // Removed with the model (TearDownTestSuite), or at once if training or loading fails.
+  testing::ScopedTempDir dir;
   std::unique_ptr<testing::SpReference> reference;
   std::unique_ptr<Tokenizer> ours;
 };
@@ -761,11 +740,7 @@ struct TrainedModel {
 class AgainstLibSentencePiece : public ::testing::Test {
  protected:
   static void TearDownTestSuite() {
-    for (auto& [name, m] : *models_) {
-      const std::string cmd = "rm -rf '" + m.dir + "'";
-      if (std::system(cmd.c_str()) != 0) std::fprintf(stderr, "cannot remove %s\n", m.dir.c_str());
-    }
-    delete models_;
+    delete models_;  // and with the models their directories
     models_ = nullptr;
   }
 
@@ -775,29 +750,25 @@ class AgainstLibSentencePiece : public ::testing::Test {
     auto it = models_->find(flags + config);
     if (it != models_->end()) return &it->second;
     TrainedModel m;
-    char tmpl[] = "/tmp/factlens_sp_train_XXXXXX";
-    if (mkdtemp(tmpl) == nullptr) return nullptr;
-    m.dir = tmpl;
+    const std::string& dir = m.dir.path();
     std::string error;
-    if (!testing::TrainSentencePiece(m.dir, TrainingCorpus(), flags, &error)) {
+    if (!testing::TrainSentencePiece(dir, TrainingCorpus(), flags, &error)) {
       ADD_FAILURE() << error;
       return nullptr;
     }
-    m.reference = testing::SpReference::Load(m.dir + "/tokenizer.model", &error);
+    m.reference = testing::SpReference::Load(dir + "/tokenizer.model", &error);
     if (m.reference == nullptr) {
       ADD_FAILURE() << error;
       return nullptr;
     }
-    if (!config.empty()) WriteAll(m.dir + "/tokenizer_config.json", config);
-    auto t = Tokenizer::FromModelDirectory(m.dir);
+    if (!config.empty()) WriteAll(dir + "/tokenizer_config.json", config);
+    auto t = Tokenizer::FromModelDirectory(dir);
     if (!t.ok()) {
       ADD_FAILURE() << t.status();
       return nullptr;
     }
     m.ours = std::move(*t);
-    TrainedModel& slot = (*models_)[flags + config];
-    slot = std::move(m);
-    return &slot;
+    return &models_->emplace(flags + config, std::move(m)).first->second;
   }
 
   // Ids equal libsentencepiece's on every comparison text, and (unless `ids_only`, for models
@@ -944,7 +915,7 @@ TEST_F(AgainstLibSentencePiece, UserDefinedAndControlSymbols) {
 TEST(SentencePieceTrainerDefaults, NmtNfkcModelIsUnimplemented) {
   // The trainer's defaults (nmt_nfkc normalization, remove_extra_whitespaces), which HF's
   // LlamaConverter cannot reproduce: refused clearly instead of tokenizing differently.
-  TempDir dir;
+  testing::ScopedTempDir dir;
   std::string error;
   ASSERT_TRUE(testing::TrainTinySentencePiece(dir.path(), &error)) << error;
   auto t = Tokenizer::FromModelDirectory(dir.path());

@@ -18,8 +18,8 @@ EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "paper_analy
 
 class ExampleTest(unittest.TestCase):
     def test_the_paper_analysis_runs_and_writes_its_figures_and_report(self):
+        out = self.enterContext(tempfile.TemporaryDirectory(prefix="factlens-example-"))  # removed however it ends
         server = Server(SERVER)
-        out = tempfile.mkdtemp(prefix="factlens-example-")
         try:
             run = subprocess.run([sys.executable, EXAMPLE, "--server", server.address, "--out", out, "--top", "5"],
                                  capture_output=True, text=True, timeout=240,

@@ -34,7 +34,7 @@ def run(*argv, check=True):
 class PipInstallTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.dir = tempfile.mkdtemp(prefix="factlens-pip-")
+        cls.dir = cls.enterClassContext(tempfile.TemporaryDirectory(prefix="factlens-pip-"))  # removed however it ends
         cls.checkout = os.path.join(cls.dir, "checkout")  # a checkout's layout: client/python next to proto/
         shutil.copytree(os.path.join(SOURCE, "client", "python"), os.path.join(cls.checkout, "client", "python"),
                         ignore=IGNORE)
@@ -93,7 +93,7 @@ class FloorsOfNewerStubsTest(unittest.TestCase):
             from setup import requirements
         finally:
             sys.path.pop(0)
-        out = tempfile.mkdtemp()
+        out = self.enterContext(tempfile.TemporaryDirectory(prefix="factlens-stubs-"))
         os.makedirs(os.path.join(out, "factlens", "v1"))
         for name, text in [("factlens_pb2.py", pb2), ("factlens_pb2_grpc.py", grpc_stub)]:
             with open(os.path.join(out, "factlens", "v1", name), "w") as f:
