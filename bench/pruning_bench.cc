@@ -124,7 +124,8 @@ int main(int argc, char** argv) {
           "  --k N          neurons ranked (default 300)\n"
           "  --tokens N     prompt length (default 16)\n"
           "  --facts N      facts of the dataset estimate (default 1000)\n"
-          "  --skip_medium  skip the GPT-2-medium shape (minutes on 2 cores)\n");
+          "  --skip_medium  skip the GPT-2-medium shape (minutes on 2 cores)\n"
+          "  --quick        a short smoke run: --k 20 --tokens 8 --facts 10 --skip_medium\n");
       return 0;
     }
     if (!std::strcmp(argv[i], "--k") && i + 1 < argc)
@@ -135,6 +136,8 @@ int main(int argc, char** argv) {
       facts = std::atoll(argv[++i]);
     else if (!std::strcmp(argv[i], "--skip_medium"))
       medium = false;
+    else if (!std::strcmp(argv[i], "--quick"))
+      k = 20, tokens = 8, facts = 10, medium = false;
     else {
       std::fprintf(stderr, "pruning_bench: unknown argument '%s' (see --help)\n", argv[i]);
       return 2;
