@@ -38,4 +38,9 @@ std::string DefaultModelDirectoryOrEmpty() {
   return directory.ok() ? *directory : std::string();
 }
 
+absl::StatusOr<std::string> ModelOrDefault(const std::string& model) {
+  if (!model.empty()) return model;
+  return DefaultModelDirectory();
+}
+
 }  // namespace factlens

@@ -26,6 +26,9 @@ absl::StatusOr<std::string> DefaultModelDirectory();
 // DefaultModelDirectory(), or "" where there is none (for a flag's default value).
 std::string DefaultModelDirectoryOrEmpty();
 
+// `model` (a --model value) when it is not empty, else DefaultModelDirectory() with its error.
+absl::StatusOr<std::string> ModelOrDefault(const std::string& model);
+
 }  // namespace factlens
 
 #endif  // FACTLENS_SERVER_DEFAULT_MODEL_H_

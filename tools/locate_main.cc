@@ -46,11 +46,10 @@ int Fail(const absl::Status& status) {
 int main(int argc, char** argv) {
   factlens::ParseFlags(argc, argv, "Prints the fact-localization report for a prompt and a target.",
                        "/tools/locate_main.");
-  if (absl::GetFlag(FLAGS_model).empty()) {  // no demo model beside the binary, and no --model
-    absl::StatusOr<std::string> demo = factlens::DefaultModelDirectory();
-    if (!demo.ok()) return Fail(demo.status());
-    absl::SetFlag(&FLAGS_model, *demo);
-  }
+  // --model, or else the demo model beside the binary.
+  const absl::StatusOr<std::string> model_directory =
+      factlens::ModelOrDefault(absl::GetFlag(FLAGS_model));
+  if (!model_directory.ok()) return Fail(model_directory.status());
   factlens::ConfigureCpuThreads(absl::GetFlag(FLAGS_threads));
   factlens::LoadOptions load;
   load.device = absl::GetFlag(FLAGS_device);
@@ -60,7 +59,7 @@ int main(int argc, char** argv) {
     load.dtype = *dtype;
   }
   absl::StatusOr<std::shared_ptr<const factlens::Model>> model =
-      factlens::Model::Load(absl::GetFlag(FLAGS_model), load);
+      factlens::Model::Load(*model_directory, load);
   if (!model.ok()) return Fail(model.status());
   absl::StatusOr<std::unique_ptr<factlens::Tokenizer>> tokenizer =
       factlens::Tokenizer::FromModelDirectory((*model)->directory());

@@ -42,11 +42,10 @@ int Fail(const absl::Status& status) {
 int main(int argc, char** argv) {
   factlens::ParseFlags(argc, argv, "Prints the top next tokens a model predicts after a prompt.",
                        "/tools/predict_main.");
-  if (absl::GetFlag(FLAGS_model).empty()) {  // no demo model beside the binary, and no --model
-    absl::StatusOr<std::string> demo = factlens::DefaultModelDirectory();
-    if (!demo.ok()) return Fail(demo.status());
-    absl::SetFlag(&FLAGS_model, *demo);
-  }
+  // --model, or else the demo model beside the binary.
+  const absl::StatusOr<std::string> model_directory =
+      factlens::ModelOrDefault(absl::GetFlag(FLAGS_model));
+  if (!model_directory.ok()) return Fail(model_directory.status());
   factlens::ConfigureCpuThreads(absl::GetFlag(FLAGS_threads));
   const int top_k = absl::GetFlag(FLAGS_top_k);
   if (top_k < 1 || top_k > 1000) {
@@ -57,7 +56,7 @@ int main(int argc, char** argv) {
   factlens::LoadOptions options;
   options.device = absl::GetFlag(FLAGS_device);
   absl::StatusOr<std::shared_ptr<const factlens::Model>> model =
-      factlens::Model::Load(absl::GetFlag(FLAGS_model), options);
+      factlens::Model::Load(*model_directory, options);
   if (!model.ok()) return Fail(model.status());
   absl::StatusOr<std::unique_ptr<factlens::Tokenizer>> tokenizer =
       factlens::Tokenizer::FromModelDirectory((*model)->directory());
