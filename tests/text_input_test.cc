@@ -6,11 +6,14 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <memory>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "analysis/tokenizer/tokenizer.h"
 #include "analysis/weights.h"
+#include "nlohmann/json.hpp"
 #include "tests/testing.h"
 
 namespace factlens {
@@ -91,6 +94,24 @@ TEST_P(SubwordTargetTest, MultiTokenTargetNamesItsTokensAndTheFirstTokenOption) 
   absl::StatusOr<ResolvedTarget> paris = ResolveTarget(*m.tokenizer, kPrompt, " Paris", false);
   ASSERT_TRUE(first.ok() && paris.ok());
   EXPECT_EQ(first->id, paris->id);
+}
+
+// facts.json's `target` is the text a user passes (leading space included): its first token is
+// the fact's target_id, and no fact needs the "did you mean" spacing hint.
+TEST_P(SubwordTargetTest, EveryFactsFileTargetResolvesToItsTargetId) {
+  const Loaded m = Load(GetParam());
+  ASSERT_NE(m.tokenizer, nullptr);
+  std::ifstream in(testing::SourcePath(absl::StrCat(GetParam(), "/facts.json")));
+  const nlohmann::json facts = nlohmann::json::parse(in)["facts"];
+  ASSERT_GE(facts.size(), 300u);
+  for (const nlohmann::json& fact : facts) {
+    const std::string prompt = fact["prompt"], target = fact["target"];
+    EXPECT_EQ(target, " " + fact["object"].get<std::string>()) << prompt;
+    absl::StatusOr<ResolvedTarget> resolved = ResolveTarget(*m.tokenizer, prompt, target, true);
+    ASSERT_TRUE(resolved.ok()) << prompt << ": " << resolved.status();
+    EXPECT_EQ(resolved->id, fact["target_id"].get<int64_t>()) << prompt << " " << target;
+    EXPECT_FALSE(resolved->spaced_id.has_value()) << prompt << " " << target;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(DemoModels, SubwordTargetTest,

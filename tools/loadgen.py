@@ -64,10 +64,10 @@ def _stubs():
 
 # --- requests and their expected answers ---------------------------------------------------------
 def demo_facts(count, model_dir=DEMO_MODEL):
-    """The first `count` facts of the demo model's facts.json, as (prompt, " object")."""
+    """The first `count` facts of the demo model's facts.json, as (prompt, target)."""
     with open(os.path.join(model_dir, "facts.json")) as f:
         facts = [x for x in json.load(f)["facts"] if x.get("argmax_ok", True)]
-    return [(x["prompt"], " " + x["object"]) for x in facts[:count]]
+    return [(x["prompt"], x["target"]) for x in facts[:count]]
 
 
 class Request:
