@@ -7,8 +7,6 @@
 namespace factlens {
 namespace {
 
-using json = nlohmann::json;
-
 // Query-layer slot names: 0 = embedding, 2m+1 = attention layer m, 2m+2 = FFN layer m.
 std::string SlotName(size_t slot) {
   if (slot == 0) return "emb";
@@ -22,34 +20,6 @@ std::string TokenList(const Tokenizer& tokenizer, const std::vector<TokenScore>&
     shown.push_back(absl::StrCat("\"", ShowToken(tokenizer, tokens[i].token_id), "\""));
   }
   return absl::StrJoin(shown, " ");
-}
-
-json TokensJson(const Tokenizer& tokenizer, const std::vector<TokenScore>& tokens) {
-  json out = json::array();
-  for (const TokenScore& t : tokens) {
-    out.push_back(
-        {{"id", t.token_id}, {"token", ShowToken(tokenizer, t.token_id)}, {"score", t.score}});
-  }
-  return out;
-}
-
-json NeuronJson(const Tokenizer& tokenizer, const NeuronReport& n,
-                const std::vector<int64_t>& ids) {
-  json out = {{"layer", n.layer},
-              {"neuron", n.neuron},
-              {"score", n.score},
-              {"coefficient", n.coefficient},
-              {"top_tokens", TokensJson(tokenizer, n.top_tokens)}};
-  if (n.head >= 0) {
-    out["head"] = n.head;
-    out["source_position"] = n.source_position;
-    out["source_token"] = ShowToken(tokenizer, ids[n.source_position]);
-  }
-  return out;
-}
-
-json OutcomeJson(const TargetOutcome& o) {
-  return {{"log_prob", o.log_prob}, {"prob", o.prob}, {"rank", o.rank}};
 }
 
 }  // namespace
@@ -140,73 +110,6 @@ std::string FormatFactReport(const FactReport& r, const Tokenizer& tokenizer) {
         r.ablation.before.log_prob, r.ablation.after.log_prob, r.ablation.before.rank,
         r.ablation.after.rank);
   }
-  return out;
-}
-
-json FactReportToJson(const FactReport& r, const ModelConfig& config, const Tokenizer& tokenizer) {
-  json out;
-  out["model_family"] = std::string(ModelFamilyName(config.family));
-  out["input_ids"] = r.input_ids;
-  json tokens = json::array();
-  for (int64_t id : r.input_ids) tokens.push_back(ShowToken(tokenizer, id));
-  out["input_tokens"] = tokens;
-  out["position"] = r.position;
-  out["warnings"] = r.warnings;
-  out["target"] = {{"id", r.target}, {"token", ShowToken(tokenizer, r.target)}};
-  out["metric"] = std::string(MetricName(r.metric));
-  out["outcome"] = OutcomeJson(r.outcome);
-  out["final_scale"] = r.final_scale;
-  out["predictions"] = TokensJson(tokenizer, r.predictions);
-  out["attention_layer_increase"] = r.attention_layer_increase;
-  out["ffn_layer_increase"] = r.ffn_layer_increase;
-  auto heads = [&](const std::vector<HeadScore>& list) {
-    json a = json::array();
-    for (const HeadScore& h : list) {
-      json item = {{"layer", h.layer}, {"head", h.head}, {"score", h.score}};
-      if (h.source_position >= 0) {
-        item["source_position"] = h.source_position;
-        item["source_token"] = ShowToken(tokenizer, r.input_ids[h.source_position]);
-      }
-      a.push_back(item);
-    }
-    return a;
-  };
-  out["top_heads"] = heads(r.top_heads);
-  out["top_head_positions"] = heads(r.top_head_positions);
-  auto neurons = [&](const std::vector<NeuronReport>& list) {
-    json a = json::array();
-    for (const NeuronReport& n : list) a.push_back(NeuronJson(tokenizer, n, r.input_ids));
-    return a;
-  };
-  auto stats = [](const NeuronRanking& s) {
-    return json{{"mode", std::string(RankModeName(s.mode))},
-                {"evaluated", s.evaluated},
-                {"total", s.total}};
-  };
-  out["ffn_neurons"] = neurons(r.ffn_neurons);
-  out["ffn_ranking"] = stats(r.ffn_ranking_stats);
-  out["attention_neurons"] = neurons(r.attention_neurons);
-  out["attention_ranking"] = stats(r.attention_ranking_stats);
-  json query_ffn = json::object();
-  for (const auto& [key, scores] : r.query_layers_ffn) query_ffn[key] = scores;
-  out["query_layers_ffn"] = query_ffn;
-  out["query_layers_attention"] = r.query_layers_attention;
-  out["query_ffn_neurons"] = neurons(r.query_ffn_neurons);
-  json lens = json::array();
-  for (size_t i = 0; i < r.cumulative.size(); ++i) {
-    const LensStep& step = r.cumulative[i];
-    json item = {{"after", SlotName(i)},
-                 {"top",
-                  {{"id", step.top.token_id},
-                   {"token", ShowToken(tokenizer, step.top.token_id)},
-                   {"prob", step.top.score}}}};
-    if (step.target) item["target"] = OutcomeJson(*step.target);
-    lens.push_back(item);
-  }
-  out["cumulative"] = lens;
-  out["ablation"] = {{"removed_ffn_neurons", r.ablation.removed},
-                     {"before", OutcomeJson(r.ablation.before)},
-                     {"after", OutcomeJson(r.ablation.after)}};
   return out;
 }
 

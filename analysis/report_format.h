@@ -1,4 +1,4 @@
-// Human-readable text and JSON renderings of a fact-localization report, with tokens decoded as a
+// Human-readable text rendering of a fact-localization report, with tokens decoded as a
 // person reads them.
 #ifndef FACTLENS_ANALYSIS_REPORT_FORMAT_H_
 #define FACTLENS_ANALYSIS_REPORT_FORMAT_H_
@@ -7,16 +7,11 @@
 
 #include "analysis/locate.h"
 #include "analysis/tokenizer/tokenizer.h"
-#include "nlohmann/json.hpp"
 
 namespace factlens {
 
 // A multi-section plain-text report (prediction, layers, heads, neurons, query layers, ablation).
 std::string FormatFactReport(const FactReport& report, const Tokenizer& tokenizer);
-
-// The same content as JSON (numbers unrounded; token ids with their display strings).
-nlohmann::json FactReportToJson(const FactReport& report, const ModelConfig& config,
-                                const Tokenizer& tokenizer);
 
 // A token as shown in reports: the tokenizer's display form, or "<id N>" if it has none.
 std::string ShowToken(const Tokenizer& tokenizer, int64_t id);

@@ -133,7 +133,9 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view file)
   const json header = json::parse(file.begin() + 8, file.begin() + 8 + header_len, /*cb=*/nullptr,
                                   /*allow_exceptions=*/false);
   if (header.is_discarded() || !header.is_object()) {
-    return absl::InvalidArgumentError("safetensors header is not a JSON object");
+    // The 8-byte length was plausible, so this is a damaged file (or one of another format).
+    return absl::DataLossError(
+        "safetensors header is not a JSON object: the file is damaged or not safetensors");
   }
   SafetensorsHeader result;
   result.data_offset = 8 + header_len;

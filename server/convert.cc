@@ -1,5 +1,7 @@
 #include "server/convert.h"
 
+#include <google/protobuf/util/json_util.h>
+
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "analysis/report_format.h"
@@ -181,9 +183,9 @@ v1::RankMode ToProto(RankMode mode) {
   }
 }
 
-void FillTokenScore(const ServedModel& model, int64_t id, double score, v1::TokenScore* out) {
+void FillTokenScore(const Tokenizer& tokenizer, int64_t id, double score, v1::TokenScore* out) {
   out->set_id(id);
-  out->set_token(ShowToken(*model.tokenizer, id));
+  out->set_token(ShowToken(tokenizer, id));
   out->set_score(score);
 }
 
@@ -213,7 +215,7 @@ absl::StatusOr<RankLevel> ToRankLevel(v1::RankRequest::Level level) {
   }
 }
 
-void FillRankedComponent(const ServedModel& model, const std::vector<int64_t>& ids,
+void FillRankedComponent(const Tokenizer& tokenizer, const std::vector<int64_t>& ids,
                          const RankedComponent& ranked, v1::RankedComponent* out) {
   *out->mutable_component() = ToProto(ranked.ref);
   out->set_score(ranked.score);
@@ -222,21 +224,21 @@ void FillRankedComponent(const ServedModel& model, const std::vector<int64_t>& i
       ranked.ref.kind == ComponentKind::kAttentionNeuron) {
     const int64_t source = ids[ranked.ref.source_position];
     out->set_source_token_id(source);
-    out->set_source_token(ShowToken(*model.tokenizer, source));
+    out->set_source_token(ShowToken(tokenizer, source));
   }
 }
 
-void FillLensSteps(const ServedModel& model, const std::vector<LensStep>& steps,
+void FillLensSteps(const Tokenizer& tokenizer, const std::vector<LensStep>& steps,
                    google::protobuf::RepeatedPtrField<v1::LensStep>* out) {
   for (const LensStep& step : steps) {
     v1::LensStep* s = out->Add();
     *s->mutable_after() = ToProto(step.after);
-    FillTokenScore(model, step.top.token_id, step.top.score, s->mutable_top());
+    FillTokenScore(tokenizer, step.top.token_id, step.top.score, s->mutable_top());
     if (step.target) FillOutcome(*step.target, s->mutable_target());
   }
 }
 
-void FillDecomposition(const ServedModel& model, const PositionDecomposition& decomposition,
+void FillDecomposition(const Tokenizer& tokenizer, const PositionDecomposition& decomposition,
                        int64_t token_id, bool include_vectors, v1::PositionDecomposition* out) {
   out->set_position(static_cast<int32_t>(decomposition.position));
   out->set_token_id(token_id);
@@ -252,54 +254,62 @@ void FillDecomposition(const ServedModel& model, const PositionDecomposition& de
       component->mutable_vector()->Add(v.data_ptr<float>(), v.data_ptr<float>() + v.numel());
     }
     for (const TokenScore& t : c.lens_tokens)
-      FillTokenScore(model, t.token_id, t.score, component->add_top_tokens());
+      FillTokenScore(tokenizer, t.token_id, t.score, component->add_top_tokens());
   }
-  FillLensSteps(model, decomposition.cumulative, out->mutable_cumulative());
+  FillLensSteps(tokenizer, decomposition.cumulative, out->mutable_cumulative());
 }
 
 namespace {
 
-void FillNeuron(const ServedModel& model, const FactReport& report, const NeuronReport& n,
+void FillNeuron(const Tokenizer& tokenizer, const FactReport& report, const NeuronReport& n,
                 v1::NeuronScore* out) {
   out->set_layer(static_cast<int32_t>(n.layer));
   out->set_neuron(static_cast<int32_t>(n.neuron));
   out->set_head(static_cast<int32_t>(n.head));
   out->set_source_position(static_cast<int32_t>(n.source_position));
-  if (n.source_position >= 0) out->set_source_token_id(report.input_ids[n.source_position]);
+  if (n.source_position >= 0) {
+    out->set_source_token_id(report.input_ids[n.source_position]);
+    out->set_source_token(ShowToken(tokenizer, out->source_token_id()));
+  }
   out->set_score(n.score);
   out->set_coefficient(n.coefficient);
   for (const TokenScore& t : n.top_tokens)
-    FillTokenScore(model, t.token_id, t.score, out->add_top_tokens());
+    FillTokenScore(tokenizer, t.token_id, t.score, out->add_top_tokens());
 }
 
-void FillHead(const FactReport& report, const HeadScore& h, v1::HeadScore* out) {
+void FillHead(const Tokenizer& tokenizer, const FactReport& report, const HeadScore& h,
+              v1::HeadScore* out) {
   out->set_layer(static_cast<int32_t>(h.layer));
   out->set_head(static_cast<int32_t>(h.head));
   out->set_source_position(static_cast<int32_t>(h.source_position));
-  if (h.source_position >= 0) out->set_source_token_id(report.input_ids[h.source_position]);
+  if (h.source_position >= 0) {
+    out->set_source_token_id(report.input_ids[h.source_position]);
+    out->set_source_token(ShowToken(tokenizer, out->source_token_id()));
+  }
   out->set_score(h.score);
 }
 
 }  // namespace
 
-void FillFactReport(const ServedModel& model, const FactReport& r, v1::FactReport* out) {
+void FillFactReport(const Tokenizer& tokenizer, const FactReport& r, v1::FactReport* out) {
   for (int64_t id : r.input_ids) {
     out->add_input_ids(id);
-    out->add_input_tokens(ShowToken(*model.tokenizer, id));
+    out->add_input_tokens(ShowToken(tokenizer, id));
   }
   out->set_position(static_cast<int32_t>(r.position));
-  FillTokenScore(model, r.target, r.outcome.prob, out->mutable_target());
+  FillTokenScore(tokenizer, r.target, r.outcome.prob, out->mutable_target());
   FillOutcome(r.outcome, out->mutable_outcome());
   for (const TokenScore& t : r.predictions)
-    FillTokenScore(model, t.token_id, t.score, out->add_predictions());
+    FillTokenScore(tokenizer, t.token_id, t.score, out->add_predictions());
   out->set_final_scale(r.final_scale);
   for (double v : r.attention_layer_increase) out->add_attention_layer_increase(v);
   for (double v : r.ffn_layer_increase) out->add_ffn_layer_increase(v);
-  for (const HeadScore& h : r.top_heads) FillHead(r, h, out->add_top_heads());
-  for (const HeadScore& h : r.top_head_positions) FillHead(r, h, out->add_top_head_positions());
-  for (const NeuronReport& n : r.ffn_neurons) FillNeuron(model, r, n, out->add_ffn_neurons());
+  for (const HeadScore& h : r.top_heads) FillHead(tokenizer, r, h, out->add_top_heads());
+  for (const HeadScore& h : r.top_head_positions)
+    FillHead(tokenizer, r, h, out->add_top_head_positions());
+  for (const NeuronReport& n : r.ffn_neurons) FillNeuron(tokenizer, r, n, out->add_ffn_neurons());
   for (const NeuronReport& n : r.attention_neurons)
-    FillNeuron(model, r, n, out->add_attention_neurons());
+    FillNeuron(tokenizer, r, n, out->add_attention_neurons());
   out->set_mode(ToProto(r.ffn_ranking_stats.mode));
   out->set_ffn_evaluated(r.ffn_ranking_stats.evaluated);
   out->set_ffn_total(r.ffn_ranking_stats.total);
@@ -313,14 +323,25 @@ void FillFactReport(const ServedModel& model, const FactReport& r, v1::FactRepor
   out->mutable_query_layers_attention()->set_key_name("value");
   for (double v : r.query_layers_attention) out->mutable_query_layers_attention()->add_scores(v);
   for (const NeuronReport& n : r.query_ffn_neurons)
-    FillNeuron(model, r, n, out->add_query_ffn_neurons());
+    FillNeuron(tokenizer, r, n, out->add_query_ffn_neurons());
   out->set_ablated_ffn_neurons(static_cast<int32_t>(r.ablation.removed));
   FillOutcome(r.ablation.after, out->mutable_ablated());
   out->set_metric(r.metric == Metric::kProbIncrease    ? v1::PROB_INCREASE
                   : r.metric == Metric::kLogitIncrease ? v1::LOGIT_INCREASE
                                                        : v1::LOGPROB_INCREASE);
   for (const std::string& warning : r.warnings) out->add_warnings(warning);
-  FillLensSteps(model, r.cumulative, out->mutable_cumulative());
+  FillLensSteps(tokenizer, r.cumulative, out->mutable_cumulative());
+}
+
+std::string ToJson(const google::protobuf::Message& message) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = true;
+  options.always_print_primitive_fields = true;
+  options.preserve_proto_field_names = true;
+  std::string json;
+  // Printing a generated message cannot fail (no Any fields to resolve).
+  (void)google::protobuf::util::MessageToJsonString(message, &json, options);
+  return json;
 }
 
 }  // namespace factlens

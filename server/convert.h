@@ -57,17 +57,21 @@ v1::RankMode ToProto(RankMode mode);
 absl::StatusOr<RankLevel> ToRankLevel(v1::RankRequest::Level level);
 // A ranked component, with the source token (id and text) of head positions and attention
 // neurons from the prompt's `ids`.
-void FillRankedComponent(const ServedModel& model, const std::vector<int64_t>& ids,
+void FillRankedComponent(const Tokenizer& tokenizer, const std::vector<int64_t>& ids,
                          const RankedComponent& ranked, v1::RankedComponent* out);
 
-void FillTokenScore(const ServedModel& model, int64_t id, double score, v1::TokenScore* out);
+void FillTokenScore(const Tokenizer& tokenizer, int64_t id, double score, v1::TokenScore* out);
 void FillOutcome(const TargetOutcome& outcome, v1::TargetOutcome* out);
-void FillLensSteps(const ServedModel& model, const std::vector<LensStep>& steps,
+void FillLensSteps(const Tokenizer& tokenizer, const std::vector<LensStep>& steps,
                    google::protobuf::RepeatedPtrField<v1::LensStep>* out);
-void FillFactReport(const ServedModel& model, const FactReport& report, v1::FactReport* out);
+void FillFactReport(const Tokenizer& tokenizer, const FactReport& report, v1::FactReport* out);
+// `message` in the protobuf JSON mapping exactly as the Python client writes it (to_dict, save,
+// `factlens ... --json`): proto field names, zero values printed, int64 as strings, enums by name.
+// One schema for the server's results and factlens_locate --json. Indented by 1.
+std::string ToJson(const google::protobuf::Message& message);
 // `token_id` is the prompt token at the decomposed position; vectors are copied (as float32)
 // only when `include_vectors`.
-void FillDecomposition(const ServedModel& model, const PositionDecomposition& decomposition,
+void FillDecomposition(const Tokenizer& tokenizer, const PositionDecomposition& decomposition,
                        int64_t token_id, bool include_vectors, v1::PositionDecomposition* out);
 
 }  // namespace factlens

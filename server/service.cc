@@ -95,7 +95,7 @@ void FillItemResult(const ServedModel& m, int index, const absl::StatusOr<FactRe
                     v1::ItemResult* out) {
   out->set_index(index);
   if (report.ok()) {
-    FillFactReport(m, *report, out->mutable_report());
+    FillFactReport(*m.tokenizer, *report, out->mutable_report());
     return;
   }
   const grpc::Status mapped = ToGrpcStatus(report.status());
@@ -252,6 +252,7 @@ grpc::Status FactLensService::Handle(grpc::ServerContext* context, const char* r
   if (status.ok()) status = work(record);
   const grpc::Status result = ToGrpcStatus(status);
   record.code = result.error_code();
+  if (HidesMessage(status.code())) record.error = std::string(status.message());
   record.latency_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (metrics_) {
@@ -269,12 +270,6 @@ grpc::Status FactLensService::Handle(grpc::ServerContext* context, const char* r
   {
     absl::MutexLock lock(&mu_);
     --active_calls_;
-  }
-  if (!status.ok() && (status.code() == absl::StatusCode::kInternal ||
-                       status.code() == absl::StatusCode::kDataLoss ||
-                       status.code() == absl::StatusCode::kUnknown)) {
-    std::fprintf(stderr, "factlens: %s on %s failed internally: %s\n", rpc, record.model.c_str(),
-                 std::string(status.message()).c_str());
   }
   return result;
 }
@@ -367,7 +362,7 @@ grpc::Status FactLensService::Predict(grpc::ServerContext* context,
                  FACTLENS_ASSIGN_OR_RETURN(const std::vector<TokenScore> predictions,
                                            PredictNext(*m.model, at.ids, at.position, at.top_k));
                  for (const TokenScore& t : predictions)
-                   FillTokenScore(m, t.token_id, t.score, response->add_predictions());
+                   FillTokenScore(*m.tokenizer, t.token_id, t.score, response->add_predictions());
                  for (int64_t id : at.ids) response->add_input_ids(id);
                  return absl::OkStatus();
                });
@@ -420,7 +415,7 @@ grpc::Status FactLensService::Decompose(grpc::ServerContext* context,
               const PositionDecomposition decomposition,
               factlens::Decompose(*m.model, *trace, position, options,
                                   [context] { return context->IsCancelled(); }));
-          FillDecomposition(m, decomposition, ids[position], request->include_vectors(),
+          FillDecomposition(*m.tokenizer, decomposition, ids[position], request->include_vectors(),
                             response->add_positions());
         }
         return absl::OkStatus();
@@ -454,7 +449,7 @@ grpc::Status FactLensService::Rank(grpc::ServerContext* context, const v1::RankR
     response->set_target_id(target.id);
     if (warning) response->add_warnings(*warning);
     for (const RankedComponent& ranked : ranking.components) {
-      FillRankedComponent(m, at.ids, ranked, response->add_components());
+      FillRankedComponent(*m.tokenizer, at.ids, ranked, response->add_components());
     }
     response->set_mode(ToProto(ranking.mode));
     response->set_evaluated(ranking.evaluated);
@@ -520,9 +515,10 @@ grpc::Status FactLensService::ProjectToVocab(grpc::ServerContext* context,
         const std::unique_ptr<const FrozenOutputHead> head =
             m.model->output_head().FreezeAt(trace->final_residual[at->position]);
         const auto [top, bottom] = head->TopAndBottom(*vector, at->top_k);
-        for (const TokenScore& t : top) FillTokenScore(m, t.token_id, t.score, response->add_top());
+        for (const TokenScore& t : top)
+          FillTokenScore(*m.tokenizer, t.token_id, t.score, response->add_top());
         for (const TokenScore& t : bottom)
-          FillTokenScore(m, t.token_id, t.score, response->add_bottom());
+          FillTokenScore(*m.tokenizer, t.token_id, t.score, response->add_bottom());
         response->set_final_scale(head->final_scale());
         return absl::OkStatus();
       });
@@ -570,7 +566,7 @@ grpc::Status FactLensService::Ablate(grpc::ServerContext* context, const v1::Abl
         FillOutcome(compared.before, response->mutable_before());
         FillOutcome(compared.after, response->mutable_after());
         for (const TokenScore& t : compared.predictions_after)
-          FillTokenScore(m, t.token_id, t.score, response->add_predictions_after());
+          FillTokenScore(*m.tokenizer, t.token_id, t.score, response->add_predictions_after());
         return absl::OkStatus();
       });
 }
@@ -606,7 +602,7 @@ grpc::Status FactLensService::LocateFact(grpc::ServerContext* context,
                                    return writer->Write(event);
                                  }));
         v1::LocateFactEvent event;
-        FillFactReport(m, report, event.mutable_report());
+        FillFactReport(*m.tokenizer, report, event.mutable_report());
         if (!writer->Write(event)) return absl::CancelledError("the client went away");
         return absl::OkStatus();
       });

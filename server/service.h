@@ -35,6 +35,9 @@ struct RequestRecord {
   double latency_seconds = 0;
   double queue_wait_seconds = 0;
   std::string peer;
+  // For INTERNAL, UNKNOWN and DATA_LOSS: the original message, which the client is not told
+  // (status_mapping.h); empty otherwise. For the server's log only.
+  std::string error;
 };
 using RequestObserver = std::function<void(const RequestRecord&)>;
 

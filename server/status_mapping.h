@@ -13,6 +13,9 @@ namespace factlens {
 // original. Pure function; thread-safe.
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
+// Whether ToGrpcStatus replaces the message of a status with `code` by the generic one.
+bool HidesMessage(absl::StatusCode code);
+
 }  // namespace factlens
 
 #endif  // FACTLENS_SERVER_STATUS_MAPPING_H_

@@ -23,6 +23,7 @@
 #include "analysis/weights.h"
 #include "nlohmann/json.hpp"
 #include "server/model_registry.h"
+#include "server/running_server.h"
 #include "server/service.h"
 #include "tests/hf_parity.h"
 #include "tests/testing.h"
@@ -130,14 +131,12 @@ TEST_F(GpuTest, ServiceServesTheDemoModelOnCudaInBfloat16) {
   const std::string dir = testing::SourcePath("models/gpt2-facts-tiny");
   absl::StatusOr<ModelSpec> spec = ParseModelSpec("demo=" + dir + ",device=cuda,dtype=bfloat16");
   ASSERT_TRUE(spec.ok()) << spec.status();
-  ModelRegistry registry({*spec}, {2, 4, int64_t{64} << 20});
-  FactLensService service(&registry, {}, nullptr);
-  grpc::ServerBuilder builder;
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  auto stub = v1::FactLens::NewStub(server->InProcessChannel(grpc::ChannelArguments()));
-  registry.StartLoading();
-  ASSERT_TRUE(registry.WaitUntilLoaded().ok());
+  ServerOptions options;  // no port: an in-process channel
+  options.models = {*spec};
+  absl::StatusOr<std::unique_ptr<RunningServer>> server = RunningServer::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = v1::FactLens::NewStub((*server)->InProcessChannel());
+  ASSERT_TRUE((*server)->WaitUntilReady().ok());
 
   grpc::ClientContext list_context;
   v1::ListModelsResponse models;
@@ -227,7 +226,7 @@ TEST_F(GpuTest, ServiceServesTheDemoModelOnCudaInBfloat16) {
 
   const std::vector<GpuMemory> memory = GpuMemoryStats({c10::Device("cuda:0")});
   ASSERT_EQ(memory.size(), 1u);
-  EXPECT_GE(memory[0].allocated, registry.Loaded("demo")->model->resident_bytes());
+  EXPECT_GE(memory[0].allocated, (*server)->registry().Loaded("demo")->model->resident_bytes());
   EXPECT_GE(memory[0].peak_allocated, memory[0].allocated);
   EXPECT_GT(memory[0].total, memory[0].free);
   server->Shutdown();

@@ -75,11 +75,12 @@ TEST(SafetensorsHeaderTest, HeaderLengthBeyondLimitOrFile) {
   EXPECT_EQ(ParseSafetensorsHeader(just_over).status().code(), absl::StatusCode::kDataLoss);
 }
 
-TEST(SafetensorsHeaderTest, RejectsMalformedJson) {
-  EXPECT_EQ(ParseStatus("{not json", 0).code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(ParseStatus("[1,2]", 0).code(), absl::StatusCode::kInvalidArgument);
+// A header that is not JSON is a damaged file: DATA_LOSS, like every other damage.
+TEST(SafetensorsHeaderTest, MalformedJsonIsDataLoss) {
+  EXPECT_EQ(ParseStatus("{not json", 0).code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(ParseStatus("[1,2]", 0).code(), absl::StatusCode::kDataLoss);
   EXPECT_EQ(ParseStatus(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]})", 4).code(),
-            absl::StatusCode::kInvalidArgument);  // unterminated
+            absl::StatusCode::kDataLoss);  // unterminated
 }
 
 TEST(SafetensorsHeaderTest, RejectsBadEntries) {

@@ -15,6 +15,7 @@
 #include "analysis/text_input.h"
 #include "analysis/tokenizer/tokenizer.h"
 #include "analysis/weights.h"
+#include "server/convert.h"
 #include "server/default_model.h"
 #include "server/flag_usage.h"
 
@@ -25,8 +26,10 @@ ABSL_FLAG(std::string, model, factlens::DefaultModelDirectoryOrEmpty(),
 ABSL_FLAG(std::string, prompt, "The capital of France is", "Prompt text");
 ABSL_FLAG(std::string, target, " Paris", "Target text; must be exactly one token");
 ABSL_FLAG(bool, first_token, false, "Use the first token of a multi-token --target");
-ABSL_FLAG(std::string, json_out, "", "Also write the report as JSON to this file");
-ABSL_FLAG(bool, json, false, "Print JSON instead of text");
+ABSL_FLAG(std::string, json_out, "",
+          "Also write the report as JSON (the schema of the server's FactReport, as the Python "
+          "client writes it) to this file");
+ABSL_FLAG(bool, json, false, "Print the JSON report (see --json_out) instead of text");
 ABSL_FLAG(std::string, mode, "exact", "Neuron ranking: exact (pruned), exhaustive or approximate");
 ABSL_FLAG(std::string, device, "cpu", "cpu, cuda or cuda:N");
 ABSL_FLAG(std::string, dtype, "",
@@ -86,12 +89,15 @@ int main(int argc, char** argv) {
   for (const std::string& warning : report->warnings) {
     std::cerr << "factlens_locate: warning: " << warning << "\n";
   }
-  const nlohmann::json json = factlens::FactReportToJson(*report, (*model)->config(), **tokenizer);
+  // The server's report message in the Python client's JSON mapping: one schema for both.
+  factlens::v1::FactReport message;
+  factlens::FillFactReport(**tokenizer, *report, &message);
+  const std::string json = factlens::ToJson(message);
   if (!absl::GetFlag(FLAGS_json_out).empty()) {
-    std::ofstream(absl::GetFlag(FLAGS_json_out)) << json.dump(1) << "\n";
+    std::ofstream(absl::GetFlag(FLAGS_json_out)) << json;
   }
   if (absl::GetFlag(FLAGS_json)) {
-    std::cout << json.dump(1) << "\n";
+    std::cout << json;
   } else {
     std::cout << factlens::FormatFactReport(*report, **tokenizer);
   }

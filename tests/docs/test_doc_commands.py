@@ -87,6 +87,9 @@ EXCLUDED = {
         "a clang build of the fuzz targets, minutes", "fuzz_bounded runs exactly it"),
     ("README.md", "scripts/fuzz.sh --seconds 600"): (
         "ten minutes of fuzzing per target", "fuzz_bounded (the 20 s form)"),
+    ("README.md", "scripts/sanitize.sh --fuzz_seconds 600"): (
+        "an ASan + UBSan build of the tests, ~40 minutes on 2 cores, then 10 minutes of fuzzing",
+        "the same tests uninstrumented, and fuzz_requests_bounded; figures in docs/reliability.md"),
     # GPU and large models.
     ("docs/gpu.md", "build/server/factlens_server --model llama=/models/llama-7b,device=cuda:0,dtype=float16 "
                     "--model gpt2=/models/gpt2-medium,device=cuda:1"): (

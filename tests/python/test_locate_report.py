@@ -1,8 +1,10 @@
 """The C++ fact-localization report on gpt2-facts-tiny, checked against numpy_reference.py.
 
-Usage: test_locate_report.py FACTLENS_LOCATE MODEL_DIR
+Usage: test_locate_report.py FACTLENS_LOCATE MODEL_DIR PYTHON_CLIENT_DIR
 Runs `factlens_locate --json --dtype float64` for "The capital of France is" -> " Paris" and compares
-every number it can recompute independently in float64 (numpy). Neither side depends on the CPU's
+every number it can recompute independently in float64 (numpy). The JSON is the server's FactReport
+message in the protobuf JSON mapping (int64 fields as strings, enums by name), the schema the Python
+client reads; `FactReport.from_json` must accept it unchanged. Neither side depends on the CPU's
 float32 kernels: the C++ forward pass runs in float64 and its method evaluates in float64
 (analysis/attribution.h), so what separates the two is the float32 rounding of the C++ trace
 (2^-24 relative per tensor) — the same on every machine. Tolerances: 1e-4 absolute on log-prob
@@ -21,7 +23,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 import numpy_reference as ref  # noqa: E402
 
-LOCATE, MODEL_DIR = sys.argv[1], sys.argv[2]
+LOCATE, MODEL_DIR, CLIENT_DIR = sys.argv[1], sys.argv[2], sys.argv[3]
 IDS = [464, 3139, 286, 4881, 318]  # GPT-2 ids of "The capital of France is" (HF tokenizer)
 PARIS = 6342
 
@@ -40,6 +42,7 @@ class LocateReportTest(unittest.TestCase):
     def setUpClass(cls):
         out = subprocess.run([LOCATE, "--model", MODEL_DIR, "--json", "--threads", "1", "--dtype", "float64"],
                              check=True, capture_output=True, text=True).stdout
+        cls.report_text = out
         cls.report = json.loads(out)
         cls.model = ref.Gpt2(MODEL_DIR)
         cls.trace = cls.model.forward(IDS)
@@ -47,14 +50,24 @@ class LocateReportTest(unittest.TestCase):
 
     def test_prompt_target_and_prediction(self):
         r = self.report
-        self.assertEqual(r["input_ids"], IDS)
-        self.assertEqual(r["target"]["id"], PARIS)
+        self.assertEqual([int(i) for i in r["input_ids"]], IDS)
+        self.assertEqual(r["input_tokens"], ["The", " capital", " of", " France", " is"])
+        self.assertEqual(int(r["target"]["id"]), PARIS)
         self.assertEqual(r["target"]["token"], " Paris")
         logp = ref.log_softmax(self.trace["logits"][-1])
-        self.assertEqual(r["predictions"][0]["id"], int(np.argmax(logp)))
-        self.assertEqual(r["outcome"]["rank"], 1)
+        self.assertEqual(int(r["predictions"][0]["id"]), int(np.argmax(logp)))
+        self.assertEqual(int(r["outcome"]["rank"]), 1)
         self.assertAlmostEqual(r["outcome"]["log_prob"], logp[PARIS], delta=1e-4)
         self.assertAlmostEqual(r["final_scale"], self.method.sigma, delta=1e-5)
+
+    def test_the_python_client_reads_every_field(self):
+        # One schema: the client's FactReport parses the output and writes back exactly the same JSON.
+        sys.path.insert(0, CLIENT_DIR)
+        from factlens.results import FactReport
+        report = FactReport.from_json(self.report_text)
+        self.assertEqual(report.to_dict(), self.report)
+        self.assertEqual(report.prompt, "The capital of France is")
+        self.assertIn("Paris", report.to_html())
 
     def test_layer_and_head_increases(self):
         attn, ffn = self.method.layer_increases()
@@ -76,13 +89,14 @@ class LocateReportTest(unittest.TestCase):
             self.assertAlmostEqual(got["score"], values[got["layer"], got["neuron"]], delta=1e-4)
         self.assertEqual({(r["layer"], r["neuron"]) for r in reported[:10]},
                          {divmod(int(f), n) for f in order[:10]})
-        self.assertEqual(self.report["ffn_ranking"]["mode"], "exact")
+        self.assertEqual(self.report["mode"], "EXACT")
+        self.assertEqual(int(self.report["ffn_total"]), values.size)
         # The top neuron's value vector (sign-corrected by its coefficient) projects onto its reported
         # top tokens.
         top = reported[0]
         proj = np.sign(top["coefficient"]) * self.method.bs(
             self.model.w[f"h.{top['layer']}.mlp.c_proj.weight"][top["neuron"]])
-        self.assertEqual([t["id"] for t in top["top_tokens"]], list(np.argsort(-proj)[:10]))
+        self.assertEqual([int(t["id"]) for t in top["top_tokens"]], list(np.argsort(-proj)[:10]))
 
     def test_top_attention_neurons(self):
         values = self.method.attention_neurons()
@@ -91,10 +105,16 @@ class LocateReportTest(unittest.TestCase):
         self.assertAlmostEqual(top["score"], best, delta=1e-4)
         self.assertAlmostEqual(
             top["score"], values[top["layer"], top["source_position"], top["head"], top["neuron"]], delta=1e-4)
+        # Every position is shown with its token.
+        self.assertEqual(top["source_token"], self.report["input_tokens"][top["source_position"]])
+        for head in self.report["top_head_positions"]:
+            self.assertEqual(head["source_token"], self.report["input_tokens"][head["source_position"]])
+        self.assertEqual({h["source_position"] for h in self.report["top_heads"]}, {-1})
 
     def test_query_layers_of_top_ffn_neurons(self):
         neurons = [(r["layer"], r["neuron"], r["score"]) for r in self.report["ffn_neurons"]]
-        np.testing.assert_allclose(self.report["query_layers_ffn"]["in"],
+        [key_in] = [q["scores"] for q in self.report["query_layers_ffn"] if q["key_name"] == "in"]
+        np.testing.assert_allclose(key_in,
                                    self.method.query_layers_ffn(neurons), atol=1e-4)
 
     def test_checked_in_example_is_current(self):
@@ -102,9 +122,10 @@ class LocateReportTest(unittest.TestCase):
         path = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "examples", "france-paris.json")
         with open(path) as f:
             example = json.load(f)
-        for key in ("input_ids", "target", "predictions"):
-            self.assertEqual([p.get("id") for p in example[key]] if key == "predictions" else example[key],
-                             [p.get("id") for p in self.report[key]] if key == "predictions" else self.report[key])
+        self.assertEqual(example.keys(), self.report.keys())  # the same schema
+        self.assertEqual(example["input_ids"], self.report["input_ids"])
+        self.assertEqual(example["target"]["id"], self.report["target"]["id"])
+        self.assertEqual([p["id"] for p in example["predictions"]], [p["id"] for p in self.report["predictions"]])
         scale = max(1.0, np.abs(self.report["ffn_layer_increase"]).max())
         np.testing.assert_allclose(example["ffn_layer_increase"], self.report["ffn_layer_increase"],
                                    atol=float32_tolerance(self.model.config) * scale)
@@ -115,10 +136,10 @@ class LocateReportTest(unittest.TestCase):
         zero = [(r["layer"], r["neuron"], len(IDS) - 1) for r in self.report["ffn_neurons"]]
         ablated = self.model.forward(IDS, zero_ffn=zero)
         logp = ref.log_softmax(ablated["logits"][-1])
-        after = self.report["ablation"]["after"]
-        self.assertEqual(self.report["ablation"]["removed_ffn_neurons"], 100)
+        after = self.report["ablated"]
+        self.assertEqual(self.report["ablated_ffn_neurons"], 100)
         self.assertAlmostEqual(after["log_prob"], logp[PARIS], delta=1e-3)
-        self.assertEqual(after["rank"], 1 + int((logp > logp[PARIS]).sum()))
+        self.assertEqual(int(after["rank"]), 1 + int((logp > logp[PARIS]).sum()))
 
 
 if __name__ == "__main__":

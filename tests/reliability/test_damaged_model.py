@@ -73,6 +73,7 @@ class DamagedModelTest(unittest.TestCase):
         self.assertEqual(code, 2, stderr)
         self.assertIn(f"model '{name}'", stderr)
         self.assertIn(path, stderr, "the error names the damaged file")
+        self.assertIn(f"DATA_LOSS: model '{name}'", stderr, "damage is DATA_LOSS, whatever the bytes")
         self.assertNotIn('"event":"ready"', stderr)
         self.assertNotIn('"event":"model_ready"', stderr)
         self.assertFalse(port_file, "a port file says the server serves")

@@ -19,7 +19,9 @@
 #include "absl/synchronization/notification.h"
 #include "analysis/attribution.h"
 #include "analysis/forward.h"
+#include "analysis/status_macros.h"
 #include "server/model_registry.h"
+#include "server/running_server.h"
 #include "tests/support/random_gpt2.h"
 #include "tests/testing.h"
 
@@ -78,44 +80,52 @@ struct ServerSetup {
   std::vector<std::string> models = {"fake"};
 };
 
-// An in-process server on a fresh registry; records every RequestRecord the service reports.
+// A server started as factlens_server starts one (RunningServer), without a port: calls go
+// through an in-process channel. Records every RequestRecord the service reports and every log
+// event.
 class ServiceHarness {
  public:
   explicit ServiceHarness(ServerSetup setup) {
-    std::vector<ModelSpec> specs;
-    for (const std::string& name : setup.models) specs.push_back({name, "fake://" + name, {}});
-    registry_ = std::make_unique<ModelRegistry>(std::move(specs), setup.limits, setup.loader);
-    service_ = std::make_unique<FactLensService>(registry_.get(), setup.options,
-                                                 [this](const RequestRecord& record) {
-                                                   absl::MutexLock lock(&mu_);
-                                                   records_.push_back(record);
-                                                 });
-    grpc::ServerBuilder builder;
-    builder.RegisterService(service_.get());
-    server_ = builder.BuildAndStart();
-    stub_ = v1::FactLens::NewStub(server_->InProcessChannel(grpc::ChannelArguments()));
-    registry_->StartLoading();
-  }
-  ~ServiceHarness() {
-    server_->Shutdown();
-    registry_->WaitUntilLoaded().IgnoreError();
+    ServerOptions options;
+    for (const std::string& name : setup.models) {
+      options.models.push_back({name, "fake://" + name, {}});
+    }
+    options.loader = setup.loader;
+    options.service = setup.options;
+    options.limits = setup.limits;
+    options.drain = absl::ZeroDuration();
+    options.log = [this](const nlohmann::ordered_json& event) {
+      absl::MutexLock lock(&mu_);
+      events_.push_back(event);
+    };
+    options.on_request = [this](const RequestRecord& record) {
+      absl::MutexLock lock(&mu_);
+      records_.push_back(record);
+    };
+    absl::StatusOr<std::unique_ptr<RunningServer>> server = RunningServer::Start(options);
+    EXPECT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    stub_ = v1::FactLens::NewStub(server_->InProcessChannel());
   }
 
-  ModelRegistry& registry() { return *registry_; }
-  FactLensService& service() { return *service_; }
+  ModelRegistry& registry() { return server_->registry(); }
+  FactLensService& service() { return server_->service(); }
   v1::FactLens::Stub& stub() { return *stub_; }
   std::vector<RequestRecord> records() {
     absl::MutexLock lock(&mu_);
     return records_;
   }
+  std::vector<nlohmann::ordered_json> events() {
+    absl::MutexLock lock(&mu_);
+    return events_;
+  }
 
  private:
-  std::unique_ptr<ModelRegistry> registry_;
-  std::unique_ptr<FactLensService> service_;
-  std::unique_ptr<grpc::Server> server_;
-  std::unique_ptr<v1::FactLens::Stub> stub_;
   absl::Mutex mu_;
   std::vector<RequestRecord> records_ ABSL_GUARDED_BY(mu_);
+  std::vector<nlohmann::ordered_json> events_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<RunningServer> server_;  // after mu_: stopped before the logs go
+  std::unique_ptr<v1::FactLens::Stub> stub_;
 };
 
 class ServiceTest : public ::testing::Test {
@@ -604,6 +614,46 @@ TEST(ServiceLoadingTest, AFailedLoadIsFailedPreconditionWithoutInternals) {
       EXPECT_THAT(status.error_message(), HasSubstr("broken, fake"));
     }
   }
+}
+
+// An internal failure: the loader hands over a model whose first FFN output matrix is (wrongly)
+// 2 × 2, so the forward pass throws inside libtorch. The client gets INTERNAL with a generic
+// message; the details reach the request record and the log event only.
+TEST(ServiceInternalErrorTest, InternalRepliesHideTheDetailsWhichTheLogKeeps) {
+  ServerSetup setup;
+  setup.loader = [](const ModelSpec& spec) -> absl::StatusOr<LoadedModel> {
+    const testing::ScopedTempDir dir;
+    FACTLENS_RETURN_IF_ERROR(testing::WriteRandomGpt2(
+        dir.path(), {50257, kDModel, kLayers, kHeads, kFfn, kPositions}, /*seed=*/3));
+    absl::StatusOr<LoadedModel> loaded = LoadFake(spec);
+    if (!loaded.ok()) return loaded.status();
+    absl::StatusOr<std::shared_ptr<const Model>> model = Model::Load(dir.path());
+    if (!model.ok()) return model.status();
+    at::Tensor damaged = (*model)->weights().layers[0].out_weight;  // shares the model's tensor
+    damaged.resize_({2, 2});
+    loaded->model = *model;
+    return loaded;
+  };
+  ServiceHarness harness(setup);
+  ASSERT_TRUE(harness.registry().WaitUntilLoaded().ok());
+  v1::PredictResponse response;
+  grpc::ClientContext context;
+  const grpc::Status status =
+      harness.stub().Predict(&context, WithPrompt<v1::PredictRequest>(kPrompt), &response);
+  EXPECT_EQ(status.error_code(), StatusCode::INTERNAL);
+  EXPECT_EQ(status.error_message(), "internal error in factlens (details are in the server log)");
+  const std::vector<RequestRecord> records = harness.records();
+  ASSERT_EQ(records.size(), 1u);
+  EXPECT_EQ(records[0].code, StatusCode::INTERNAL);
+  EXPECT_THAT(records[0].error, HasSubstr("shapes cannot be multiplied"));
+  bool logged = false;
+  for (const nlohmann::ordered_json& event : harness.events()) {
+    if (event.value("event", "") != "request") continue;
+    logged = true;
+    EXPECT_EQ(event["code"], static_cast<int>(StatusCode::INTERNAL));
+    EXPECT_THAT(event["error"].get<std::string>(), HasSubstr("shapes cannot be multiplied"));
+  }
+  EXPECT_TRUE(logged);
 }
 
 // Scheduling: the test takes the model's only slot itself, so requests must wait or be refused.
