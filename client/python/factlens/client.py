@@ -11,7 +11,11 @@ answered but probably not as meant, e.g. target "Paris" without its leading spac
 ``FactlensWarning``s pointing at the caller's line.
 
 The address and the model default to ``$FACTLENS_SERVER`` (else 127.0.0.1:50051) and
-``$FACTLENS_MODEL`` (else "": the server's only model); arguments win.
+``$FACTLENS_MODEL`` (else "": the server's only model); arguments win. Several replicas: a list of
+addresses (one channel each, calls spread over them, a call that finds one unavailable retried on the
+next), or one gRPC name with a scheme such as ``dns:///factlens:50051`` (gRPC's ``round_robin``
+over the addresses it resolves to). ``locate_facts`` of a pandas DataFrame spreads a dataset over
+the replicas (factlens.dataset).
 
 Prompts are text (str / UTF-8 bytes) or token ids; targets text or a token id; components a
 ``pb.Component`` or a short name such as ``"L1.N157"`` (see factlens.components); enums a number or
@@ -19,12 +23,15 @@ a name (``level="FFN_NEURON"``, ``mode="exhaustive"``).
 
 Retries: every factlens RPC is a side-effect-free computation, so a call that fails with
 UNAVAILABLE (model still loading, server restarting, connection refused) is retried with
-exponential backoff, up to ``retries`` attempts. A stream is retried only before its first event,
-so a caller never sees an event twice. Nothing else is retried: RESOURCE_EXHAUSTED may be a limit
-that a retry would hit again, and DEADLINE_EXCEEDED has used the caller's time.
+exponential backoff, up to ``retries`` attempts, each on the next replica where there are several. A
+stream is retried only before its first event, so a caller never sees an event twice. Nothing else
+is retried: RESOURCE_EXHAUSTED may be a limit that a retry would hit again, and DEADLINE_EXCEEDED
+has used the caller's time.
 """
+import itertools
 import os
 import re
+import sys
 import time
 import warnings
 
@@ -142,35 +149,66 @@ class _ProgressBar:
         self._bar.close()
 
 
-class Client:
-    """One channel to a factlens server; thread-safe (gRPC channels are). Use as a context manager or call close().
+# Target schemes that gRPC resolves to several addresses itself ("dns:///factlens:50051",
+# "ipv4:10.0.0.1:50051,10.0.0.2:50051"); their channel balances calls with round_robin.
+_RESOLVER = re.compile(r"(dns|ipv4|ipv6):")
 
-    address: ``host:port`` (default ``$FACTLENS_SERVER``, else 127.0.0.1:50051). token: the bearer
+
+class Replica:
+    """One channel of a Client: ``address`` (its target as given) and the ``stub`` of the factlens API."""
+
+    def __init__(self, address, credentials):
+        options = [("grpc.lb_policy_name", "round_robin")] if _RESOLVER.match(address) else []
+        self.address = address
+        self.channel = (grpc.secure_channel(address, credentials, options) if credentials
+                        else grpc.insecure_channel(address, options))
+        self.stub = pb_grpc.FactLensStub(self.channel)
+
+    def __repr__(self):
+        return f"<Replica {self.address}>"
+
+
+class Client:
+    """Channels to one factlens server or to replicas of it; thread-safe (gRPC channels are). Use as a context
+    manager or call close().
+
+    address: ``host:port`` (default ``$FACTLENS_SERVER``, else 127.0.0.1:50051); a list of them for
+    replicas serving the same models (one channel each; calls go to them in turn and a call that
+    finds one UNAVAILABLE is retried on the next); or a gRPC target with a scheme, such as
+    ``dns:///factlens:50051`` or ``ipv4:10.0.0.1:50051,10.0.0.2:50051``: one channel whose calls
+    gRPC spreads over every address the name resolves to (``round_robin``). token: the bearer
     token, if the server wants one. tls: use TLS (implied by any certificate argument);
     root_certificates: PEM CA bundle (bytes, or a file path) instead of the system's;
     client_certificate / client_key: for servers that require mTLS. model: the model name every
     request names (default ``$FACTLENS_MODEL``, else "" = the server's only model). timeout: seconds
     per attempt. retries: attempts for a call that fails with UNAVAILABLE (1 = no retry).
+    Raises ValueError for an empty list of addresses. ``replicas``: a ``Replica`` per channel.
     """
 
     def __init__(self, address=None, token=None, tls=False, root_certificates=None, client_certificate=None,
                  client_key=None, model=None, timeout=600.0, retries=3):
-        address = address or default_server()
+        addresses = [address or default_server()] if address is None or isinstance(address, str) else list(address)
+        if not addresses:
+            raise ValueError("address: an empty list of replicas")
         model = default_model() if model is None else model
+        credentials = None
         if tls or root_certificates or client_certificate:
-            creds = grpc.ssl_channel_credentials(root_certificates=_read(root_certificates),
-                                                 private_key=_read(client_key),
-                                                 certificate_chain=_read(client_certificate))
-            self._channel = grpc.secure_channel(address, creds)
-        else:
-            self._channel = grpc.insecure_channel(address)
-        self._stub = pb_grpc.FactLensStub(self._channel)
+            credentials = grpc.ssl_channel_credentials(root_certificates=_read(root_certificates),
+                                                       private_key=_read(client_key),
+                                                       certificate_chain=_read(client_certificate))
+        self.replicas = [Replica(a, credentials) for a in addresses]
+        self._turn = itertools.count()  # next() is atomic: the replica of each call's first attempt
         self._metadata = [("authorization", f"Bearer {token}")] if token else []
         self._model_info = None
-        self.address = address
+        self.address = ", ".join(addresses)
         self.model = model
         self.timeout = timeout
         self.retries = max(1, retries)
+
+    @property
+    def _stub(self):
+        """The first replica's stub, for raw calls (tests)."""
+        return self.replicas[0].stub
 
     def __enter__(self):
         return self
@@ -179,8 +217,9 @@ class Client:
         self.close()
 
     def close(self):
-        """Closes the channel; calls in flight are cancelled."""
-        self._channel.close()
+        """Closes the channels; calls in flight are cancelled."""
+        for replica in self.replicas:
+            replica.channel.close()
 
     # --- transport --------------------------------------------------------------------------------
     def _backoff(self, error, attempt) -> bool:
@@ -190,32 +229,43 @@ class Client:
         time.sleep(min(0.25 * 2 ** attempt, 5.0))
         return True
 
-    def _call(self, method, request, timeout=None):
-        for attempt in range(self.retries):
+    def _attempts(self):
+        """(attempt, replica) of one call's attempts: ``retries`` of them, on the replicas in turn."""
+        first = next(self._turn)
+        return [(i, self.replicas[(first + i) % len(self.replicas)]) for i in range(self.retries)]
+
+    def _call(self, rpc, request, timeout=None):
+        for attempt, replica in self._attempts():
             try:
-                return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
+                return getattr(replica.stub, rpc)(request, timeout=timeout or self.timeout, metadata=self._metadata)
             except grpc.RpcError as e:
                 if not self._backoff(e, attempt):
-                    raise _error(e, self.address) from None
+                    raise _error(e, replica.address) from None
 
-    def _stream(self, method, request, timeout=None):
-        for attempt in range(self.retries):
-            call, started = method(request, timeout=timeout or self.timeout, metadata=self._metadata), False
+    def _stream(self, rpc, request, timeout=None):
+        """Yields (replica address, event) of a server-streaming call."""
+        for attempt, replica in self._attempts():
+            call, started = self.open_stream(replica, rpc, request, timeout), False
             try:
                 for event in call:
                     started = True
-                    yield event
+                    yield replica.address, event
                 return
             except grpc.RpcError as e:
                 if started or not self._backoff(e, attempt):
-                    raise _error(e, self.address) from None
+                    raise _error(e, replica.address) from None
             finally:
                 call.cancel()  # a no-op once the stream has ended; stops the server's work if the caller stopped early
+
+    def open_stream(self, replica, rpc, request, timeout=None):
+        """The gRPC call object of a server-streaming RPC on one replica, no retry: iterate it for the events
+        (``grpc.RpcError`` on failure), ``cancel()`` it when done."""
+        return getattr(replica.stub, rpc)(request, timeout=timeout or self.timeout, metadata=self._metadata)
 
     # --- RPCs -------------------------------------------------------------------------------------
     def list_models(self) -> results.Models:
         """The models served, with their shapes (a sequence of ``pb.ModelInfo``)."""
-        return results.Models(self._call(self._stub.ListModels, pb.ListModelsRequest()))
+        return results.Models(self._call("ListModels", pb.ListModelsRequest()))
 
     def model_info(self) -> pb.ModelInfo:
         """The ``pb.ModelInfo`` of this client's model (fetched once)."""
@@ -229,19 +279,19 @@ class Client:
 
     def tokenize(self, text, add_special_tokens=True) -> results.Tokens:
         """Token ids, tokens and character offsets of a text."""
-        return results.Tokens(self._call(self._stub.Tokenize, pb.TokenizeRequest(
+        return results.Tokens(self._call("Tokenize", pb.TokenizeRequest(
             model=self.model, text=text.encode() if isinstance(text, str) else text,
             add_special_tokens=add_special_tokens)))
 
     def detokenize(self, ids, skip_special_tokens=False) -> str:
         """The text of token ids."""
-        return self._call(self._stub.Detokenize, pb.DetokenizeRequest(
+        return self._call("Detokenize", pb.DetokenizeRequest(
             model=self.model, ids=[int(i) for i in ids], skip_special_tokens=skip_special_tokens)).text
 
     def predict(self, prompt, top_k=10, position=None, timeout=None) -> results.Prediction:
         """The top-k next tokens at a position (default: after the last token)."""
         req = pb.PredictRequest(model=self.model, prompt=_prompt(prompt), top_k=top_k, position=position)
-        return results.Prediction(self._call(self._stub.Predict, req, timeout))
+        return results.Prediction(self._call("Predict", req, timeout))
 
     def decompose(self, prompt, target=None, positions=(), include_heads=False, include_vectors=False,
                   logit_lens_top_k=0, metric="LOGPROB_INCREASE", timeout=None,
@@ -254,7 +304,7 @@ class Client:
                                   options=pb.AttributionOptions(metric=enum_value(pb.Metric, metric, "metric")))
         if target is not None:
             req.target.CopyFrom(_target(target, first_token))
-        return results.Decomposition(_warn(self._call(self._stub.Decompose, req, timeout)))
+        return results.Decomposition(_warn(self._call("Decompose", req, timeout)))
 
     def rank(self, prompt, target, level, top_k=10, bottom=False, mode="EXACT", metric="LOGPROB_INCREASE",
              position=None, timeout=None, first_token=False) -> results.Ranking:
@@ -263,19 +313,19 @@ class Client:
                              level=enum_value(pb.RankRequest.Level, level, "level"), top_k=top_k, bottom=bottom,
                              mode=enum_value(pb.RankMode, mode, "mode"), position=position,
                              options=pb.AttributionOptions(metric=enum_value(pb.Metric, metric, "metric")))
-        return results.Ranking(_warn(self._call(self._stub.Rank, req, timeout)))
+        return results.Ranking(_warn(self._call("Rank", req, timeout)))
 
     def trace(self, prompt, neuron, top_k=10, position=None, timeout=None) -> results.Trace:
         """Which earlier components activate a neuron (FFN "L1.N157" or attention "L1.H2.P3.d7")."""
         req = pb.TraceRequest(model=self.model, prompt=_prompt(prompt), neuron=parse_component(neuron),
                               top_k=top_k, position=position)
-        return results.Trace(self._call(self._stub.Trace, req, timeout), neuron=req.neuron)
+        return results.Trace(self._call("Trace", req, timeout), neuron=req.neuron)
 
     def project(self, prompt, component, top_k=10, position=None, timeout=None) -> results.Projection:
         """Top and bottom tokens of a component's projection into vocabulary space (ProjectToVocab)."""
         req = pb.ProjectToVocabRequest(model=self.model, prompt=_prompt(prompt), component=parse_component(component),
                                        top_k=top_k, position=position)
-        return results.Projection(self._call(self._stub.ProjectToVocab, req, timeout))
+        return results.Projection(self._call("ProjectToVocab", req, timeout))
 
     def ablate(self, prompt, target, ablations, scale=0.0, all_positions=False, position=None,
                timeout=None, first_token=False) -> results.Ablation:
@@ -288,7 +338,7 @@ class Client:
             ablations = [ablations]
         req = pb.AblateRequest(model=self.model, prompt=_prompt(prompt), target=_target(target, first_token),
                                position=position, ablations=[_ablation(a, scale, all_positions) for a in ablations])
-        return results.Ablation(_warn(self._call(self._stub.Ablate, req, timeout)))
+        return results.Ablation(_warn(self._call("Ablate", req, timeout)))
 
     def locate_fact(self, prompt, target, on_progress=None, options=None, timeout=None, progress=False,
                     position=None, first_token=False) -> results.FactReport:
@@ -302,9 +352,9 @@ class Client:
         bar = _ProgressBar("LocateFact") if progress else None
         report = None
         try:
-            for event in self._stream(self._stub.LocateFact, req, timeout):
+            for address, event in self._stream("LocateFact", req, timeout):
                 if event.HasField("report"):
-                    report = results.FactReport(event.report, self.model_info(), server=self.address)
+                    report = results.FactReport(event.report, self.model_info(), server=address)
                     break
                 for callback in (on_progress, bar):
                     if callback:
@@ -317,10 +367,38 @@ class Client:
         _warn(report.proto)  # after the progress bar, so that the warnings are not drawn into it
         return report
 
-    def locate_facts(self, items, options=None, timeout=None, progress=False, first_token=False):
-        """Many facts: items are (prompt, target) pairs. Yields an ``ItemResult`` per item as it completes
-        (``.report`` or ``.error``), then the ``BatchAggregate``. progress=True draws a bar on stderr.
-        An item's report warnings are issued prefixed with ``items[i]: ``."""
+    def locate_facts(self, items, options=None, timeout=None, progress=None, first_token=False, *, output=None,
+                     chunk_size=16, concurrency=None):
+        """Many facts, in one of two forms.
+
+        **Pairs** (any iterable of (prompt, target)): one LocateFacts stream on one replica. Returns an
+        iterator that yields an ``ItemResult`` per item as it completes (``.report`` or ``.exception``),
+        then the ``BatchAggregate``. ``progress=True`` draws a bar on stderr. An item's report
+        warnings are issued prefixed with ``items[i]: ``.
+
+        **A pandas DataFrame** (columns ``prompt``, ``target``, optional ``model``; any others, such as
+        ``relation``, are kept): the rows are split into chunks of ``chunk_size`` and spread over the
+        client's replicas, at most ``concurrency`` chunks at a time (default: 2 per replica, a
+        server's default ``--max_concurrent``); a chunk whose replica fails with UNAVAILABLE (down,
+        connection reset, draining) goes on with its unfinished rows on another. Returns the frame
+        with the results added, one row per input row, same index: ``report`` (a ``FactReport``),
+        ``error`` and ``server`` columns and a per-fact summary (see ``factlens.dataset``).
+        ``output``: a JSON-lines file that every finished row is appended to as it arrives; run
+        again with the same file, the rows it holds are not computed again (a crash's truncated last
+        line is dropped). ``progress`` (default: when stderr is a terminal) draws a bar. Raises
+        FactlensError for a chunk that failed otherwise (the finished rows stay in ``output``) and
+        ValueError for a malformed frame or an ``output`` file of other facts or options.
+        """
+        pd = sys.modules.get("pandas")  # a DataFrame means pandas is imported: the pair form does not import it
+        if pd is not None and isinstance(items, pd.DataFrame):
+            from factlens import dataset
+
+            return dataset.locate(self, items, options=_message(pb.LocateOptions, options), timeout=timeout,
+                                  progress=progress, first_token=first_token, output=output, chunk_size=chunk_size,
+                                  concurrency=concurrency)
+        return self._locate_facts_stream(items, options, timeout, bool(progress), first_token)
+
+    def _locate_facts_stream(self, items, options, timeout, progress, first_token):
         req = pb.LocateFactsRequest(model=self.model, options=_message(pb.LocateOptions, options),
                                     items=[pb.FactItem(prompt=_prompt(p), target=_target(t, first_token))
                                            for p, t in items])
@@ -331,7 +409,7 @@ class Client:
 
             bar = tqdm(total=len(req.items), desc="LocateFacts", unit="fact")
         try:
-            for event in self._stream(self._stub.LocateFacts, req, timeout):
+            for address, event in self._stream("LocateFacts", req, timeout):
                 if event.HasField("aggregate"):
                     yield results.BatchAggregate(event.aggregate)
                     continue
@@ -341,7 +419,7 @@ class Client:
                     bar.update(1)
                 if event.item.HasField("report"):
                     _warn(event.item.report, f"items[{event.item.index}]: ")
-                yield results.ItemResult(event.item, model, server=self.address)
+                yield results.ItemResult(event.item, model, server=address)
         finally:
             if bar:
                 bar.close()

@@ -204,3 +204,29 @@ def trace_keys(labels, keys, ax=None, title=None):
     if title:
         ax.set_title(title, fontsize=10)
     return fig
+
+
+def share_bars(labels, attention_share, counts=None, ax=None, title=None):
+    """One horizontal bar per label (e.g. a relation), split into the attention share (left) and the FFN
+    share (right) of the target's increase; ``counts`` (facts per label) written at the right."""
+    shares = np.asarray(attention_share, dtype=float)
+    fig, ax = _axes(ax, (6.5, 0.35 * len(labels) + 1.6))
+    rows = np.arange(len(labels))
+    ax.barh(rows, shares, color=ATTENTION_COLOR, label="attention")
+    ax.barh(rows, 1 - shares, left=shares, color=FFN_COLOR, label="FFN")
+    for row, share in zip(rows, shares):
+        if np.isfinite(share):
+            ax.text(0.01, row, f"{100 * share:.0f} %", va="center", fontsize=8, color="white")
+    if counts is not None:
+        for row, n in zip(rows, counts):
+            ax.text(1.01, row, f"n = {n}", va="center", fontsize=8)
+    ax.set_yticks(rows)
+    ax.set_yticklabels(labels)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.12)
+    ax.set_xticks([0, 0.25, 0.5, 0.75, 1])
+    ax.set_xlabel("share of the positive layer increases")
+    ax.legend(loc="center left", bbox_to_anchor=(1.12, 0.5), fontsize=8)  # beside the "n = " labels
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig

@@ -334,3 +334,78 @@ def render(report, top=20) -> str:
             f"<h1>Fact localization: {_e(title)}</h1>\n"
             f'<p class="takeaway" id="takeaway"><strong>In short:</strong> {takeaway(report)}</p>\n'
             f"{_summary(report)}\n{body}</body></html>\n")
+
+
+def _batch_takeaway(batch) -> str:
+    """Per model, one sentence: where the top FFN and attention neurons sit most, and the attention share."""
+    counts = batch.neurons_per_layer()
+    sentences = []
+    for model in batch.models:
+        c = counts[counts.model == model]
+        ffn, attention = c.loc[c.ffn_neurons.idxmax()], c.loc[c.attention_neurons.idxmax()]
+        sentences.append(
+            f"{_e(model or 'The model')}: most top FFN neurons sit in layer {int(ffn.layer)} "
+            f"({int(ffn.ffn_neurons)} of "
+            f"{int(c.ffn_neurons.sum())}), most top attention neurons in layer {int(attention.layer)} "
+            f"({int(attention.attention_neurons)} of {int(c.attention_neurons.sum())}); attention layers give "
+            f"{100 * batch.mean_attention_share(model):.0f} % of the target's positive increase on average over "
+            f"{len(batch.reports(model))} facts.")
+    return " ".join(sentences)
+
+
+def batch_summary(batch, page=True) -> str:
+    """A BatchReport's summary, figures and tables as HTML: the body of ``render_batch``'s page
+    (``page``) or a notebook cell's display (headings as bold lines)."""
+    frame = batch.frame
+    failed = batch.failures()
+    servers = frame["server"].value_counts()
+    rows = [("facts", _e(len(frame))), ("located", _e(len(frame) - len(failed))), ("failed", _e(len(failed))),
+            ("models", _e(", ".join(batch.models) or "none")),
+            ("servers (rows answered)", _e(", ".join(f"{a} ({n})" for a, n in servers.items())))]
+    summary = '<table class="summary">' + "".join(f"<tr><td>{_e(k)}</td><td>{v}</td></tr>" for k, v in rows) + \
+        "</table>"
+
+    def heading(text):
+        return f"<h2>{_e(text)}</h2>" if page else f"<div><strong>{_e(text)}</strong></div>"
+
+    parts = [summary]
+    if batch.models:
+        counts, shares = batch.neurons_per_layer(), batch.relation_shares()
+        parts += [
+            f'<p class="takeaway"><strong>In short:</strong> {_batch_takeaway(batch)}</p>',
+            heading("Top neurons per layer"),
+            '<p class="note">How many of the facts\' top FFN and attention neurons (each report\'s lists) sit in '
+            "each layer, summed over the dataset.</p>",
+            _figure(batch.plot_neurons_per_layer(), "top FFN and attention neurons per layer"),
+            _table(["model", "layer", "top FFN neurons", "top attention neurons"],
+                   [[_e(r.model), str(r.layer), str(r.ffn_neurons), str(r.attention_neurons)]
+                    for r in counts.itertuples()], numeric=(1, 2, 3)),
+            heading("Attention vs FFN per relation"),
+            '<p class="note">Of the positive increases the layers give the target, the part attention layers give '
+            "(Σ max(attention, 0) / (Σ max(attention, 0) + Σ max(FFN, 0)) over the layers), averaged over the "
+            "relation's facts; the increases are the mean summed layer increases.</p>",
+            _figure(batch.plot_relation_shares(), "attention versus FFN share per relation"),
+            _table(["model", "relation", "facts", "attention increase", "FFN increase", "attention share"],
+                   [[_e(r.model), _e(r.relation), str(r.facts), f"{r.attention_increase:+.4f}",
+                     f"{r.ffn_increase:+.4f}", f"{100 * r.attention_share:.1f} %"] for r in shares.itertuples()],
+                   numeric=(2, 3, 4, 5)),
+        ]
+    if len(failed):
+        shown = failed.head(20)
+        parts += [heading(f"Failed rows ({len(failed)})"),
+                  _table(["row", "prompt", "target", "error"],
+                         [[_e(label), _e(p), _tok(t) if isinstance(t, str) else _e(t), _e(err)]
+                          for label, p, t, err in zip(shown.index, shown["prompt"], shown["target"], shown["error"])])]
+    if page:
+        return "\n".join(parts)
+    return ('<div class="factlens-result"><div><strong>' + _e(f"Batch: {batch.title}") + "</strong></div>" +
+            "".join(parts) + "</div>")
+
+
+def render_batch(batch) -> str:
+    """The page for a ``dataset.BatchReport``: summary, takeaway, the per-layer and per-relation figures and
+    tables, the failed rows."""
+    title = f"Fact localization over a dataset: {batch.title}"
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>factlens: {_e(title)}</title>'
+            f"<style>{_CSS}</style></head>\n<body>\n<h1>{_e(title)}</h1>\n{batch_summary(batch)}\n"
+            f'<p class="note">factlens client {_e(CLIENT_VERSION)}</p>\n</body></html>\n')
