@@ -237,28 +237,37 @@ at::Tensor Attribution::ExactFromLogits(const Base& base, const std::vector<at::
   return target_.metric == Metric::kLogitIncrease ? total : FromLogProbIncrease(base, total);
 }
 
-at::Tensor Attribution::Increase(const Base& base, const at::Tensor& vectors) const {
-  const at::Tensor flat = vectors.reshape({-1, vectors.size(-1)});
-  const at::Tensor values =
-      ExactFromLogits(base, TermLogits(flat), at::ones({1, flat.size(0)}, flat.options()))[0];
-  return values.reshape(vectors.sizes().slice(0, vectors.dim() - 1));
+at::Tensor Attribution::Increase(const std::vector<const Base*>& bases,
+                                 const at::Tensor& vectors) const {
+  const std::vector<at::Tensor> logits = TermLogits(vectors);
+  const at::Tensor one = at::ones({1, 1}, logits.front().options());
+  std::vector<at::Tensor> values;
+  for (size_t i = 0; i < bases.size(); ++i) {
+    std::vector<at::Tensor> rows;
+    for (const at::Tensor& term_logits : logits) rows.push_back(term_logits.narrow(0, i, 1));
+    values.push_back(ExactFromLogits(*bases[i], rows, one)[0]);
+  }
+  return at::cat(values);
 }
 
 at::Tensor Attribution::AttentionLayerIncrease() const {
-  std::vector<at::Tensor> values;
+  std::vector<const Base*> bases;
+  std::vector<at::Tensor> vectors;
   for (size_t l = 0; l < trace_.layers.size(); ++l) {
-    values.push_back(
-        Increase(*attn_bases_[l], trace_.layers[l].attn_out[position_].unsqueeze(0))[0]);
+    bases.push_back(attn_bases_[l].get());
+    vectors.push_back(trace_.layers[l].attn_out[position_]);
   }
-  return at::stack(values);
+  return Increase(bases, at::stack(vectors));
 }
 
 at::Tensor Attribution::FfnLayerIncrease() const {
-  std::vector<at::Tensor> values;
+  std::vector<const Base*> bases;
+  std::vector<at::Tensor> vectors;
   for (size_t l = 0; l < trace_.layers.size(); ++l) {
-    values.push_back(Increase(*ffn_bases_[l], trace_.layers[l].ffn_out[position_].unsqueeze(0))[0]);
+    bases.push_back(ffn_bases_[l].get());
+    vectors.push_back(trace_.layers[l].ffn_out[position_]);
   }
-  return at::stack(values);
+  return Increase(bases, at::stack(vectors));
 }
 
 namespace {
@@ -281,26 +290,55 @@ at::Tensor ValuesByHead(const Model& model, const LayerTrace& layer) {
 
 }  // namespace
 
+Attribution::NeuronSet Attribution::Heads(int64_t layer) const {
+  const at::Tensor heads = trace_.layers[layer].head_outputs[position_];  // [H, Dh]
+  NeuronSet set;
+  set.layer = layer;
+  set.base = attn_bases_[layer].get();
+  set.vectors = at::einsum("hj,hjd->hd", {heads, OutputProjectionByHead(model_, layer)});
+  set.coefficients = at::ones({1, set.vectors.size(0)}, set.vectors.options());
+  return set;
+}
+
+Attribution::NeuronSet Attribution::HeadPositions(int64_t layer) const {
+  const LayerTrace& trace = trace_.layers[layer];
+  const at::Tensor probs = trace.attention_probs.select(1, position_);  // [H, T]
+  NeuronSet set;
+  set.layer = layer;
+  set.base = attn_bases_[layer].get();
+  set.vectors = at::einsum("hs,shj,hjd->hsd", {probs, ValuesByHead(model_, trace),
+                                               OutputProjectionByHead(model_, layer)})
+                    .reshape({-1, model_.config().d_model});
+  set.coefficients = at::ones({1, set.vectors.size(0)}, set.vectors.options());
+  return set;
+}
+
+std::vector<Attribution::NeuronSet> Attribution::EveryLayer(NeuronSet (Attribution::*set)(int64_t)
+                                                                const) const {
+  std::vector<NeuronSet> sets;
+  for (size_t l = 0; l < trace_.layers.size(); ++l) sets.push_back((this->*set)(l));
+  return sets;
+}
+
 at::Tensor Attribution::HeadIncrease() const {
-  std::vector<at::Tensor> values;
-  for (size_t l = 0; l < trace_.layers.size(); ++l) {
-    const at::Tensor heads = trace_.layers[l].head_outputs[position_];  // [H, Dh]
-    const at::Tensor vectors = at::einsum("hj,hjd->hd", {heads, OutputProjectionByHead(model_, l)});
-    values.push_back(Increase(*attn_bases_[l], vectors));
-  }
-  return at::stack(values);
+  return AllExact(EveryLayer(&Attribution::Heads), {})->reshape({model_.config().n_layers, -1});
 }
 
 at::Tensor Attribution::HeadPositionIncrease() const {
-  std::vector<at::Tensor> values;
-  for (size_t l = 0; l < trace_.layers.size(); ++l) {
-    const LayerTrace& layer = trace_.layers[l];
-    const at::Tensor probs = layer.attention_probs.select(1, position_);  // [H, T]
-    const at::Tensor vectors = at::einsum(
-        "hs,shj,hjd->hsd", {probs, ValuesByHead(model_, layer), OutputProjectionByHead(model_, l)});
-    values.push_back(Increase(*attn_bases_[l], vectors));
-  }
-  return at::stack(values);
+  const ModelConfig& c = model_.config();
+  return AllExact(EveryLayer(&Attribution::HeadPositions), {})
+      ->reshape({c.n_layers, c.n_heads, trace_.num_tokens});
+}
+
+absl::StatusOr<NeuronRanking> Attribution::RankHeads(int64_t k, RankOrder order, RankMode mode,
+                                                     const Interrupted& interrupted) const {
+  return Rank(EveryLayer(&Attribution::Heads), k, order, mode, interrupted);
+}
+
+absl::StatusOr<NeuronRanking> Attribution::RankHeadPositions(int64_t k, RankOrder order,
+                                                             RankMode mode,
+                                                             const Interrupted& interrupted) const {
+  return Rank(EveryLayer(&Attribution::HeadPositions), k, order, mode, interrupted);
 }
 
 Attribution::NeuronSet Attribution::FfnNeurons(int64_t layer) const {
@@ -369,30 +407,23 @@ at::Tensor Attribution::Magnitudes(const NeuronSet& set) const {
 }
 
 at::Tensor Attribution::FfnNeuronIncrease() const {
-  std::vector<NeuronSet> sets;
-  for (size_t l = 0; l < trace_.layers.size(); ++l) sets.push_back(FfnNeurons(l));
-  return *AllExact(sets, {});
+  return *AllExact(EveryLayer(&Attribution::FfnNeurons), {});
 }
 
 at::Tensor Attribution::AttentionNeuronIncrease() const {
   const ModelConfig& c = model_.config();
-  std::vector<NeuronSet> sets;
-  for (size_t l = 0; l < trace_.layers.size(); ++l) sets.push_back(AttentionNeurons(l));
-  return AllExact(sets, {})->reshape({c.n_layers, trace_.num_tokens, c.n_heads, c.head_dim});
+  return AllExact(EveryLayer(&Attribution::AttentionNeurons), {})
+      ->reshape({c.n_layers, trace_.num_tokens, c.n_heads, c.head_dim});
 }
 
 absl::StatusOr<NeuronRanking> Attribution::RankFfnNeurons(int64_t k, RankOrder order, RankMode mode,
                                                           const Interrupted& interrupted) const {
-  std::vector<NeuronSet> sets;
-  for (size_t l = 0; l < trace_.layers.size(); ++l) sets.push_back(FfnNeurons(l));
-  return Rank(sets, k, order, mode, interrupted);
+  return Rank(EveryLayer(&Attribution::FfnNeurons), k, order, mode, interrupted);
 }
 
 absl::StatusOr<NeuronRanking> Attribution::RankAttentionNeurons(
     int64_t k, RankOrder order, RankMode mode, const Interrupted& interrupted) const {
-  std::vector<NeuronSet> sets;
-  for (size_t l = 0; l < trace_.layers.size(); ++l) sets.push_back(AttentionNeurons(l));
-  return Rank(sets, k, order, mode, interrupted);
+  return Rank(EveryLayer(&Attribution::AttentionNeurons), k, order, mode, interrupted);
 }
 
 at::Tensor Attribution::FfnNeuronSubvalue(int64_t layer, int64_t neuron) const {

@@ -133,6 +133,14 @@ class Attribution {
   at::Tensor HeadIncrease() const;
   // [L, H, T]: one head and one source position.
   at::Tensor HeadPositionIncrease() const;
+  // The k best heads (RankedNeuron::index = h) or head×source positions (index = h·T + s) over
+  // all layers, ranked as neurons are (exact top-k by pruning in kExact, every value in
+  // kExhaustive): the values HeadIncrease / HeadPositionIncrease compute, coefficient 1. k is
+  // clamped to the count. Cancelled once `interrupted` returns true; no other errors.
+  absl::StatusOr<NeuronRanking> RankHeads(int64_t k, RankOrder order, RankMode mode,
+                                          const Interrupted& interrupted = {}) const;
+  absl::StatusOr<NeuronRanking> RankHeadPositions(int64_t k, RankOrder order, RankMode mode,
+                                                  const Interrupted& interrupted = {}) const;
   // Every neuron's exact value: [L, N] and [L, T, H, Dh].
   at::Tensor FfnNeuronIncrease() const;
   at::Tensor AttentionNeuronIncrease() const;
@@ -155,8 +163,8 @@ class Attribution {
   Attribution(const Model& model, const ForwardTrace& trace, AttributionTarget target)
       : model_(model), trace_(trace), target_(target) {}
 
-  // Metric values of vectors [B, d] added to base `base`.
-  at::Tensor Increase(const Base& base, const at::Tensor& vectors) const;
+  // Metric values of vectors [n, d], row i added to bases[i]: one projection for all rows, [n].
+  at::Tensor Increase(const std::vector<const Base*>& bases, const at::Tensor& vectors) const;
   // Per softmax term, the logits ℓ_s (no bias) of K vectors: [K, n_s] float64 each.
   std::vector<at::Tensor> TermLogits(const at::Tensor& vectors) const;
   // logits: TermLogits of K vectors; coefficients [R, K]: the metric for coefficient[r, k] ·
@@ -165,6 +173,11 @@ class Attribution {
                              const at::Tensor& coefficients) const;
   NeuronSet FfnNeurons(int64_t layer) const;
   NeuronSet AttentionNeurons(int64_t layer) const;
+  // One layer's head (H) or head×position (H·T) vectors with coefficient 1.
+  NeuronSet Heads(int64_t layer) const;
+  NeuronSet HeadPositions(int64_t layer) const;
+  // The sets of every layer.
+  std::vector<NeuronSet> EveryLayer(NeuronSet (Attribution::*set)(int64_t) const) const;
   // Every neuron's exact value, [R·K] float64 per set (flat index order).
   absl::StatusOr<at::Tensor> ExactValues(const NeuronSet& set,
                                          const Interrupted& interrupted) const;

@@ -18,12 +18,14 @@ std::vector<double> ToVector(const at::Tensor& t) {
   return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
 }
 
-// The top heads (source_position -1) or head×positions of a [L, H] or [L, H, T] score tensor.
-std::vector<HeadScore> TopHeads(const at::Tensor& scores, int64_t k) {
+// A ranking of heads (`positions` 0: RankedNeuron::index = h) or head×positions (index = h·T + s,
+// T = `positions`) as head scores.
+std::vector<HeadScore> HeadScores(const NeuronRanking& ranking, int64_t positions) {
   std::vector<HeadScore> heads;
-  const int64_t h = scores.size(1), t = scores.dim() == 3 ? scores.size(2) : 1;
-  for (const auto& [f, value] : TopScores(scores, k)) {
-    heads.push_back({f / (h * t), (f / t) % h, scores.dim() == 3 ? f % t : -1, value});
+  for (const RankedNeuron& n : ranking.neurons) {
+    heads.push_back(positions > 0
+                        ? HeadScore{n.layer, n.index / positions, n.index % positions, n.score}
+                        : HeadScore{n.layer, n.index, -1, n.score});
   }
   return heads;
 }
@@ -122,8 +124,18 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
     if (!report_progress("layers and heads", 0.1)) return cancelled;
     report.attention_layer_increase = ToVector(a.AttentionLayerIncrease());
     report.ffn_layer_increase = ToVector(a.FfnLayerIncrease());
-    report.top_heads = TopHeads(a.HeadIncrease(), options.top_heads);
-    report.top_head_positions = TopHeads(a.HeadPositionIncrease(), options.top_head_positions);
+    // Only the top heads are reported: exact values, pruned unless every value is asked for.
+    const RankMode heads_mode =
+        options.mode == RankMode::kExhaustive ? RankMode::kExhaustive : RankMode::kExact;
+    const Interrupted heads_interrupted = [&] { return !report_progress("layers and heads", 0.1); };
+    absl::StatusOr<NeuronRanking> heads =
+        a.RankHeads(options.top_heads, RankOrder::kTop, heads_mode, heads_interrupted);
+    if (!heads.ok()) return cancelled;
+    report.top_heads = HeadScores(*heads, 0);
+    heads = a.RankHeadPositions(options.top_head_positions, RankOrder::kTop, heads_mode,
+                                heads_interrupted);
+    if (!heads.ok()) return cancelled;
+    report.top_head_positions = HeadScores(*heads, trace->num_tokens);
 
     // Every reported neuron's value vector, for one batched projection at the end.
     std::vector<at::Tensor> values;
@@ -178,6 +190,7 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
       values.push_back(model.weights().layers[layer].out_weight.select(1, n));
       report.query_ffn_neurons.push_back({layer, n, -1, -1, score, coefficient, {}});
     }
+    if (!report_progress("top tokens", 0.8)) return cancelled;
     std::vector<NeuronReport*> reported;
     for (auto* list : {&report.ffn_neurons, &report.attention_neurons, &report.query_ffn_neurons}) {
       for (NeuronReport& n : *list) reported.push_back(&n);

@@ -121,20 +121,56 @@ absl::StatusOr<NeuronTrace> TraceAttentionNeuron(const Model& model, const Forwa
   return result;
 }
 
+namespace {
+
+// The components the residual at `position` is a sum of, [1 + 2L, d] float64: the embedding,
+// then attention layer m and FFN layer m at rows 2m+1 and 2m+2 (outputs with their biases).
+at::Tensor ComponentsAt(const ForwardTrace& trace, int64_t position) {
+  std::vector<at::Tensor> rows = {trace.embedding[position]};
+  for (const LayerTrace& layer : trace.layers) {
+    rows.push_back(layer.attn_out[position]);
+    rows.push_back(layer.ffn_out[position]);
+  }
+  return at::stack(rows).to(at::kDouble);
+}
+
+// Σ_i layer_scores_i / total_i × score_i over neurons i as TraceKey computes them, from the
+// float64 inner products [n, 1 + 2L] of their keys with the components (one batched product for
+// all neurons), slots after reach[i] set to 0. [1 + 2L] float64 on the CPU.
+at::Tensor AggregateLayerScores(at::Tensor layer_scores, const std::vector<int64_t>& reach,
+                                const std::vector<double>& scores) {
+  layer_scores = layer_scores.to(at::kCPU);
+  const at::Tensor slots = at::arange(layer_scores.size(1), at::kLong).unsqueeze(0);
+  layer_scores = layer_scores.masked_fill(slots > at::tensor(reach, at::kLong).unsqueeze(1), 0.0);
+  const at::Tensor weights = at::tensor(scores, at::kDouble).unsqueeze(1);
+  return (layer_scores / layer_scores.sum(1, /*keepdim=*/true) * weights).sum(0);
+}
+
+}  // namespace
+
 std::vector<std::pair<std::string, at::Tensor>> QueryLayerScoresFfn(
     const Attribution& attribution, const std::vector<RankedNeuron>& neurons) {
   const Model& model = attribution.model();
-  std::vector<std::pair<std::string, at::Tensor>> sums;
-  for (const NeuronKey& key : FfnNeuronKeys(model, 0, 0)) {
-    sums.emplace_back(key.name, at::zeros({1 + 2 * model.config().n_layers}, at::kDouble));
-  }
+  const at::Tensor components = ComponentsAt(attribution.trace(), attribution.position());
+  std::vector<std::vector<at::Tensor>> keys;  // per key name, per neuron
+  std::vector<int64_t> reach;
+  std::vector<double> scores;
   for (const RankedNeuron& n : neurons) {
-    const std::vector<NeuronKey> keys = FfnNeuronKeys(model, n.layer, n.index);
-    for (size_t k = 0; k < keys.size(); ++k) {
-      const KeyTrace t =
-          TraceKey(model, attribution.trace(), keys[k], n.layer, attribution.position(), true, 0);
-      sums[k].second += t.layer_scores / t.total * n.score;
-    }
+    const std::vector<NeuronKey> neuron_keys = FfnNeuronKeys(model, n.layer, n.index);
+    keys.resize(neuron_keys.size());
+    for (size_t k = 0; k < neuron_keys.size(); ++k) keys[k].push_back(neuron_keys[k].key);
+    reach.push_back(2 * n.layer + 1);  // up to and including attention layer n.layer
+    scores.push_back(n.score);
+  }
+  std::vector<std::pair<std::string, at::Tensor>> sums;
+  for (const NeuronKey& name : FfnNeuronKeys(model, 0, 0)) {
+    sums.emplace_back(name.name, at::zeros({components.size(0)}, at::kDouble));
+  }
+  if (neurons.empty()) return sums;
+  for (size_t k = 0; k < sums.size(); ++k) {
+    const at::Tensor layer_scores =
+        at::matmul(at::stack(keys[k]).to(at::kDouble), components.t());  // [n, 1 + 2L]
+    sums[k].second = AggregateLayerScores(layer_scores, reach, scores);
   }
   return sums;
 }
@@ -142,15 +178,24 @@ std::vector<std::pair<std::string, at::Tensor>> QueryLayerScoresFfn(
 at::Tensor QueryLayerScoresAttention(const Attribution& attribution,
                                      const std::vector<RankedNeuron>& neurons) {
   const Model& model = attribution.model();
-  at::Tensor sum = at::zeros({1 + 2 * model.config().n_layers}, at::kDouble);
+  const ForwardTrace& trace = attribution.trace();
+  std::vector<at::Tensor> components(trace.num_tokens);
+  std::vector<at::Tensor> keys, reads;
+  std::vector<int64_t> reach;
+  std::vector<double> scores;
   for (const RankedNeuron& n : neurons) {
     const AttentionNeuronIndex i = SplitAttentionNeuronIndex(model.config(), n.index);
-    const KeyTrace t =
-        TraceKey(model, attribution.trace(), AttentionNeuronKey(model, n.layer, i.head, i.dim),
-                 n.layer, i.source_position, false, 0);
-    sum += t.layer_scores / t.total * n.score;
+    at::Tensor& at_source = components[i.source_position];
+    if (!at_source.defined()) at_source = ComponentsAt(trace, i.source_position);
+    reads.push_back(at_source);
+    keys.push_back(AttentionNeuronKey(model, n.layer, i.head, i.dim).key);
+    reach.push_back(2 * n.layer);  // components before layer n.layer
+    scores.push_back(n.score);
   }
-  return sum;
+  if (neurons.empty()) return at::zeros({1 + 2 * model.config().n_layers}, at::kDouble);
+  const at::Tensor layer_scores =  // [n, 1 + 2L]
+      at::matmul(at::stack(reads), at::stack(keys).to(at::kDouble).unsqueeze(-1)).squeeze(-1);
+  return AggregateLayerScores(layer_scores, reach, scores);
 }
 
 at::Tensor QueryFfnNeuronScores(const Attribution& attribution,
@@ -160,17 +205,33 @@ at::Tensor QueryFfnNeuronScores(const Attribution& attribution,
   const ForwardTrace& trace = attribution.trace();
   at::Tensor sum =
       at::zeros({c.n_layers, c.d_ffn}, at::TensorOptions(at::kDouble).device(model.device()));
+  struct Query {
+    int64_t layer, source_position;
+    at::Tensor key;  // [d] float32
+    double weight;   // score / (residual_in(layer)[source] · key)
+  };
+  std::vector<Query> queries;
   for (const RankedNeuron& n : attention_neurons) {
     const AttentionNeuronIndex i = SplitAttentionNeuronIndex(c, n.index);
     const NeuronKey key = AttentionNeuronKey(model, n.layer, i.head, i.dim);
     const double denominator =
         at::dot(trace.layers[n.layer].residual_in[i.source_position], key.key).item<double>();
-    for (int64_t m = 0; m < n.layer; ++m) {
-      const at::Tensor w_out = model.weights().layers[m].out_weight.to(at::kFloat);
-      const at::Tensor scores =
-          trace.layers[m].ffn_coefficients[i.source_position] * at::mv(w_out.t(), key.key);
-      sum[m] += scores.to(at::kDouble) / denominator * n.score;
+    queries.push_back({n.layer, i.source_position, key.key, n.score / denominator});
+  }
+  // Per earlier layer m, one product of W_out with the keys of every neuron above it: float32
+  // (coef(m, s, n) · W_out row n) · key, each a length-d float32 dot product as before batching.
+  for (int64_t m = 0; m + 1 < c.n_layers; ++m) {
+    std::vector<at::Tensor> keys, coefficients, weights;
+    for (const Query& q : queries) {
+      if (q.layer <= m) continue;
+      keys.push_back(q.key);
+      coefficients.push_back(trace.layers[m].ffn_coefficients[q.source_position]);
+      weights.push_back(at::full({1}, q.weight, at::kDouble));
     }
+    if (keys.empty()) continue;
+    const at::Tensor w_out = model.weights().layers[m].out_weight.to(at::kFloat);  // [d, N]
+    const at::Tensor scores = at::stack(coefficients) * at::matmul(at::stack(keys), w_out);
+    sum[m] = (scores.to(at::kDouble) * at::stack(weights).to(sum.device())).sum(0);
   }
   return sum;
 }

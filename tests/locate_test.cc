@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include "analysis/forward.h"
+#include "analysis/tracing.h"
 #include "tests/testing.h"
 
 namespace factlens {
@@ -103,14 +104,127 @@ TEST_F(LocateTest, LogitLensStepsAreTheModelWithTheLaterSublayersRemoved) {
 }
 
 TEST_F(LocateTest, ProgressCallbackCanStopTheWork) {
-  int calls = 0;
+  std::vector<std::string> stages;
   const absl::Status status =
       LocateFact(*model_, kFrance, kParis, LocateOptions{}, [&](const std::string& stage, double) {
-        ++calls;
+        if (stages.empty() || stages.back() != stage) stages.push_back(stage);
         return stage != "FFN neurons";
       }).status();
   EXPECT_EQ(status.code(), absl::StatusCode::kCancelled);
-  EXPECT_EQ(calls, 3);  // forward, layers and heads, FFN neurons
+  // Long stages call again with the same stage; the work stops at the first "FFN neurons".
+  EXPECT_THAT(stages, ::testing::ElementsAre("forward", "layers and heads", "FFN neurons"));
+}
+
+// The top heads and head×positions are ranked by pruning; they must be the exhaustive ones: the
+// same components in the same order, with scores within the two float64 evaluations' rounding
+// bounds. A component's bound depends only on its vector, so the pruned ranking's is the
+// exhaustive ranking's max_error over the same components: the sum is twice it.
+TEST_F(LocateTest, TopHeadsAreTheExhaustiveTopHeads) {
+  LocateOptions options;
+  options.top_heads = 12;
+  options.top_head_positions = 40;
+  absl::StatusOr<FactReport> report = LocateFact(*model_, kFrance, kParis, options);
+  ASSERT_TRUE(report.ok()) << report.status();
+  options.mode = RankMode::kExhaustive;
+  absl::StatusOr<FactReport> exhaustive = LocateFact(*model_, kFrance, kParis, options);
+  ASSERT_TRUE(exhaustive.ok()) << exhaustive.status();
+  absl::StatusOr<ForwardTrace> trace = Forward(*model_, kFrance, FullCapture());
+  ASSERT_TRUE(trace.ok());
+  absl::StatusOr<std::unique_ptr<Attribution>> a = Attribution::Create(*model_, *trace, {kParis});
+  ASSERT_TRUE(a.ok());
+  const NeuronRanking heads = (*a)->RankHeads(12, RankOrder::kTop, RankMode::kExhaustive).value();
+  const NeuronRanking positions =
+      (*a)->RankHeadPositions(40, RankOrder::kTop, RankMode::kExhaustive).value();
+  const at::Tensor all_heads = (*a)->HeadIncrease();
+  const at::Tensor all_positions = (*a)->HeadPositionIncrease();
+  for (const FactReport* r : {&*report, &*exhaustive}) {
+    ASSERT_EQ(r->top_heads.size(), 12u);
+    ASSERT_EQ(r->top_head_positions.size(), 40u);
+    for (size_t i = 0; i < r->top_heads.size(); ++i) {
+      const HeadScore& h = r->top_heads[i];
+      EXPECT_EQ(h.layer, heads.neurons[i].layer) << i;
+      EXPECT_EQ(h.head, heads.neurons[i].index) << i;
+      EXPECT_EQ(h.source_position, -1);
+      EXPECT_NEAR(h.score, all_heads[h.layer][h.head].item<double>(), 2 * heads.max_error) << i;
+    }
+    const int64_t t = static_cast<int64_t>(kFrance.size());
+    for (size_t i = 0; i < r->top_head_positions.size(); ++i) {
+      const HeadScore& h = r->top_head_positions[i];
+      EXPECT_EQ(h.layer, positions.neurons[i].layer) << i;
+      EXPECT_EQ(h.head * t + h.source_position, positions.neurons[i].index) << i;
+      EXPECT_NEAR(h.score, all_positions[h.layer][h.head][h.source_position].item<double>(),
+                  2 * positions.max_error)
+          << i;
+    }
+  }
+  // The top head×position is the largest entry of the exhaustive tensor.
+  EXPECT_NEAR(report->top_head_positions[0].score, all_positions.max().item<double>(),
+              2 * positions.max_error);
+}
+
+// The query-layer aggregates are computed in one batched product for all neurons; they must equal
+// the per-neuron traces (TraceFfnNeuron / TraceAttentionNeuron: layer_scores / total × score,
+// summed) on both demo models (plain and gated keys). Both sides are float64 inner products of
+// the same float32 keys and components in different summation orders: each score s_j errs by at
+// most e_j = (d + 2)·2^-53·Σ_i |k_i·c_ji| per side (Higham), so a ratio s_j / S moves by at most
+// (e_j + |s_j / S|·Σ_j e_j) / |S| per side, to first order; twice that for two sides, doubled
+// again for the second-order terms and the final sums' rounding, times |score|, summed.
+TEST(QueryLayersTest, BatchedAggregatesEqualPerNeuronTraces) {
+  for (const char* name : {"gpt2-facts-tiny", "llama-facts-tiny"}) {
+    absl::StatusOr<std::shared_ptr<const Model>> model =
+        Model::Load(testing::SourcePath(std::string("models/") + name));
+    ASSERT_TRUE(model.ok()) << model.status();
+    const Model& m = **model;
+    const std::vector<int64_t> ids = {1, 464, 3139, 286, 4881, 318};
+    absl::StatusOr<ForwardTrace> trace = Forward(m, ids, FullCapture());
+    ASSERT_TRUE(trace.ok());
+    absl::StatusOr<std::unique_ptr<Attribution>> a =
+        Attribution::Create(m, *trace, {trace->logits[-1].argmax().item<int64_t>()});
+    ASSERT_TRUE(a.ok());
+    const double unit = (m.config().d_model + 2) * 0x1p-53;
+    // Expected sum and tolerance of one neuron's trace: components c_j at its position.
+    auto add = [&](const KeyTrace& key, int64_t position, double score, at::Tensor& expected,
+                   at::Tensor& tolerance) {
+      const at::Tensor scores = key.layer_scores;
+      std::vector<at::Tensor> rows = {trace->embedding[position]};
+      for (const LayerTrace& layer : trace->layers) {
+        rows.push_back(layer.attn_out[position]);
+        rows.push_back(layer.ffn_out[position]);
+      }
+      const at::Tensor reached = (scores != 0).to(at::kDouble);
+      const at::Tensor e =
+          at::mv(at::stack(rows).to(at::kDouble).abs(), key.key.key.to(at::kDouble).abs()) * unit *
+          reached;
+      const at::Tensor ratio = scores / key.total;
+      expected += ratio * score;
+      tolerance += 4 * std::abs(score) * (e + ratio.abs() * e.sum()) / std::abs(key.total);
+    };
+    const NeuronRanking ffn = (*a)->RankFfnNeurons(30, RankOrder::kTop, RankMode::kExact).value();
+    const auto batched = QueryLayerScoresFfn(**a, ffn.neurons);
+    for (size_t k = 0; k < batched.size(); ++k) {
+      at::Tensor expected = at::zeros_like(batched[k].second);
+      at::Tensor tolerance = at::full_like(expected, 1e-300);
+      for (const RankedNeuron& n : ffn.neurons) {
+        const NeuronTrace t = TraceFfnNeuron(m, *trace, n.layer, n.index, -1, 0).value();
+        add(t.keys[k], t.position, n.score, expected, tolerance);
+      }
+      EXPECT_TRUE(((batched[k].second - expected).abs() <= tolerance).all().item<bool>())
+          << name << " " << batched[k].first << ": " << batched[k].second << expected;
+    }
+    const NeuronRanking attn =
+        (*a)->RankAttentionNeurons(30, RankOrder::kTop, RankMode::kExact).value();
+    at::Tensor expected = at::zeros({1 + 2 * m.config().n_layers}, at::kDouble);
+    at::Tensor tolerance = at::full_like(expected, 1e-300);
+    for (const RankedNeuron& n : attn.neurons) {
+      const AttentionNeuronIndex i = SplitAttentionNeuronIndex(m.config(), n.index);
+      const NeuronTrace t =
+          TraceAttentionNeuron(m, *trace, n.layer, i.source_position, i.head, i.dim, 0).value();
+      add(t.keys[0], t.position, n.score, expected, tolerance);
+    }
+    const at::Tensor batched_attn = QueryLayerScoresAttention(**a, attn.neurons);
+    EXPECT_TRUE(((batched_attn - expected).abs() <= tolerance).all().item<bool>())
+        << name << ": " << batched_attn << expected;
+  }
 }
 
 TEST_F(LocateTest, BadOptionsAndTargetsAreInvalidArgument) {

@@ -1,7 +1,8 @@
 // Exact top-k / bottom-k by pruning must equal the exhaustive ranking of every neuron's exact value
-// (same neurons, same order up to ties), for every metric, on the reference models and on 50 fact
-// prompts of each trained demo model; pruning must actually prune on the trained models.
-// RankMode::kExhaustive itself is checked against the same values on the reference models.
+// (same neurons, same order up to ties) — and of every head and head×position —, for every metric,
+// on the reference models and on 50 fact prompts of each trained demo model; pruning must actually
+// prune on the trained models. RankMode::kExhaustive itself is checked against the same values on
+// the reference models.
 //
 // Tolerances are not tuned to a CPU: both modes evaluate every score in float64, and each ranking
 // reports max_error, the worst-case rounding bound of its scores (derived in attribution.h:
@@ -109,6 +110,10 @@ void CheckAllRankings(const Model& model, const std::vector<int64_t>& ids, int64
         (*a)->RankFfnNeurons(kEveryNeuron, RankOrder::kTop, RankMode::kExhaustive).value();
     const NeuronRanking every_attn =
         (*a)->RankAttentionNeurons(kEveryNeuron, RankOrder::kTop, RankMode::kExhaustive).value();
+    const NeuronRanking every_head =
+        (*a)->RankHeads(kEveryNeuron, RankOrder::kTop, RankMode::kExhaustive).value();
+    const NeuronRanking every_head_position =
+        (*a)->RankHeadPositions(kEveryNeuron, RankOrder::kTop, RankMode::kExhaustive).value();
     for (RankOrder order : orders) {
       const std::string label = what + " " + std::string(MetricName(metric)) +
                                 (order == RankOrder::kTop ? " top" : " bottom");
@@ -120,6 +125,16 @@ void CheckAllRankings(const Model& model, const std::vector<int64_t>& ids, int64
       ExpectSameRanking(attn, all_attn, label + " attention");
       AddDifferences(ffn, all_ffn, totals);
       AddDifferences(attn, all_attn, totals);
+      // Heads and head×positions (LocateFact's top heads) are ranked the same way.
+      const NeuronRanking heads = (*a)->RankHeads(k, order, RankMode::kExact).value();
+      const NeuronRanking all_heads = FirstOf(every_head, k, order);
+      ExpectSameRanking(heads, all_heads, label + " heads");
+      const NeuronRanking head_positions =
+          (*a)->RankHeadPositions(k, order, RankMode::kExact).value();
+      const NeuronRanking all_head_positions = FirstOf(every_head_position, k, order);
+      ExpectSameRanking(head_positions, all_head_positions, label + " head positions");
+      AddDifferences(heads, all_heads, totals);
+      AddDifferences(head_positions, all_head_positions, totals);
       if (metric == Metric::kLogProbIncrease && order == RankOrder::kTop) {
         totals.evaluated += ffn.evaluated + attn.evaluated;
         totals.total += ffn.total + attn.total;
@@ -174,6 +189,21 @@ TEST(RankingTest, ExhaustiveModeRanksEveryExactValue) {
     ASSERT_EQ(attn.neurons.size(), expected_attn.neurons.size());
     for (size_t i = 0; i < expected_attn.neurons.size(); ++i) {
       EXPECT_EQ(attn.neurons[i].score, expected_attn.neurons[i].score);
+    }
+    // Heads ([L, H], index h) and head×positions ([L, H, T], index h·T + s) likewise.
+    const NeuronRanking heads = (*a)->RankHeads(5, order, RankMode::kExhaustive).value();
+    const NeuronRanking expected_heads = RankAll((*a)->HeadIncrease(), 5, order);
+    const NeuronRanking positions =
+        (*a)->RankHeadPositions(20, order, RankMode::kExhaustive).value();
+    const NeuronRanking expected_positions = RankAll((*a)->HeadPositionIncrease(), 20, order);
+    for (const auto& [got, expected] :
+         {std::pair(&heads, &expected_heads), std::pair(&positions, &expected_positions)}) {
+      ASSERT_EQ(got->neurons.size(), expected->neurons.size());
+      EXPECT_EQ(got->evaluated, got->total);
+      for (size_t i = 0; i < expected->neurons.size(); ++i) {
+        EXPECT_EQ(got->neurons[i].score, expected->neurons[i].score);
+        EXPECT_EQ(got->neurons[i].index, expected->neurons[i].index);
+      }
     }
   }
 }

@@ -10,6 +10,11 @@
 #include "analysis/tensor_io.h"
 
 namespace factlens::testing {
+namespace {
+
+at::Tensor Normal(std::vector<int64_t> dims) { return at::randn(dims) * 0.02; }
+
+}  // namespace
 
 absl::Status WriteRandomGpt2(const std::string& dir, const RandomGpt2Shape& shape, uint64_t seed) {
   const int64_t v = shape.vocab, d = shape.d_model, n = shape.ffn;
@@ -20,26 +25,57 @@ absl::Status WriteRandomGpt2(const std::string& dir, const RandomGpt2Shape& shap
       shape.positions, R"(,"activation_function":"gelu_new"})");
   at::manual_seed(seed);
   std::map<std::string, at::Tensor> t;
-  auto normal = [](std::vector<int64_t> dims) { return at::randn(dims) * 0.02; };
-  t["wte.weight"] = normal({v, d});
-  t["wpe.weight"] = normal({shape.positions, d}) / 2;
+  t["wte.weight"] = Normal({v, d});
+  t["wpe.weight"] = Normal({shape.positions, d}) / 2;
   for (int64_t l = 0; l < shape.layers; ++l) {
     const std::string p = absl::StrCat("h.", l, ".");
     t[p + "ln_1.weight"] = at::ones({d});
     t[p + "ln_1.bias"] = at::zeros({d});
-    t[p + "attn.c_attn.weight"] = normal({d, 3 * d});
+    t[p + "attn.c_attn.weight"] = Normal({d, 3 * d});
     t[p + "attn.c_attn.bias"] = at::zeros({3 * d});
-    t[p + "attn.c_proj.weight"] = normal({d, d});
+    t[p + "attn.c_proj.weight"] = Normal({d, d});
     t[p + "attn.c_proj.bias"] = at::zeros({d});
     t[p + "ln_2.weight"] = at::ones({d});
     t[p + "ln_2.bias"] = at::zeros({d});
-    t[p + "mlp.c_fc.weight"] = normal({d, n});
+    t[p + "mlp.c_fc.weight"] = Normal({d, n});
     t[p + "mlp.c_fc.bias"] = at::zeros({n});
-    t[p + "mlp.c_proj.weight"] = normal({n, d});
+    t[p + "mlp.c_proj.weight"] = Normal({n, d});
     t[p + "mlp.c_proj.bias"] = at::zeros({d});
   }
   t["ln_f.weight"] = at::ones({d});
   t["ln_f.bias"] = at::zeros({d});
+  return WriteSafetensorsFile(dir + "/model.safetensors", t);
+}
+
+absl::Status WriteRandomLlama(const std::string& dir, const RandomLlamaShape& shape,
+                              uint64_t seed) {
+  const int64_t v = shape.vocab, d = shape.d_model, n = shape.ffn;
+  const int64_t kv_dim = d / shape.heads * shape.kv_heads;
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/config.json") << absl::StrCat(
+      R"({"model_type":"llama","vocab_size":)", v, R"(,"hidden_size":)", d,
+      R"(,"num_hidden_layers":)", shape.layers, R"(,"num_attention_heads":)", shape.heads,
+      R"(,"num_key_value_heads":)", shape.kv_heads, R"(,"intermediate_size":)", n,
+      R"(,"max_position_embeddings":)", shape.positions,
+      R"(,"rms_norm_eps":1e-05,"rope_theta":10000.0,"hidden_act":"silu",)",
+      R"("tie_word_embeddings":false})");
+  at::manual_seed(seed);
+  std::map<std::string, at::Tensor> t;
+  t["model.embed_tokens.weight"] = Normal({v, d});
+  for (int64_t l = 0; l < shape.layers; ++l) {
+    const std::string p = absl::StrCat("model.layers.", l, ".");
+    t[p + "input_layernorm.weight"] = at::ones({d});
+    t[p + "self_attn.q_proj.weight"] = Normal({d, d});
+    t[p + "self_attn.k_proj.weight"] = Normal({kv_dim, d});
+    t[p + "self_attn.v_proj.weight"] = Normal({kv_dim, d});
+    t[p + "self_attn.o_proj.weight"] = Normal({d, d});
+    t[p + "post_attention_layernorm.weight"] = at::ones({d});
+    t[p + "mlp.gate_proj.weight"] = Normal({n, d});
+    t[p + "mlp.up_proj.weight"] = Normal({n, d});
+    t[p + "mlp.down_proj.weight"] = Normal({d, n});
+  }
+  t["model.norm.weight"] = at::ones({d});
+  t["lm_head.weight"] = Normal({v, d});
   return WriteSafetensorsFile(dir + "/model.safetensors", t);
 }
 

@@ -1,5 +1,5 @@
-// Randomly initialised GPT-2 checkpoints (config.json + model.safetensors in HF layout) for tests
-// and benchmarks that need a model of a given shape but not a trained one.
+// Randomly initialised GPT-2 and Llama checkpoints (config.json + model.safetensors in HF layout)
+// for tests and benchmarks that need a model of a given shape but not a trained one.
 #ifndef FACTLENS_TESTS_SUPPORT_RANDOM_GPT2_H_
 #define FACTLENS_TESTS_SUPPORT_RANDOM_GPT2_H_
 
@@ -23,6 +23,21 @@ struct RandomGpt2Shape {
 // from libtorch's generator seeded with `seed`, norms at identity, biases zero. Same seed and
 // shape, same files. Not thread-safe (reseeds the global generator).
 absl::Status WriteRandomGpt2(const std::string& dir, const RandomGpt2Shape& shape, uint64_t seed);
+
+// TinyLlama-1.1B's shape by default (grouped-query attention 32/4, untied output layer).
+struct RandomLlamaShape {
+  int64_t vocab = 32000;
+  int64_t d_model = 2048;
+  int64_t layers = 22;
+  int64_t heads = 32;
+  int64_t kv_heads = 4;
+  int64_t ffn = 5632;
+  int64_t positions = 2048;
+};
+
+// Writes a float32 Llama checkpoint of `shape` into `dir` like WriteRandomGpt2: projections
+// N(0, 0.02²), RMSNorm weights at identity. Same seed and shape, same files. Not thread-safe.
+absl::Status WriteRandomLlama(const std::string& dir, const RandomLlamaShape& shape, uint64_t seed);
 
 }  // namespace factlens::testing
 
