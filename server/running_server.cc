@@ -86,7 +86,12 @@ absl::StatusOr<std::unique_ptr<RunningServer>> RunningServer::Start(ServerOption
   absl::StatusOr<ServerMetrics> metrics = ServerMetrics::Create(&s->metrics_registry_, o.build);
   if (!metrics.ok()) return metrics.status();
   s->metrics_ = *metrics;
-  for (const ModelSpec& spec : o.models) metrics->model_ready->WithLabels({spec.name}).Set(0);
+  // Every served model's series exist from the start (at 0), so an idle replica reports a queue
+  // depth for autoscalers instead of no sample (deploy/k8s/autoscaling).
+  for (const ModelSpec& spec : o.models) {
+    metrics->model_ready->WithLabels({spec.name}).Set(0);
+    metrics->requests_in_flight->WithLabels({spec.name}).Set(0);
+  }
   const EventLogger log = o.log;
   const RequestObserver extra = o.on_request;
   s->service_ = std::make_unique<FactLensService>(

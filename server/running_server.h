@@ -91,6 +91,8 @@ class RunningServer {
 
   ModelRegistry& registry() { return *registry_; }
   FactLensService& service() { return *service_; }
+  // What /metrics serves.
+  const MetricsRegistry& metrics() const { return metrics_registry_; }
 
  private:
   explicit RunningServer(ServerOptions options) : options_(std::move(options)) {}

@@ -229,7 +229,7 @@ TEST_F(GpuTest, ServiceServesTheDemoModelOnCudaInBfloat16) {
   EXPECT_GE(memory[0].allocated, (*server)->registry().Loaded("demo")->model->resident_bytes());
   EXPECT_GE(memory[0].peak_allocated, memory[0].allocated);
   EXPECT_GT(memory[0].total, memory[0].free);
-  server->Shutdown();
+  (*server)->Shutdown();
 }
 
 TEST_F(GpuTest, OutOfMemoryIsResourceExhaustedAndTheModelWorksAfterwards) {

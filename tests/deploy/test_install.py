@@ -110,7 +110,7 @@ class InstallTest(unittest.TestCase):
                                 capture_output=True, text=True, timeout=120)
         self.assertEqual(locate.returncode, 0, locate.stderr)
         report = json.loads(locate.stdout)
-        self.assertGreater(report["ablation"]["before"]["prob"], 0.5)  # " Paris" after the default prompt
+        self.assertGreater(report["outcome"]["prob"], 0.5)  # " Paris" after the default prompt
         predict = subprocess.run([self.bin("factlens_predict"), "--top_k=1", "--threads=1"],
                                  capture_output=True, text=True, timeout=120)
         self.assertEqual(predict.returncode, 0, predict.stderr)
@@ -155,8 +155,12 @@ class InstallTest(unittest.TestCase):
         self.assertFalse([a for a in image_args if re.match(r"--?model\b", a)],
                          "the image must rely on the installed default model, not a --model argument")
         # Both stages use one venv path, the one the installed RUNPATH names.
-        venvs = {name: re.search(r"FACTLENS_VENV=(\S+)", stage).group(1) for name, stage in stages.items()}
+        venvs = {name: m.group(1) for name, stage in stages.items() if (m := re.search(r"FACTLENS_VENV=(\S+)", stage))}
         self.assertEqual(venvs["build"], venvs["runtime"])
+        # Every other stage (the GPU image) builds on the runtime stage, so it has the same tree.
+        for name, stage in stages.items():
+            if name not in ("build", "runtime"):
+                self.assertRegex(stage, rf"^FROM runtime AS {name}\b", name)
         # The models the deployment files name are in this install tree, under the image's prefix.
         image_models = prefix + "/share/factlens/models/"
         named = []

@@ -110,6 +110,8 @@ class ServiceHarness {
 
   ModelRegistry& registry() { return server_->registry(); }
   FactLensService& service() { return server_->service(); }
+  std::string metrics() { return server_->metrics().Render(); }
+  absl::Status WaitUntilReady() { return server_->WaitUntilReady(); }
   v1::FactLens::Stub& stub() { return *stub_; }
   std::vector<RequestRecord> records() {
     absl::MutexLock lock(&mu_);
@@ -136,7 +138,7 @@ class ServiceTest : public ::testing::Test {
     setup.options.max_top_k = 50;
     setup.options.max_batch_items = 3;
     harness_ = std::make_unique<ServiceHarness>(setup);
-    ASSERT_TRUE(harness_->registry().WaitUntilLoaded().ok());
+    ASSERT_TRUE(harness_->WaitUntilReady().ok());
   }
 
   v1::FactLens::Stub& stub() { return harness_->stub(); }
@@ -178,6 +180,13 @@ TEST_F(ServiceTest, ListModelsReportsTheLoadedShape) {
   ASSERT_FALSE(records.empty());
   EXPECT_EQ(records.back().rpc, "ListModels");
   EXPECT_EQ(records.back().code, grpc::StatusCode::OK);
+}
+
+// Autoscalers read the queue depth of every replica, idle ones included: the series exist at 0
+// before the first call.
+TEST_F(ServiceTest, AnIdleModelReportsZeroRequestsInFlight) {
+  EXPECT_THAT(harness_->metrics(), HasSubstr("factlens_requests_in_flight{model=\"fake\"} 0\n"));
+  EXPECT_THAT(harness_->metrics(), HasSubstr("factlens_model_ready{model=\"fake\"} 1\n"));
 }
 
 TEST_F(ServiceTest, PredictEqualsTheSoftmaxOfAForwardPass) {
