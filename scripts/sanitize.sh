@@ -7,32 +7,38 @@
 # passes and no sanitizer reports anything. Needs what scripts/setup.sh installs. Not part of
 # scripts/test.sh (the instrumented build alone takes most of CI's time budget); docs/reliability.md
 # has the latest figures.
-# Usage: scripts/sanitize.sh [--fuzz_seconds N] [--build-dir DIR] [--jobs N]
+# Usage: scripts/sanitize.sh [--fuzz_seconds N] [--build-dir DIR] [--jobs N] [--all]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 build="$root/build-asan"
 fuzz_seconds=600
 jobs="$(nproc)"
+all=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --fuzz_seconds) fuzz_seconds="$2"; shift 2 ;;
     --build-dir) build="$2"; shift 2 ;;
     --jobs) jobs="$2"; shift 2 ;;
+    --all) all=1; shift ;;
     -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "sanitize.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
 
-tests=(parsers_test model_test method_test ranking_test text_input_test service_test metrics_test
-       http_endpoint_test tokenizer_unit_test tokenizer_golden_test tokenizer_fairseq_test
-       tokenizer_sentencepiece_test)
+# The unit and service tests. The numeric suites (model_test, method_test, ranking_test: parity
+# with HF, fairseq and numpy) run the same factlens code on bigger tensors; add them with --all.
+tests=(parsers_test text_input_test service_test metrics_test http_endpoint_test
+       tokenizer_unit_test tokenizer_golden_test tokenizer_fairseq_test tokenizer_sentencepiece_test)
+numeric_tests=(model_test method_test ranking_test)
+[ "$all" = 1 ] && tests+=("${numeric_tests[@]}")
 flags="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
+mkdir -p "$build"
 generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
 cmake -S "$root" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DFACTLENS_TORCH_PYTHON="${FACTLENS_VENV:-$root/.venv}/bin/python" \
   -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" \
-  >"$build.configure.log" 2>&1 || { cat "$build.configure.log"; exit 1; }
+  >"$build/configure.log" 2>&1 || { cat "$build/configure.log"; exit 1; }
 start=$(date +%s)
 cmake --build "$build" -j"$jobs" --target "${tests[@]}" fuzz_requests
 echo "sanitize.sh: built in $(( $(date +%s) - start )) s"
