@@ -132,6 +132,11 @@ EXCLUDED = {
     ("docs/reliability.md", "python3 tools/loadgen.py --server build/server/factlens_server --rss --clients 8 "
                             "--seconds 300"): (
         "5 minutes of load", "reliability_load runs the same generator for 10 s"),
+    ("docs/reliability.md", "scripts/sanitize.sh --fuzz_seconds 600"): (
+        "an ASan + UBSan build of the tests, ~40 minutes on 2 cores, then 10 minutes of fuzzing",
+        "the same tests uninstrumented, and fuzz_requests_bounded"),
+    ("docs/reliability.md", "scripts/fuzz.sh --seconds 600"): (
+        "ten minutes of fuzzing per target", "fuzz_bounded (the 20 s form)"),
     ("docs/python-client.md", "python3 client/python/tests/test_client.py build/server/factlens_server build/python"): (
         "a test of its own, with its own servers", "python_client_api runs exactly it"),
     ("client/cpp/README.md", "ctest --test-dir build -L client"): ("runs a test suite", "scripts/test.sh"),
