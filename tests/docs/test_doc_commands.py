@@ -34,6 +34,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -406,11 +407,17 @@ def run(item, root, n, env, server):
         exports = [_GRPC.sub(server.address, e) for e in item.exports]
         argv = ["bash", "-c", "set -e\n" + "".join(e + "\n" for e in exports) + text]
     started = time.time()
+    # In a session of its own, so that a command that times out is stopped with everything it
+    # started (a build or a fuzzer would otherwise go on writing into the run's directory).
+    p = subprocess.Popen(argv, cwd=d, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         start_new_session=True)
     try:
-        p = subprocess.run(argv, cwd=d, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=180)
+        stdout, _ = p.communicate(timeout=180)
     except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
         return "timed out after 180 s"
-    out = p.stdout.decode(errors="replace")
+    out = stdout.decode(errors="replace")
     print(f"  {time.time() - started:5.1f} s  exit {p.returncode}", flush=True)
     if p.returncode != 0:
         return f"exit status {p.returncode}; output:\n{excerpt(out)}"
