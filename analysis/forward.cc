@@ -13,8 +13,11 @@
 namespace factlens {
 namespace {
 
+// x·Wᵀ + b in x's dtype: weights kept in a narrower storage dtype (bfloat16 / float16 weights of a
+// float32-compute CPU model) are widened one matrix at a time, never all at once.
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
-  return bias.defined() ? at::linear(x, weight, bias) : at::linear(x, weight);
+  const at::Tensor w = weight.to(x.scalar_type());
+  return bias.defined() ? at::linear(x, w, bias.to(x.scalar_type())) : at::linear(x, w);
 }
 
 // The precision HF computes RMSNorm, attention softmax and rotary angles in: float32, or float64
@@ -180,10 +183,11 @@ at::Tensor EmbedTokens(const Model& model, absl::Span<const int64_t> token_ids) 
   };
   at::Tensor x;
   if (w.input_bands.empty()) {
-    x = w.token_embedding.index_select(0, on_device({token_ids.begin(), token_ids.end()}));
+    x = w.token_embedding.index_select(0, on_device({token_ids.begin(), token_ids.end()}))
+            .to(model.dtype());
   } else {
     x = at::zeros({static_cast<int64_t>(token_ids.size()), model.config().d_model},
-                  w.input_bands[0].embedding.options());
+                  w.input_bands[0].embedding.options().dtype(model.dtype()));
     for (const AdaptiveInputBand& band : w.input_bands) {
       std::vector<int64_t> positions, rows;
       for (size_t t = 0; t < token_ids.size(); ++t) {
@@ -195,7 +199,8 @@ at::Tensor EmbedTokens(const Model& model, absl::Span<const int64_t> token_ids) 
       }
       if (positions.empty()) continue;
       x.index_copy_(0, on_device(positions),
-                    at::linear(band.embedding.index_select(0, on_device(rows)), band.projection));
+                    Linear(band.embedding.index_select(0, on_device(rows)).to(model.dtype()),
+                           band.projection, at::Tensor()));
     }
   }
   const double scale = model.config().architecture.embedding_scale;
@@ -329,7 +334,7 @@ absl::StatusOr<ForwardTrace> Forward(const Model& model, absl::Span<const int64_
     const c10::ScalarType angle_dtype = AtLeastFloat32(model.dtype());
     at::Tensor x = EmbedTokens(model, token_ids);
     if (arch.positions == PositionKind::kLearned) {
-      x = x + w.position_embedding.narrow(0, 0, t);
+      x = x + w.position_embedding.narrow(0, 0, t).to(model.dtype());
     } else if (arch.positions == PositionKind::kSinusoidal) {
       x = x + SinusoidalPositions(t, config.d_model, arch.position_offset,
                                   long_options.dtype(angle_dtype))
