@@ -98,7 +98,7 @@ absl::StatusOr<RankMode> ParseRankMode(std::string_view name) {
 CaptureOptions FullCapture() {
   CaptureOptions capture;
   capture.residuals = capture.ffn_coefficients = capture.head_outputs = true;
-  capture.attention_probs = capture.values = capture.logits = true;
+  capture.attention_probs = capture.values = capture.keys = capture.logits = true;
   return capture;
 }
 

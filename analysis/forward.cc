@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -54,25 +55,37 @@ at::Tensor ApplyRotary(const at::Tensor& x, const at::Tensor& cos, const at::Ten
   return x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1);
 }
 
-// Everything about one pass that the layers share.
+// Everything about one pass that the layers share. The pass computes query rows for positions
+// [first_row, T); the keys and values of earlier positions come from `past` (a trace of the same
+// tokens that captured them), so a pass over rows [0, T) needs no past.
 struct PassContext {
   const Model& model;
   const CaptureOptions& capture;
+  int64_t first_row = 0;
+  const ForwardTrace* past = nullptr;
   at::Tensor keep_index;                         // undefined = keep all rows
-  at::Tensor causal_mask;                        // [T, T], true where a query may not attend
-  at::Tensor rope_cos, rope_sin;                 // [T, Dh], rotary positions only
+  at::Tensor causal_mask;                        // [rows, T], true where a query may not attend
+  at::Tensor rope_cos, rope_sin;                 // [rows, Dh], rotary positions only
   std::vector<std::vector<Ablation>> ablations;  // per layer
 
   at::Tensor Keep(const at::Tensor& x) const {
     const at::Tensor rows = keep_index.defined() ? x.index_select(0, keep_index) : x;
     return rows.to(at::kFloat);
   }
+  // Scales the row of query position `position` (every row when nullopt) of `x` along `dim` in
+  // place; `x` must be owned.
+  void ScaleRows(at::Tensor& x, int64_t dim, const std::optional<int64_t>& position,
+                 double scale) const {
+    (position ? x.select(dim, *position - first_row) : x).mul_(scale);
+  }
+  // This layer's keys or values [rows, KV, Dh] preceded by the past positions' ones.
+  at::Tensor WithPast(const at::Tensor& current, at::Tensor LayerTrace::*captured,
+                      int64_t layer) const {
+    if (first_row == 0) return current;
+    const at::Tensor earlier = (past->layers[layer].*captured).narrow(0, 0, first_row);
+    return at::cat({earlier.to(current.scalar_type()), current}, 0);
+  }
 };
-
-// Scales rows `position` (all when nullopt) of `x` along `dim` in place; `x` must be owned.
-void ScaleRows(at::Tensor& x, int64_t dim, const std::optional<int64_t>& position, double scale) {
-  (position ? x.select(dim, *position) : x).mul_(scale);
-}
 
 // Applies the ablations of `kind` in `ablations` to `x` (rows = query positions along `dim`),
 // cloning it first so the forward pass never writes to tensors it did not create.
@@ -96,14 +109,17 @@ at::Tensor Attention(const PassContext& pass, int64_t layer_index, const at::Ten
                 dh = config.head_dim;
   at::Tensor q = Linear(h, w.q_weight, w.q_bias).view({t, heads, dh});
   at::Tensor k = Linear(h, w.k_weight, w.k_bias).view({t, kv_heads, dh});
-  const at::Tensor v = Linear(h, w.v_weight, w.v_bias).view({t, kv_heads, dh});
-  if (pass.capture.values) trace.values = v.to(at::kFloat);
+  at::Tensor v = Linear(h, w.v_weight, w.v_bias).view({t, kv_heads, dh});
 
   const Architecture& arch = config.architecture;
   if (arch.positions == PositionKind::kRotary) {
     q = ApplyRotary(q, pass.rope_cos, pass.rope_sin);
     k = ApplyRotary(k, pass.rope_cos, pass.rope_sin);
   }
+  k = pass.WithPast(k, &LayerTrace::keys, layer_index);
+  v = pass.WithPast(v, &LayerTrace::values, layer_index);
+  if (pass.capture.keys) trace.keys = k.to(at::kFloat);
+  if (pass.capture.values) trace.values = v.to(at::kFloat);
   double scale = 1.0;
   if (arch.scale_attention) scale /= std::sqrt(static_cast<double>(dh));
   if (arch.scale_attention_by_inverse_layer) scale /= static_cast<double>(layer_index + 1);
@@ -112,15 +128,15 @@ at::Tensor Attention(const PassContext& pass, int64_t layer_index, const at::Ten
   const at::Tensor k_heads = k.repeat_interleave(group, /*dim=*/1).permute({1, 2, 0});  // [H,Dh,T]
   const at::Tensor v_heads = v.repeat_interleave(group, /*dim=*/1).transpose(0, 1);     // [H,T,Dh]
   at::Tensor scores = at::matmul(q.transpose(0, 1), k_heads).to(AtLeastFloat32(q.scalar_type())) *
-                      scale;  // [H,T,T]
+                      scale;  // [H, rows, T]
   scores = scores.masked_fill(pass.causal_mask, -std::numeric_limits<float>::infinity());
   at::Tensor probs = at::softmax(scores, -1);
   const std::vector<Ablation>& ablations = pass.ablations[layer_index];
-  ApplyAblations(
-      ablations, AblationTarget::kHeadPosition, probs, [](const Ablation& a, at::Tensor& p) {
-        at::Tensor column = p.select(0, a.head).select(1, a.source_position);  // [T queries]
-        ScaleRows(column, 0, a.position, a.scale);
-      });
+  ApplyAblations(ablations, AblationTarget::kHeadPosition, probs,
+                 [&](const Ablation& a, at::Tensor& p) {
+                   at::Tensor column = p.select(0, a.head).select(1, a.source_position);  // [rows]
+                   pass.ScaleRows(column, 0, a.position, a.scale);
+                 });
   if (pass.capture.attention_probs) {
     trace.attention_probs =
         (pass.keep_index.defined() ? probs.index_select(1, pass.keep_index) : probs).to(at::kFloat);
@@ -133,20 +149,22 @@ at::Tensor Attention(const PassContext& pass, int64_t layer_index, const at::Ten
                                              v_heads[a.head][a.source_position][a.index];  // [T]
                    at::Tensor dim = out.select(1, a.head).select(1, a.index);              // [T]
                    if (a.position) {
-                     dim[*a.position].sub_((1 - a.scale) * contribution[*a.position]);
+                     const int64_t row = *a.position - pass.first_row;
+                     dim[row].sub_((1 - a.scale) * contribution[row]);
                    } else {
                      dim.sub_((1 - a.scale) * contribution);
                    }
                  });
   ApplyAblations(ablations, AblationTarget::kHead, head_outputs,
-                 [](const Ablation& a, at::Tensor& out) {
-                   at::Tensor head = out.select(1, a.head);  // [T, Dh]
-                   ScaleRows(head, 0, a.position, a.scale);
+                 [&](const Ablation& a, at::Tensor& out) {
+                   at::Tensor head = out.select(1, a.head);  // [rows, Dh]
+                   pass.ScaleRows(head, 0, a.position, a.scale);
                  });
   if (pass.capture.head_outputs) trace.head_outputs = pass.Keep(head_outputs);
   at::Tensor out = Linear(head_outputs.reshape({t, heads * dh}), w.o_weight, w.o_bias);
-  ApplyAblations(ablations, AblationTarget::kAttentionLayer, out,
-                 [](const Ablation& a, at::Tensor& x) { ScaleRows(x, 0, a.position, a.scale); });
+  ApplyAblations(
+      ablations, AblationTarget::kAttentionLayer, out,
+      [&](const Ablation& a, at::Tensor& x) { pass.ScaleRows(x, 0, a.position, a.scale); });
   return out;
 }
 
@@ -163,14 +181,15 @@ at::Tensor FeedForward(const PassContext& pass, int64_t layer_index, const at::T
   }
   const std::vector<Ablation>& ablations = pass.ablations[layer_index];
   ApplyAblations(ablations, AblationTarget::kFfnNeuron, coefficients,
-                 [](const Ablation& a, at::Tensor& c) {
-                   at::Tensor neuron = c.select(1, a.index);  // [T]
-                   ScaleRows(neuron, 0, a.position, a.scale);
+                 [&](const Ablation& a, at::Tensor& c) {
+                   at::Tensor neuron = c.select(1, a.index);  // [rows]
+                   pass.ScaleRows(neuron, 0, a.position, a.scale);
                  });
   if (pass.capture.ffn_coefficients) trace.ffn_coefficients = pass.Keep(coefficients);
   at::Tensor out = Linear(coefficients, w.out_weight, w.out_bias);
-  ApplyAblations(ablations, AblationTarget::kFfnLayer, out,
-                 [](const Ablation& a, at::Tensor& x) { ScaleRows(x, 0, a.position, a.scale); });
+  ApplyAblations(ablations, AblationTarget::kFfnLayer, out, [&](const Ablation& a, at::Tensor& x) {
+    pass.ScaleRows(x, 0, a.position, a.scale);
+  });
   return out;
 }
 
@@ -285,6 +304,71 @@ at::Tensor RotaryInverseFrequencies(const ModelConfig& config, c10::ScalarType d
   return at::where(medium, smoothed, scaled);
 }
 
+namespace {
+
+// The pass's causal mask [rows, T] and rotary angles for query positions [first_row, T).
+void SetUpPositions(PassContext& pass, int64_t num_tokens) {
+  const Model& model = pass.model;
+  const ModelConfig& config = model.config();
+  const int64_t rows = num_tokens - pass.first_row;
+  const at::TensorOptions bool_options =
+      at::TensorOptions().dtype(at::kBool).device(model.device());
+  // Row i is position first_row + i: it may not attend to later positions, nor (with a sliding
+  // window) to positions `window` or more before it.
+  pass.causal_mask = at::ones({rows, num_tokens}, bool_options).triu(pass.first_row + 1);
+  if (const int64_t window = config.architecture.sliding_window;
+      window > 0 && window < num_tokens) {
+    pass.causal_mask = pass.causal_mask.logical_or(
+        at::ones({rows, num_tokens}, bool_options).tril(pass.first_row - window));
+  }
+  if (config.architecture.positions != PositionKind::kRotary) return;
+  const c10::ScalarType angle_dtype = AtLeastFloat32(model.dtype());
+  const at::Tensor freqs = at::outer(
+      at::arange(pass.first_row, num_tokens, bool_options.dtype(at::kLong)).to(angle_dtype),
+      RotaryInverseFrequencies(config, angle_dtype).to(model.device()));
+  const at::Tensor angles = at::cat({freqs, freqs}, -1);
+  pass.rope_cos = angles.cos().to(model.dtype());
+  pass.rope_sin = angles.sin().to(model.dtype());
+}
+
+// Runs layers [first_layer, L) on the residual rows `x` and returns the final residual rows,
+// filling the captures the pass asks for into `trace` (which has L layers).
+at::Tensor RunLayers(const PassContext& pass, at::Tensor x, int64_t first_layer,
+                     ForwardTrace& trace) {
+  const ModelConfig& config = pass.model.config();
+  const ModelWeights& w = pass.model.weights();
+  for (int64_t l = first_layer; l < config.n_layers; ++l) {
+    const LayerWeights& lw = w.layers[l];
+    LayerTrace& layer = trace.layers[l];
+    const at::Tensor attn =
+        Attention(pass, l, Norm(config, x, lw.attn_norm_weight, lw.attn_norm_bias), layer);
+    const at::Tensor mid = x + attn;
+    const at::Tensor ffn =
+        FeedForward(pass, l, Norm(config, mid, lw.ffn_norm_weight, lw.ffn_norm_bias), layer);
+    if (pass.capture.residuals) {
+      layer.residual_in = pass.Keep(x);
+      layer.attn_out = pass.Keep(attn);
+      layer.residual_mid = pass.Keep(mid);
+      layer.ffn_out = pass.Keep(ffn);
+    }
+    x = mid + ffn;
+  }
+  return x;
+}
+
+absl::StatusOr<std::vector<std::vector<Ablation>>> AblationsByLayer(
+    const ModelConfig& config, int64_t num_tokens, absl::Span<const Ablation> ablations) {
+  std::vector<std::vector<Ablation>> by_layer(config.n_layers);
+  for (size_t i = 0; i < ablations.size(); ++i) {
+    const absl::Status status = CheckAblation(config, num_tokens, i, ablations[i]);
+    if (!status.ok()) return status;
+    by_layer[ablations[i].layer].push_back(ablations[i]);
+  }
+  return by_layer;
+}
+
+}  // namespace
+
 absl::StatusOr<ForwardTrace> Forward(const Model& model, absl::Span<const int64_t> token_ids,
                                      const CaptureOptions& capture,
                                      absl::Span<const Ablation> ablations) {
@@ -309,63 +393,31 @@ absl::StatusOr<ForwardTrace> Forward(const Model& model, absl::Span<const int64_
     return absl::InvalidArgumentError(absl::StrCat("positions: ", positions.status().message()));
   }
   trace.positions = *std::move(positions);
-  std::vector<std::vector<Ablation>> ablations_by_layer(config.n_layers);
-  for (size_t i = 0; i < ablations.size(); ++i) {
-    const absl::Status status = CheckAblation(config, t, i, ablations[i]);
-    if (!status.ok()) return status;
-    ablations_by_layer[ablations[i].layer].push_back(ablations[i]);
-  }
+  absl::StatusOr<std::vector<std::vector<Ablation>>> ablations_by_layer =
+      AblationsByLayer(config, t, ablations);
+  if (!ablations_by_layer.ok()) return ablations_by_layer.status();
 
   try {
-    const at::TensorOptions long_options =
-        at::TensorOptions().dtype(at::kLong).device(model.device());
     PassContext pass{model, capture};
-    pass.ablations = std::move(ablations_by_layer);
+    pass.ablations = *std::move(ablations_by_layer);
     if (!capture.positions.empty()) {
       pass.keep_index = at::tensor(trace.positions, at::kLong).to(model.device());
     }
-    pass.causal_mask = at::ones({t, t}, long_options.dtype(at::kBool)).triu(1);
-    if (const int64_t window = config.architecture.sliding_window; window > 0 && window < t) {
-      pass.causal_mask = pass.causal_mask.logical_or(
-          at::ones({t, t}, long_options.dtype(at::kBool)).tril(-window));
-    }
+    SetUpPositions(pass, t);
     const ModelWeights& w = model.weights();
     const Architecture& arch = config.architecture;
-    const c10::ScalarType angle_dtype = AtLeastFloat32(model.dtype());
     at::Tensor x = EmbedTokens(model, token_ids);
     if (arch.positions == PositionKind::kLearned) {
       x = x + w.position_embedding.narrow(0, 0, t).to(model.dtype());
     } else if (arch.positions == PositionKind::kSinusoidal) {
       x = x + SinusoidalPositions(t, config.d_model, arch.position_offset,
-                                  long_options.dtype(angle_dtype))
+                                  x.options().dtype(AtLeastFloat32(model.dtype())))
                   .to(model.dtype());
-    } else {
-      const at::Tensor freqs =
-          at::outer(at::arange(t, long_options).to(angle_dtype),
-                    RotaryInverseFrequencies(config, angle_dtype).to(model.device()));
-      const at::Tensor angles = at::cat({freqs, freqs}, -1);
-      pass.rope_cos = angles.cos().to(model.dtype());
-      pass.rope_sin = angles.sin().to(model.dtype());
     }
     if (capture.residuals) trace.embedding = pass.Keep(x);
 
     trace.layers.resize(config.n_layers);
-    for (int64_t l = 0; l < config.n_layers; ++l) {
-      const LayerWeights& lw = w.layers[l];
-      LayerTrace& layer = trace.layers[l];
-      const at::Tensor attn =
-          Attention(pass, l, Norm(config, x, lw.attn_norm_weight, lw.attn_norm_bias), layer);
-      const at::Tensor mid = x + attn;
-      const at::Tensor ffn =
-          FeedForward(pass, l, Norm(config, mid, lw.ffn_norm_weight, lw.ffn_norm_bias), layer);
-      if (capture.residuals) {
-        layer.residual_in = pass.Keep(x);
-        layer.attn_out = pass.Keep(attn);
-        layer.residual_mid = pass.Keep(mid);
-        layer.ffn_out = pass.Keep(ffn);
-      }
-      x = mid + ffn;
-    }
+    x = RunLayers(pass, std::move(x), 0, trace);
     const at::Tensor kept_final =
         pass.keep_index.defined() ? x.index_select(0, pass.keep_index) : x;
     if (capture.residuals) trace.final_residual = kept_final.to(at::kFloat);
@@ -377,6 +429,56 @@ absl::StatusOr<ForwardTrace> Forward(const Model& model, absl::Span<const int64_
     return StatusFromException(e, "the forward pass", model.device());
   }
   return trace;
+}
+
+absl::StatusOr<at::Tensor> AblatedLogitsAt(const Model& model, absl::Span<const int64_t> token_ids,
+                                           const ForwardTrace& reference, int64_t position,
+                                           absl::Span<const Ablation> ablations) {
+  const ModelConfig& config = model.config();
+  const int64_t t = static_cast<int64_t>(token_ids.size());
+  const int64_t p = position < 0 ? position + t : position;
+  if (p < 0 || p >= t) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("position: ", position, " is out of range for ", t, " tokens"));
+  }
+  // The reference can stand in for every row but p's when it holds, in order, every position's
+  // residuals, keys and values without loss, and no ablation touches another row.
+  bool reusable = model.dtype() != at::kDouble && reference.num_tokens == t &&
+                  static_cast<int64_t>(reference.positions.size()) == t &&
+                  reference.layers.size() == static_cast<size_t>(config.n_layers) &&
+                  config.n_layers > 0 && reference.layers[0].keys.defined() &&
+                  reference.layers[0].values.defined() && reference.layers[0].residual_in.defined();
+  for (int64_t i = 0; reusable && i < t; ++i) reusable = reference.positions[i] == i;
+  for (const Ablation& a : ablations) reusable = reusable && a.position && *a.position == p;
+  if (!reusable) {
+    absl::StatusOr<ForwardTrace> trace = Forward(model, token_ids, LogitsAt(p), ablations);
+    if (!trace.ok()) return trace.status();
+    return trace->logits[0];
+  }
+  absl::StatusOr<std::vector<std::vector<Ablation>>> ablations_by_layer =
+      AblationsByLayer(config, t, ablations);
+  if (!ablations_by_layer.ok()) return ablations_by_layer.status();
+  int64_t first_layer = config.n_layers;
+  for (const Ablation& a : ablations) first_layer = std::min(first_layer, a.layer);
+
+  try {
+    CaptureOptions capture = LogitsAt(p);
+    PassContext pass{model, capture};
+    pass.ablations = *std::move(ablations_by_layer);
+    pass.first_row = p;
+    pass.past = &reference;
+    // Positions after p cannot change p's result: the pass ends at p.
+    SetUpPositions(pass, p + 1);
+    const at::Tensor x =
+        first_layer < config.n_layers
+            ? reference.layers[first_layer].residual_in.narrow(0, p, 1).to(model.dtype())
+            : reference.final_residual.narrow(0, p, 1).to(model.dtype());
+    ForwardTrace unused;
+    unused.layers.resize(config.n_layers);
+    return model.output_head().Logits(RunLayers(pass, x, first_layer, unused))[0];
+  } catch (const std::exception& e) {
+    return StatusFromException(e, "the forward pass", model.device());
+  }
 }
 
 CaptureOptions LogitsAt(int64_t position) {

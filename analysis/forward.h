@@ -22,6 +22,7 @@ struct CaptureOptions {
   bool head_outputs = false;      // per-head attention outputs before the output projection
   bool attention_probs = false;   // softmax attention weights
   bool values = false;            // value vectors (one per key/value head)
+  bool keys = false;              // key vectors after rotary embedding (one per key/value head)
   bool logits = true;
   // Query positions whose rows are kept (in this order); empty keeps all. Values always keep every
   // source position. Negative entries count from the end (-1 = last token).
@@ -42,6 +43,7 @@ struct LayerTrace {
   at::Tensor head_outputs;      // [P, H, Dh]
   at::Tensor attention_probs;   // [H, P, T]
   at::Tensor values;            // [T, KV, Dh], including the value bias if any
+  at::Tensor keys;              // [T, KV, Dh], including the key bias and rotary embedding
 };
 
 struct ForwardTrace {
@@ -83,6 +85,19 @@ struct Ablation {
 absl::StatusOr<ForwardTrace> Forward(const Model& model, absl::Span<const int64_t> token_ids,
                                      const CaptureOptions& capture = {},
                                      absl::Span<const Ablation> ablations = {});
+
+// The float64 logits [V] at `position` of `token_ids` with `ablations`: what
+// Forward(model, token_ids, LogitsAt(position), ablations).logits[0] computes. When every ablation
+// is at that query position and `reference` is an unablated trace of the same tokens with
+// residuals, keys and values at every position (FullCapture()) of a model computing in float32 or
+// narrower (the trace is then lossless), only that position's row is recomputed, from the first
+// ablated layer on, reading earlier positions' keys and values from `reference`: about one row's
+// share of a forward pass. The result then differs from the full pass by float32 rounding only (a
+// one-row product rounds differently from a T-row one). Otherwise it runs the full pass. Errors:
+// those of Forward. Thread-safe.
+absl::StatusOr<at::Tensor> AblatedLogitsAt(const Model& model, absl::Span<const int64_t> token_ids,
+                                           const ForwardTrace& reference, int64_t position,
+                                           absl::Span<const Ablation> ablations);
 
 // The RoPE inverse frequencies [head_dim / 2] in `dtype`, as HF computes them (in float32) for the
 // model's rope config. Llama only.

@@ -204,12 +204,12 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
         ablations.push_back(
             {AblationTarget::kFfnNeuron, n.layer, 0, 0, n.neuron, a.position(), 0.0});
       }
-      absl::StatusOr<ForwardTrace> ablated =
-          Forward(model, token_ids, LogitsAt(a.position()), ablations);
+      absl::StatusOr<at::Tensor> ablated =
+          AblatedLogitsAt(model, token_ids, *trace, a.position(), ablations);
       if (!ablated.ok()) return ablated.status();
       report.ablation.removed = static_cast<int64_t>(ablations.size());
       report.ablation.before = report.outcome;
-      report.ablation.after = OutcomeOf(ablated->logits[0], target);
+      report.ablation.after = OutcomeOf(*ablated, target);
     }
     ffn.neurons.clear();
     attention.neurons.clear();

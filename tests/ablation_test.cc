@@ -9,6 +9,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <iostream>
+
+#include "analysis/attribution.h"
 #include "analysis/forward.h"
 #include "analysis/weights.h"
 #include "tests/testing.h"
@@ -160,6 +164,127 @@ INSTANTIATE_TEST_SUITE_P(Models, AblationTest,
                          ::testing::Values("gpt2-tiny", "llama-gqa-tiny-bf16"),
                          [](const auto& info) {
                            return info.param == "gpt2-tiny" ? "gpt2" : "llama_gqa";
+                         });
+
+// AblatedLogitsAt recomputes only the ablated position's row from the first ablated layer on,
+// reading every other row from an unablated FullCapture trace. On a float32 model it and the full
+// ablated pass are two float32 evaluations of the same function: each stays within the float32
+// forward bound of the float64 pass (hf_parity.h: each of the 6L + 1 chained products errs by at
+// most n·2^-24 of its magnitude, n = max(d, d_ffn, T); here one side is float64, exact to ~1e-15).
+class OneRowAblationTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    const std::string dir = testing::SourcePath("tests/data/hf-reference/" + GetParam());
+    absl::StatusOr<std::shared_ptr<const Model>> model = Model::Load(dir);
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = *model;
+    LoadOptions float64;
+    float64.dtype = at::kDouble;
+    model = Model::Load(dir, float64);
+    ASSERT_TRUE(model.ok()) << model.status();
+    model64_ = *model;
+    absl::StatusOr<ForwardTrace> reference = Forward(*model_, kIds, FullCapture());
+    ASSERT_TRUE(reference.ok()) << reference.status();
+    reference_ = *std::move(reference);
+  }
+
+  // Several kinds of component at query position p, in the first and the last layer.
+  std::vector<Ablation> AblationsAt(int64_t p) const {
+    const int64_t last = model_->config().n_layers - 1;
+    return {{AblationTarget::kFfnNeuron, 0, 0, 0, 3, p, 0.0},
+            {AblationTarget::kFfnNeuron, last, 0, 0, 7, p, 0.0},
+            {AblationTarget::kHeadPosition, 0, 1, 0, 0, p, 0.0},
+            {AblationTarget::kAttentionNeuron, last, 0, 2, 1, p, 0.0},
+            {AblationTarget::kHead, last, 1, 0, 0, p, 0.5},
+            {AblationTarget::kAttentionLayer, last, 0, 0, 0, p, 0.25}};
+  }
+  at::Tensor FullPass(const Model& model, int64_t p, const std::vector<Ablation>& ablations) {
+    absl::StatusOr<ForwardTrace> trace = Forward(model, kIds, LogitsAt(p), ablations);
+    EXPECT_TRUE(trace.ok()) << trace.status();
+    return trace.ok() ? trace->logits[0] : at::Tensor();
+  }
+  at::Tensor OneRow(const ForwardTrace& reference, int64_t p,
+                    const std::vector<Ablation>& ablations) {
+    absl::StatusOr<at::Tensor> logits = AblatedLogitsAt(*model_, kIds, reference, p, ablations);
+    EXPECT_TRUE(logits.ok()) << logits.status();
+    return logits.ok() ? *logits : at::Tensor();
+  }
+  double Float32Bound(const at::Tensor& truth) const {
+    const ModelConfig& c = model_->config();
+    const double n =
+        static_cast<double>(std::max({c.d_model, c.d_ffn, static_cast<int64_t>(kIds.size())}));
+    return (6.0 * c.n_layers + 1) * n * 0x1p-24 * std::max(1.0, truth.abs().max().item<double>());
+  }
+  static double MaxDifference(const at::Tensor& a, const at::Tensor& b) {
+    return (a - b).abs().max().item<double>();
+  }
+
+  std::shared_ptr<const Model> model_, model64_;
+  ForwardTrace reference_;
+};
+
+TEST_P(OneRowAblationTest, AgreesWithTheFullPassWithinFloat32Rounding) {
+  for (const int64_t p : {int64_t{4}, static_cast<int64_t>(kIds.size()) - 1}) {
+    const std::vector<Ablation> ablations = AblationsAt(p);
+    const at::Tensor truth = FullPass(*model64_, p, ablations);
+    const double bound = Float32Bound(truth);
+    // The ablations matter far beyond the bound, so agreement is not agreement on "no change".
+    EXPECT_GT(MaxDifference(truth, FullPass(*model64_, p, {})), 10 * bound) << p;
+    const double one_row = MaxDifference(OneRow(reference_, p, ablations), truth);
+    const double full = MaxDifference(FullPass(*model_, p, ablations), truth);
+    EXPECT_LE(one_row, bound) << "position " << p;
+    EXPECT_LE(full, bound) << "position " << p;
+    std::cout << GetParam() << " position " << p << ": |one row − float64| " << one_row
+              << ", |full pass − float64| " << full << ", bound " << bound << "\n";
+  }
+}
+
+TEST_P(OneRowAblationTest, ReadsEarlierRowsFromTheReferenceAndRecomputesItsOwn) {
+  const int64_t p = 4, last = model_->config().n_layers - 1;
+  const std::vector<Ablation> ablations = AblationsAt(p);
+  const at::Tensor untouched = OneRow(reference_, p, ablations);
+  ForwardTrace tampered = reference_;
+  tampered.layers[last].keys = reference_.layers[last].keys.clone();
+  tampered.layers[last].keys[p].add_(1.0);  // p's own key is recomputed, not read
+  EXPECT_TRUE(at::equal(OneRow(tampered, p, ablations), untouched));
+  tampered.layers[last].keys[p - 1].add_(1.0);  // an earlier key (inside any sliding window)
+  EXPECT_GT(MaxDifference(OneRow(tampered, p, ablations), untouched), 1e-6);
+}
+
+TEST_P(OneRowAblationTest, RunsTheFullPassWhenTheReferenceCannotStandIn) {
+  const int64_t p = 4;
+  // An ablation at another position changes the rows the reference holds.
+  std::vector<Ablation> elsewhere = AblationsAt(p);
+  elsewhere.back().position = 2;
+  EXPECT_TRUE(at::equal(OneRow(reference_, p, elsewhere), FullPass(*model_, p, elsewhere)));
+  elsewhere.back().position = std::nullopt;
+  EXPECT_TRUE(at::equal(OneRow(reference_, p, elsewhere), FullPass(*model_, p, elsewhere)));
+  // A float64 model's trace is rounded to float32: it is not reused.
+  absl::StatusOr<ForwardTrace> reference64 = Forward(*model64_, kIds, FullCapture());
+  ASSERT_TRUE(reference64.ok());
+  absl::StatusOr<at::Tensor> logits64 =
+      AblatedLogitsAt(*model64_, kIds, *reference64, p, AblationsAt(p));
+  ASSERT_TRUE(logits64.ok()) << logits64.status();
+  EXPECT_TRUE(at::equal(*logits64, FullPass(*model64_, p, AblationsAt(p))));
+}
+
+TEST_P(OneRowAblationTest, BadInputNamesTheField) {
+  std::vector<Ablation> ablations = AblationsAt(4);
+  ablations[0].index = 100000;
+  absl::Status status = AblatedLogitsAt(*model_, kIds, reference_, 4, ablations).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(status.message()), ::testing::HasSubstr("ablations[0].index"));
+  status = AblatedLogitsAt(*model_, kIds, reference_, 7, AblationsAt(4)).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(status.message()), ::testing::HasSubstr("position"));
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, OneRowAblationTest,
+                         ::testing::Values("gpt2-tiny", "llama-gqa-tiny-bf16", "mistral-tiny",
+                                           "qwen2-tiny"),
+                         [](const auto& info) {
+                           std::string name = info.param.substr(0, info.param.find("-tiny"));
+                           return name == "llama-gqa" ? std::string("llama_gqa") : name;
                          });
 
 }  // namespace
