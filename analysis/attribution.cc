@@ -182,6 +182,11 @@ at::Tensor Attribution::Project(const at::Tensor& vectors) const {
   return head_->VocabularyScores(vectors);
 }
 
+std::vector<std::vector<TokenScore>> Attribution::TopTokens(const at::Tensor& vectors,
+                                                            int64_t k) const {
+  return head_->TopTokens(vectors, k);
+}
+
 std::vector<at::Tensor> Attribution::TermLogits(const at::Tensor& vectors) const {
   std::vector<at::Tensor> logits;
   for (const SoftmaxTerm& term : terms_) logits.push_back(term.Logits(vectors));
@@ -525,14 +530,19 @@ absl::StatusOr<NeuronRanking> Attribution::Rank(const std::vector<NeuronSet>& se
     }
     if (mode == RankMode::kExact) {
       // Candidates in bound order; evaluate in batches until the k-th exact value, less its
-      // rounding bound, beats the largest remaining (widened) bound.
+      // rounding bound, beats the largest remaining (widened) bound. Each batch is one projection
+      // GEMM, which streams the whole output layer however few its rows: the first takes the k
+      // best bounds (at least 16, which cost about what fewer do), each later one every remaining
+      // candidate whose bound still beats the current threshold — exactly those that could
+      // still enter the top k — so a ranking takes two GEMMs, rarely more.
       std::sort(candidates.begin(), candidates.end(), better);
-      const int64_t first_batch = std::clamp<int64_t>(k, 64, 512);
+      constexpr size_t kMaxBatch = 512;  // bounds the [batch, V] float64 logits
+      size_t batch =
+          static_cast<size_t>(std::clamp<int64_t>(k, 16, static_cast<int64_t>(kMaxBatch)));
       size_t next = 0;
       while (next < candidates.size()) {
         if (interrupted && interrupted()) return InterruptedError();
-        const size_t batch_end =
-            std::min(candidates.size(), next + (next == 0 ? first_batch : 128));
+        const size_t batch_end = std::min(candidates.size(), next + batch);
         // One projection GEMM for the whole batch (each GEMM streams the whole unembedding), then
         // the exact values per layer, whose bases differ.
         std::map<int64_t, std::vector<int64_t>> by_set;
@@ -563,11 +573,19 @@ absl::StatusOr<NeuronRanking> Attribution::Rank(const std::vector<NeuronSet>& se
         }
         ranking.evaluated += static_cast<int64_t>(batch_end - next);
         next = batch_end;
-        if (static_cast<int64_t>(results.size()) >= k && k > 0 && next < candidates.size()) {
+        if (static_cast<int64_t>(results.size()) < k) {
+          batch = std::clamp<size_t>(k - results.size(), 128, kMaxBatch);
+        } else if (k > 0 && next < candidates.size()) {
           std::nth_element(results.begin(), results.begin() + (k - 1), results.end(), better);
           const Candidate& kth = results[k - 1];
-          const double bound = candidates[next].value;
-          if (top ? kth.value - kth.error >= bound : kth.value + kth.error <= bound) break;
+          const double threshold = top ? kth.value - kth.error : kth.value + kth.error;
+          const auto beats = [&](const Candidate& c) {
+            return top ? c.value > threshold : c.value < threshold;
+          };
+          const auto beating_end =
+              std::partition_point(candidates.begin() + next, candidates.end(), beats);
+          if (beating_end == candidates.begin() + next) break;
+          batch = std::min<size_t>(beating_end - (candidates.begin() + next), kMaxBatch);
         }
       }
     }

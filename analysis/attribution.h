@@ -111,6 +111,9 @@ class Attribution {
   // The vocabulary view of vectors [B, d] -> [B, V] float64 (FrozenOutputHead::VocabularyScores:
   // bs(v) for one softmax, the vector's own log-distribution for an adaptive softmax).
   at::Tensor Project(const at::Tensor& vectors) const;
+  // The k largest entries of each vector's Project row, best first (FrozenOutputHead::TopTokens:
+  // the same float64 values, found without projecting every row in float64).
+  std::vector<std::vector<TokenScore>> TopTokens(const at::Tensor& vectors, int64_t k) const;
 
   // Worst-case rounding error of one metric value computed here, for a vector v with magnitude
   // B = ‖v‖·Σ_s transform_norm_s·max_row_norm_s (≥ Σ_s ‖T_s(v)‖·max_u ‖M_s,u‖ ≥ Σ_s max_u

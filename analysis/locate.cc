@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <map>
+#include <tuple>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -30,33 +32,38 @@ std::vector<HeadScore> HeadScores(const NeuronRanking& ranking, int64_t position
   return heads;
 }
 
+// A reported neuron's value vector: a column of a layer's FFN output projection or of its
+// attention output projection (shared by an attention neuron's every source position).
+struct ValueVector {
+  bool attention = false;
+  int64_t layer = 0, column = 0;
+};
+
 // What each neuron writes: the top tokens of its value vector's projection, sign-corrected by its
 // coefficient (a neuron with m < 0 promotes the bottom tokens of v). values[i] belongs to
-// reports[i]; the projections are batched (64 rows bound the [rows, V] buffer).
-void FillTopTokens(const Attribution& a, const std::vector<at::Tensor>& values,
+// reports[i]; each distinct signed vector is projected once.
+void FillTopTokens(const Attribution& a, const std::vector<ValueVector>& values,
                    const std::vector<NeuronReport*>& reports, int64_t k) {
-  constexpr int64_t kRows = 64;
-  for (size_t start = 0; start < values.size() && k > 0; start += kRows) {
-    const size_t end = std::min(values.size(), start + kRows);
-    std::vector<at::Tensor> rows;
-    for (size_t i = start; i < end; ++i) {
-      const at::Tensor v = values[i].to(at::kFloat);
-      rows.push_back(reports[i]->coefficient < 0 ? -v : v);
+  if (k <= 0 || values.empty()) return;
+  const ModelWeights& weights = a.model().weights();
+  std::map<std::tuple<bool, int64_t, int64_t, bool>, size_t> row_of;
+  std::vector<size_t> rows;
+  std::vector<at::Tensor> vectors;
+  for (size_t i = 0; i < values.size(); ++i) {
+    const ValueVector& v = values[i];
+    const bool negative = reports[i]->coefficient < 0;
+    const auto [it, added] =
+        row_of.try_emplace({v.attention, v.layer, v.column, negative}, vectors.size());
+    if (added) {
+      const LayerWeights& layer = weights.layers[v.layer];
+      const at::Tensor column =
+          (v.attention ? layer.o_weight : layer.out_weight).select(1, v.column).to(at::kFloat);
+      vectors.push_back(negative ? -column : column);
     }
-    const at::Tensor projections = a.Project(at::stack(rows));  // [rows, V]
-    const auto [top, indices] =
-        at::topk(projections, std::min<int64_t>(k, projections.size(1)), /*dim=*/1);
-    const at::Tensor scores = top.to(at::kCPU, at::kDouble).contiguous();
-    const at::Tensor ids = indices.to(at::kCPU).contiguous();
-    const int64_t per_row = scores.size(1);
-    for (size_t i = start; i < end; ++i) {
-      const int64_t row = static_cast<int64_t>(i - start);
-      for (int64_t j = 0; j < per_row; ++j) {
-        reports[i]->top_tokens.push_back({ids.data_ptr<int64_t>()[row * per_row + j],
-                                          scores.data_ptr<double>()[row * per_row + j]});
-      }
-    }
+    rows.push_back(it->second);
   }
+  const std::vector<std::vector<TokenScore>> tops = a.TopTokens(at::stack(vectors), k);
+  for (size_t i = 0; i < values.size(); ++i) reports[i]->top_tokens = tops[rows[i]];
 }
 
 absl::Status CheckOptions(const ModelConfig& config, const LocateOptions& o) {
@@ -138,7 +145,7 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
     report.top_head_positions = HeadScores(*heads, trace->num_tokens);
 
     // Every reported neuron's value vector, for one batched projection at the end.
-    std::vector<at::Tensor> values;
+    std::vector<ValueVector> values;
     if (!report_progress("FFN neurons", 0.25)) return cancelled;
     const int64_t ffn_k = std::max(options.top_ffn_neurons, options.query_ffn_neurons);
     absl::StatusOr<NeuronRanking> ffn_ranking =
@@ -149,7 +156,7 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
     for (size_t i = 0; i < ffn.neurons.size() && static_cast<int64_t>(i) < options.top_ffn_neurons;
          ++i) {
       const RankedNeuron& n = ffn.neurons[i];
-      values.push_back(model.weights().layers[n.layer].out_weight.select(1, n.index));
+      values.push_back({false, n.layer, n.index});
       report.ffn_neurons.push_back({n.layer, n.index, -1, -1, n.score, n.coefficient, {}});
     }
     if (!report_progress("attention neurons", 0.45)) return cancelled;
@@ -164,8 +171,7 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
          ++i) {
       const RankedNeuron& n = attention.neurons[i];
       const AttentionNeuronIndex idx = SplitAttentionNeuronIndex(config, n.index);
-      values.push_back(
-          model.weights().layers[n.layer].o_weight.select(1, idx.head * config.head_dim + idx.dim));
+      values.push_back({true, n.layer, idx.head * config.head_dim + idx.dim});
       report.attention_neurons.push_back(
           {n.layer, idx.dim, idx.head, idx.source_position, n.score, n.coefficient, {}});
     }
@@ -187,7 +193,7 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
       const int64_t layer = flat / config.d_ffn, n = flat % config.d_ffn;
       const double coefficient =
           trace->layers[layer].ffn_coefficients[a.position()][n].item<double>();
-      values.push_back(model.weights().layers[layer].out_weight.select(1, n));
+      values.push_back({false, layer, n});
       report.query_ffn_neurons.push_back({layer, n, -1, -1, score, coefficient, {}});
     }
     if (!report_progress("top tokens", 0.8)) return cancelled;

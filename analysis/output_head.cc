@@ -60,6 +60,18 @@ std::pair<std::vector<TokenScore>, std::vector<TokenScore>> FrozenOutputHead::To
   return {TopScores(scores, k), TopScores(scores, k, /*largest=*/false)};
 }
 
+std::vector<std::vector<TokenScore>> FrozenOutputHead::TopTokens(const at::Tensor& vectors,
+                                                                 int64_t k) const {
+  constexpr int64_t kRows = 64;  // bounds the [rows, V] float64 scores
+  std::vector<std::vector<TokenScore>> tops;
+  for (int64_t start = 0; start < vectors.size(0); start += kRows) {
+    const at::Tensor scores =
+        VocabularyScores(vectors.narrow(0, start, std::min(kRows, vectors.size(0) - start)));
+    for (int64_t row = 0; row < scores.size(0); ++row) tops.push_back(TopScores(scores[row], k));
+  }
+  return tops;
+}
+
 namespace {
 
 // What a final norm contributes to the method's terms: centring, the frozen scale g/σ and the
@@ -122,9 +134,11 @@ at::Tensor BiasLogits(const SoftmaxTerm& term, const at::Tensor& beta) {
 
 class FrozenUnembeddingHead : public FrozenOutputHead {
  public:
-  FrozenUnembeddingHead(FrozenNorm norm, const at::Tensor& unembedding64, double max_row_norm)
+  FrozenUnembeddingHead(FrozenNorm norm, const at::Tensor& unembedding,
+                        const at::Tensor& unembedding64, double max_row_norm)
       : FrozenOutputHead(norm.sigma),
         norm_(std::move(norm)),
+        unembedding_(unembedding),
         unembedding64_(unembedding64),
         max_row_norm_(max_row_norm) {}
 
@@ -132,6 +146,57 @@ class FrozenUnembeddingHead : public FrozenOutputHead {
 
   at::Tensor VocabularyScores(const at::Tensor& vectors) const override {
     return Term(0).Logits(vectors);
+  }
+
+  // Screens every token in float32 (E·t with t = g ⊙ c(v)/σ rounded to float32, as [V, B]: half
+  // the arithmetic of float64 and a faster GEMM shape), then evaluates in float64 only the tokens
+  // whose float32 score is within twice the float32 error of the row's k-th: no others can be
+  // among the k largest. Error: E_uj and t_j round to float32 by 2^-24 of themselves each
+  // (nothing for E of a float32 or narrower model), and a length-d float32 dot product errs by
+  // at most d·2^-24·Σ_j|E_uj·t_j| (Higham, any order) — with the float64 evaluation's own
+  // rounding, below (d + 4)·2^-24·max_u‖E_u‖·‖t‖ per entry. If |s₃₂ − s| ≤ e everywhere, the
+  // k-th largest s₃₂ is at most the k-th largest s plus e, and a token of the true top k has
+  // s₃₂ ≥ that minus 2e.
+  std::vector<std::vector<TokenScore>> TopTokens(const at::Tensor& vectors,
+                                                 int64_t k) const override {
+    const at::Tensor transformed = Term(0).Transform(vectors);  // [B, d] float64
+    const int64_t rows = transformed.size(0), d = transformed.size(1);
+    std::vector<std::vector<TokenScore>> tops(rows);
+    if (k <= 0 || rows == 0) return tops;
+    // Screening pays while few tokens per row survive it.
+    constexpr int64_t kMaxSurvivors = 1024;
+    if (k > kMaxSurvivors / 4) return FrozenOutputHead::TopTokens(vectors, k);
+    const at::Tensor screen =
+        at::matmul(unembedding_.to(at::kFloat), transformed.to(at::kFloat).t());  // [V, B]
+    const at::Tensor error =
+        transformed.norm(2, 1) * (max_row_norm_ * static_cast<double>(d + 4) * 0x1p-24);
+    const at::Tensor kth = std::get<0>(at::topk(screen, k, /*dim=*/0)).select(0, k - 1);
+    const at::Tensor floor = (kth.to(at::kDouble) - 2 * error).to(at::kFloat);
+    // Rounding the floor to float32 may raise it: lower it by one more float32 step.
+    const at::Tensor safe_floor = at::nextafter(floor, at::full_like(floor, -INFINITY));
+    const at::Tensor candidates = (screen >= safe_floor.unsqueeze(0)).nonzero();  // [n, 2]
+    if (candidates.size(0) > rows * kMaxSurvivors) return FrozenOutputHead::TopTokens(vectors, k);
+    const at::Tensor tokens = candidates.select(1, 0), owners = candidates.select(1, 1);
+    const at::Tensor exact =
+        (unembedding64_.index_select(0, tokens) * transformed.index_select(0, owners))
+            .sum(1)
+            .to(at::kCPU)
+            .contiguous();
+    const at::Tensor token_ids = tokens.to(at::kCPU).contiguous();
+    const at::Tensor owner_ids = owners.to(at::kCPU).contiguous();
+    for (int64_t i = 0; i < exact.numel(); ++i) {
+      tops[owner_ids.data_ptr<int64_t>()[i]].push_back(
+          {token_ids.data_ptr<int64_t>()[i], exact.data_ptr<double>()[i]});
+    }
+    for (std::vector<TokenScore>& top : tops) {
+      const size_t keep = std::min<size_t>(k, top.size());
+      std::partial_sort(top.begin(), top.begin() + keep, top.end(),
+                        [](const TokenScore& a, const TokenScore& b) {
+                          return a.score != b.score ? a.score > b.score : a.token_id < b.token_id;
+                        });
+      top.resize(keep);
+    }
+    return tops;
   }
 
   std::vector<SoftmaxTerm> TermsFor(int64_t target, bool include_final_norm_bias) const override {
@@ -151,6 +216,7 @@ class FrozenUnembeddingHead : public FrozenOutputHead {
   }
 
   FrozenNorm norm_;
+  at::Tensor unembedding_;  // the model's, in its storage dtype
   at::Tensor unembedding64_;
   double max_row_norm_;
 };
@@ -158,7 +224,9 @@ class FrozenUnembeddingHead : public FrozenOutputHead {
 class UnembeddingHead : public OutputHead {
  public:
   UnembeddingHead(FinalNorm norm, const at::Tensor& unembedding)
-      : norm_(std::move(norm)), unembedding64_(unembedding.to(at::kDouble)) {
+      : norm_(std::move(norm)),
+        unembedding_(unembedding),
+        unembedding64_(unembedding.to(at::kDouble)) {
     max_row_norm_ = MaxRowNorm(unembedding64_);
   }
 
@@ -170,14 +238,15 @@ class UnembeddingHead : public OutputHead {
 
   std::unique_ptr<const FrozenOutputHead> FreezeAt(
       const at::Tensor& final_residual) const override {
-    return std::make_unique<FrozenUnembeddingHead>(norm_.FreezeAt(final_residual), unembedding64_,
-                                                   max_row_norm_);
+    return std::make_unique<FrozenUnembeddingHead>(norm_.FreezeAt(final_residual), unembedding_,
+                                                   unembedding64_, max_row_norm_);
   }
 
   std::vector<at::Tensor> PreparedTensors() const override { return {unembedding64_}; }
 
  private:
   FinalNorm norm_;
+  at::Tensor unembedding_;
   at::Tensor unembedding64_;
   double max_row_norm_ = 0;
 };

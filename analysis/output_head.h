@@ -87,6 +87,11 @@ class FrozenOutputHead {
   // The k largest and k smallest vocabulary scores of one vector [d].
   std::pair<std::vector<TokenScore>, std::vector<TokenScore>> TopAndBottom(const at::Tensor& vector,
                                                                            int64_t k) const;
+  // The k largest vocabulary scores of each of B vectors [B, d] (k in [0, V], unchecked), best
+  // first: the float64 VocabularyScores entries, whichever way a head finds them (a single-softmax
+  // head screens in float32 and evaluates only the tokens that can be among the k in float64).
+  virtual std::vector<std::vector<TokenScore>> TopTokens(const at::Tensor& vectors,
+                                                         int64_t k) const;
 
  protected:
   explicit FrozenOutputHead(double sigma) : sigma_(sigma) {}

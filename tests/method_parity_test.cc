@@ -196,6 +196,40 @@ TEST_P(MethodParityTest, EveryMethodTensorIsCovered) {
             (magnitude * 0x1p-24).max().item<double>() + 1e-12);
 }
 
+// TopTokens finds the k largest entries of each vector's float64 projection, with their float64
+// values, however it gets there (a single-softmax head screens in float32 first): the same tokens
+// in the same order as a full projection and top-k, values equal to float64 rounding.
+TEST_P(MethodParityTest, TopTokensAreTheLargestEntriesOfTheProjection) {
+  const int64_t last = trace_.num_tokens - 1;
+  std::vector<at::Tensor> rows = {trace_.embedding[last], -trace_.final_residual[last]};
+  for (const LayerTrace& layer : trace_.layers) {
+    rows.push_back(layer.attn_out[last]);
+    rows.push_back(-layer.ffn_out[last]);
+  }
+  const at::Tensor out_weight = model_->weights().layers[0].out_weight.to(at::kFloat);
+  for (int64_t n = 0; n < std::min<int64_t>(out_weight.size(1), 40); ++n) {
+    rows.push_back(n % 2 == 0 ? out_weight.select(1, n) : -out_weight.select(1, n));
+  }
+  const at::Tensor vectors = at::stack(rows).to(at::kFloat);
+  const at::Tensor projection = attribution_->Project(vectors);
+  const int64_t vocab = projection.size(1);
+  // k = V takes the full projection (screening pays only for small k).
+  for (const int64_t k : {int64_t{1}, int64_t{10}, int64_t{200}, vocab}) {
+    const std::vector<std::vector<TokenScore>> tops = attribution_->TopTokens(vectors, k);
+    ASSERT_EQ(tops.size(), rows.size());
+    for (size_t r = 0; r < rows.size(); ++r) {
+      const std::vector<TokenScore> expected = TopScores(projection[r], k);
+      ASSERT_EQ(tops[r].size(), expected.size()) << "row " << r << " k " << k;
+      for (size_t i = 0; i < expected.size(); ++i) {
+        EXPECT_EQ(tops[r][i].token_id, expected[i].token_id) << "row " << r << " k " << k;
+        EXPECT_NEAR(tops[r][i].score, expected[i].score,
+                    1e-12 * std::max(1.0, std::abs(expected[i].score)));
+      }
+    }
+  }
+  EXPECT_TRUE(attribution_->TopTokens(vectors, 0).front().empty());
+}
+
 // Geva et al.'s projection of a vector alone for an adaptive softmax: the full log-distribution
 // assembled from the head and every tail cluster (FrozenOutputHead::VocabularyScores).
 using AdaptiveSoftmaxParityTest = MethodParityTest;
