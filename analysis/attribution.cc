@@ -255,24 +255,28 @@ at::Tensor Attribution::Increase(const std::vector<const Base*>& bases,
   return at::cat(values);
 }
 
-at::Tensor Attribution::AttentionLayerIncrease() const {
+at::Tensor Attribution::LayerOutputIncrease(bool attention, bool ffn) const {
   std::vector<const Base*> bases;
   std::vector<at::Tensor> vectors;
-  for (size_t l = 0; l < trace_.layers.size(); ++l) {
-    bases.push_back(attn_bases_[l].get());
-    vectors.push_back(trace_.layers[l].attn_out[position_]);
+  for (const bool attention_output : {true, false}) {
+    if (!(attention_output ? attention : ffn)) continue;
+    for (size_t l = 0; l < trace_.layers.size(); ++l) {
+      const LayerTrace& layer = trace_.layers[l];
+      bases.push_back((attention_output ? attn_bases_ : ffn_bases_)[l].get());
+      vectors.push_back((attention_output ? layer.attn_out : layer.ffn_out)[position_]);
+    }
   }
   return Increase(bases, at::stack(vectors));
 }
 
-at::Tensor Attribution::FfnLayerIncrease() const {
-  std::vector<const Base*> bases;
-  std::vector<at::Tensor> vectors;
-  for (size_t l = 0; l < trace_.layers.size(); ++l) {
-    bases.push_back(ffn_bases_[l].get());
-    vectors.push_back(trace_.layers[l].ffn_out[position_]);
-  }
-  return Increase(bases, at::stack(vectors));
+at::Tensor Attribution::AttentionLayerIncrease() const { return LayerOutputIncrease(true, false); }
+
+at::Tensor Attribution::FfnLayerIncrease() const { return LayerOutputIncrease(false, true); }
+
+std::pair<at::Tensor, at::Tensor> Attribution::LayerIncreases() const {
+  const at::Tensor both = LayerOutputIncrease(true, true);
+  const int64_t layers = static_cast<int64_t>(trace_.layers.size());
+  return {both.narrow(0, 0, layers), both.narrow(0, layers, layers)};
 }
 
 namespace {
@@ -402,12 +406,14 @@ absl::StatusOr<at::Tensor> Attribution::AllExact(const std::vector<NeuronSet>& s
   return at::stack(layers);
 }
 
-at::Tensor Attribution::Magnitudes(const NeuronSet& set) const {
-  // ‖T_s(v)‖ ≤ transform_norm_s·‖v‖ (output_head.h). The float32 norm errs by at most
-  // (d + 2)·2^-24 relative; the bound is raised by that.
+at::Tensor Attribution::RowNorms(const NeuronSet& set) const {
+  // The float32 norm errs by at most (d + 2)·2^-24 relative; the bound is raised by that.
   const double d = static_cast<double>(model_.config().d_model);
-  const at::Tensor row_norms =
-      set.vectors.norm(2, 1).to(at::kDouble) * (1 + (d + 2) * kFloat32Unit);
+  return set.vectors.norm(2, 1).to(at::kDouble) * (1 + (d + 2) * kFloat32Unit);
+}
+
+at::Tensor Attribution::Magnitudes(const NeuronSet& set, const at::Tensor& row_norms) const {
+  // ‖T_s(v)‖ ≤ transform_norm_s·‖v‖ (output_head.h).
   return (set.coefficients.to(at::kDouble).abs() * row_norms * amplification_).reshape({-1});
 }
 
@@ -473,10 +479,12 @@ absl::StatusOr<NeuronRanking> Attribution::Rank(const std::vector<NeuronSet>& se
     for (int64_t i = 0; i < v.numel(); ++i) out.push_back({vd[i], s, i, ed[i]});
   };
   const double d = static_cast<double>(model_.config().d_model);
+  std::vector<at::Tensor> row_norms;     // per set: RowNorms
   std::vector<at::Tensor> exact_errors;  // per set: ExactValueErrorBound of every neuron
   for (const NeuronSet& set : sets) {
-    exact_errors.push_back(ExactErrorBound(Magnitudes(set) + set.base->magnitude, d,
-                                           static_cast<double>(term_entries_),
+    row_norms.push_back(RowNorms(set));
+    exact_errors.push_back(ExactErrorBound(Magnitudes(set, row_norms.back()) + set.base->magnitude,
+                                           d, static_cast<double>(term_entries_),
                                            static_cast<double>(terms_.size())));
   }
   std::vector<Candidate> results;
@@ -504,11 +512,9 @@ absl::StatusOr<NeuronRanking> Attribution::Rank(const std::vector<NeuronSet>& se
       const at::Tensor first_order =
           (set.coefficients * at::mv(set.vectors, set.base->tangent.to(at::kFloat)))
               .to(at::kDouble);
-      const at::Tensor row_norms =
-          set.vectors.norm(2, 1).to(at::kDouble) * (1 + (d + 2) * kFloat32Unit);
       const double tangent_norm = set.base->tangent.norm().item<double>();
       const at::Tensor rounding =
-          coefficients.abs() * row_norms * (tangent_norm * (d + 3) * kFloat32Unit);
+          coefficients.abs() * row_norms[s] * (tangent_norm * (d + 3) * kFloat32Unit);
       at::Tensor bound = first_order;
       if (mode == RankMode::kExact) bound = top ? first_order + rounding : first_order - rounding;
       if (!top && mode == RankMode::kExact) {

@@ -13,6 +13,7 @@
 #include <functional>
 #include <memory>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -132,6 +133,8 @@ class Attribution {
   // Increases of whole layers' outputs: [L] (attention: base residual_in; FFN: base residual_mid).
   at::Tensor AttentionLayerIncrease() const;
   at::Tensor FfnLayerIncrease() const;
+  // Both, from one projection of the 2L layer outputs: {attention [L], FFN [L]}.
+  std::pair<at::Tensor, at::Tensor> LayerIncreases() const;
   // [L, H]: each head's output through W_O (no bias), base residual_in.
   at::Tensor HeadIncrease() const;
   // [L, H, T]: one head and one source position.
@@ -186,8 +189,13 @@ class Attribution {
                                          const Interrupted& interrupted) const;
   absl::StatusOr<at::Tensor> AllExact(const std::vector<NeuronSet>& sets,
                                       const Interrupted& interrupted) const;
-  // Upper bounds B (ExactValueErrorBound's magnitude) of every neuron of the set, [R·K] float64.
-  at::Tensor Magnitudes(const NeuronSet& set) const;
+  // ‖v_k‖ of the set's K vectors, [K] float64, raised by the float32 norm's rounding bound.
+  at::Tensor RowNorms(const NeuronSet& set) const;
+  // Upper bounds B (ExactValueErrorBound's magnitude) of every neuron of the set, [R·K] float64,
+  // from its RowNorms.
+  at::Tensor Magnitudes(const NeuronSet& set, const at::Tensor& row_norms) const;
+  // Increases of the attention and/or FFN layer outputs, attention first: [L] or [2L].
+  at::Tensor LayerOutputIncrease(bool attention, bool ffn) const;
   absl::StatusOr<NeuronRanking> Rank(const std::vector<NeuronSet>& sets, int64_t k, RankOrder order,
                                      RankMode mode, const Interrupted& interrupted) const;
   // The metric's value for a log-prob increase Δ over `base`.

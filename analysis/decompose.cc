@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <tuple>
+
 #include "absl/status/status.h"
 #include "analysis/status_macros.h"
 
@@ -23,8 +25,7 @@ absl::StatusOr<PositionDecomposition> Decompose(const Model& model, const Forwar
     target.position = position;
     FACTLENS_ASSIGN_OR_RETURN(std::unique_ptr<Attribution> attribution,
                               Attribution::Create(model, trace, target));
-    attention_increase = attribution->AttentionLayerIncrease();
-    ffn_increase = attribution->FfnLayerIncrease();
+    std::tie(attention_increase, ffn_increase) = attribution->LayerIncreases();
     if (options.include_heads) head_increase = attribution->HeadIncrease();
   }
   auto increase_at = [](const at::Tensor& increases, int64_t layer,

@@ -129,8 +129,9 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
     report.cumulative = CumulativeLens(model, *trace, a.position(), target);
 
     if (!report_progress("layers and heads", 0.1)) return cancelled;
-    report.attention_layer_increase = ToVector(a.AttentionLayerIncrease());
-    report.ffn_layer_increase = ToVector(a.FfnLayerIncrease());
+    const auto [attention_layers, ffn_layers] = a.LayerIncreases();
+    report.attention_layer_increase = ToVector(attention_layers);
+    report.ffn_layer_increase = ToVector(ffn_layers);
     // Only the top heads are reported: exact values, pruned unless every value is asked for.
     const RankMode heads_mode =
         options.mode == RankMode::kExhaustive ? RankMode::kExhaustive : RankMode::kExact;
