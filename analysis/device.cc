@@ -13,7 +13,10 @@
 #include <new>
 #include <optional>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 
 namespace factlens {
 namespace {
@@ -124,16 +127,54 @@ DeviceStreamScope::DeviceStreamScope(c10::Device device) {
 
 DeviceStreamScope::~DeviceStreamScope() = default;
 
+namespace {
+
+// The message of a libtorch exception without its C++ stack trace.
+std::string ShortMessage(const std::exception& e) {
+  const auto* error = dynamic_cast<const c10::Error*>(&e);
+  return error != nullptr ? error->what_without_backtrace() : e.what();
+}
+
+// libtorch's CPU allocator reports failure as a plain c10::Error: "[enforce fail at
+// alloc_cpu.cpp:…] … DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes.
+// Error code 12 (Cannot allocate memory)" (older releases: "not enough memory").
+bool IsCpuAllocatorFailure(absl::string_view message) {
+  return absl::StrContains(message, "DefaultCPUAllocator") &&
+         (absl::StrContains(message, "can't allocate memory") ||
+          absl::StrContains(message, "not enough memory"));
+}
+
+// ", an allocation of 26.8 GiB failed" from "... you tried to allocate N bytes ...", else "".
+std::string FailedAllocation(absl::string_view message) {
+  constexpr absl::string_view kTried = "tried to allocate ";
+  const size_t at = message.find(kTried);
+  if (at == absl::string_view::npos) return "";
+  absl::string_view rest = message.substr(at + kTried.size());
+  uint64_t bytes = 0;
+  if (!absl::SimpleAtoi(rest.substr(0, rest.find(' ')), &bytes)) return "";
+  return absl::StrFormat(" (an allocation of %.2f GiB failed)",
+                         static_cast<double>(bytes) / (uint64_t{1} << 30));
+}
+
+}  // namespace
+
 absl::Status StatusFromException(const std::exception& e, absl::string_view what,
-                                 c10::Device device) {
+                                 c10::Device device, FailedWork work) {
+  const std::string message = ShortMessage(e);
   const bool gpu_oom = dynamic_cast<const c10::OutOfMemoryError*>(&e) != nullptr;
-  if (gpu_oom || dynamic_cast<const std::bad_alloc*>(&e) != nullptr) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "out of ", gpu_oom ? "GPU" : "host", " memory on ", device.str(), " during ", what,
-        ": the request needs more memory than is free there now (retry later, or use a shorter "
-        "prompt or a smaller top_k)"));
+  if (gpu_oom || dynamic_cast<const std::bad_alloc*>(&e) != nullptr ||
+      IsCpuAllocatorFailure(message)) {
+    const absl::string_view advice =
+        work == FailedWork::kLoad
+            ? "the model needs more memory than this process can get there (load it with "
+              "dtype=bfloat16 or float16 to halve its weights, or on a machine with more memory)"
+            : "the request needs more memory than is free there now (retry later, or use a "
+              "shorter prompt or a smaller top_k)";
+    return absl::ResourceExhaustedError(absl::StrCat("out of ", gpu_oom ? "GPU" : "host",
+                                                     " memory on ", device.str(), " during ", what,
+                                                     FailedAllocation(message), ": ", advice));
   }
-  return absl::InternalError(absl::StrCat(what, " failed: ", e.what()));
+  return absl::InternalError(absl::StrCat(what, " failed: ", message));
 }
 
 }  // namespace factlens

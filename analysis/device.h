@@ -74,12 +74,21 @@ class DeviceStreamScope {
   std::unique_ptr<Guard> guard_;
 };
 
+// What was being done when libtorch threw: the advice an out-of-memory message gives.
+enum class FailedWork {
+  kRequest,  // retry later, or a shorter prompt / smaller top_k
+  kLoad,     // a smaller dtype, or a machine with more memory
+};
+
 // The status for an exception thrown by libtorch while doing `what` (e.g. "forward pass") on
-// `device`: ResourceExhausted with a message that says which memory ran out and what to try when
-// it is an out-of-memory (c10::OutOfMemoryError, std::bad_alloc); Internal carrying e.what()
-// otherwise — a bug, whose details the server logs and never sends to clients (status_mapping).
+// `device`: ResourceExhausted with a short message that says which memory ran out, the size of
+// the allocation that failed when libtorch says it, and what to try, when it is an out-of-memory
+// (c10::OutOfMemoryError, std::bad_alloc, or the CPU allocator's c10::Error "can't allocate
+// memory"); Internal carrying the exception's message otherwise — a bug, whose details the server
+// logs and never sends to clients (status_mapping). Messages never carry libtorch's C++ stack
+// trace (c10::Error::what_without_backtrace).
 absl::Status StatusFromException(const std::exception& e, absl::string_view what,
-                                 c10::Device device);
+                                 c10::Device device, FailedWork work = FailedWork::kRequest);
 
 }  // namespace factlens
 

@@ -87,13 +87,15 @@ class Hyperparameters {
   const PickleValue* config_;
 };
 
-// The state dict's tensors, materialised on the target device in the compute dtype. Each storage
-// is converted once, so tied parameters (stored once, referenced under several keys) stay shared.
+// The state dict's tensors as stored (CPU, the stored dtype); Model::Load converts them. Each
+// storage is read once, so tied parameters (stored once, referenced under several keys) stay
+// views of one storage. An aligned storage is a zero-copy view of the mapped file (read-only
+// pages); a misaligned one is copied.
 class StateDict {
  public:
-  StateDict(const TorchCheckpoint& checkpoint, const PickleValue& state, absl::string_view file,
-            std::string path)
-      : checkpoint_(checkpoint), file_(file), path_(std::move(path)) {
+  StateDict(const TorchCheckpoint& checkpoint, const PickleValue& state,
+            std::shared_ptr<const MappedFile> file, std::string path)
+      : checkpoint_(checkpoint), file_(std::move(file)), path_(std::move(path)) {
     for (const auto& [key, value] : state.entries) {
       if (key->kind == PickleValue::Kind::kString && value->kind == PickleValue::Kind::kTensor) {
         refs_[key->string] = &value->tensor;
@@ -125,11 +127,6 @@ class StateDict {
       if (count > most) best = type, most = count;
     }
     return best;
-  }
-
-  void SetTarget(c10::Device device, c10::ScalarType dtype) {
-    device_ = device;
-    dtype_ = dtype;
   }
 
   // The tensor `name`, which must exist, be floating and have `shape`.
@@ -171,20 +168,25 @@ class StateDict {
           absl::StrCat(path_, ": storage '", ref.storage_key, "' is referenced but absent"));
     }
     const TorchStorage& storage = found->second;
-    // Copied into an aligned CPU buffer of the stored dtype, then converted once.
-    at::Tensor raw =
-        at::empty({storage.numel}, at::TensorOptions().dtype(*FloatingScalarType(storage.dtype)));
-    std::memcpy(raw.data_ptr(), file_.data() + storage.begin, storage.end - storage.begin);
-    at::Tensor converted = raw.to(device_, dtype_);
-    storages_[ref.storage_key] = converted;
-    return converted;
+    const auto options = at::TensorOptions().dtype(*FloatingScalarType(storage.dtype));
+    const char* bytes = file_->contents().data() + storage.begin;
+    at::Tensor raw;
+    if (reinterpret_cast<uintptr_t>(bytes) % DTypeSize(storage.dtype) == 0) {
+      std::shared_ptr<const MappedFile> keep = file_;
+      raw = at::from_blob(
+          const_cast<char*>(bytes), {storage.numel}, [keep](void*) mutable { keep.reset(); },
+          options);
+    } else {
+      raw = at::empty({storage.numel}, options);
+      std::memcpy(raw.data_ptr(), bytes, storage.end - storage.begin);
+    }
+    storages_[ref.storage_key] = raw;
+    return raw;
   }
 
   const TorchCheckpoint& checkpoint_;
-  absl::string_view file_;
+  std::shared_ptr<const MappedFile> file_;
   std::string path_;
-  c10::Device device_ = c10::Device(c10::kCPU);
-  c10::ScalarType dtype_ = c10::ScalarType::Float;
   std::map<std::string, const PickleValue::TensorRef*> refs_;
   std::map<std::string, at::Tensor> storages_;
 };
@@ -359,8 +361,8 @@ bool IsFairseqModelDirectory(const std::string& directory) {
   return FileExists(directory + "/model.pt") && !FileExists(directory + "/config.json");
 }
 
-absl::StatusOr<std::shared_ptr<const Model>> LoadFairseqModel(const std::string& directory,
-                                                              const LoadOptions& options) {
+absl::StatusOr<StoredModel> ReadFairseqModel(const std::string& directory,
+                                             const LoadOptions& options) {
   const std::string path = directory + "/model.pt";
   FACTLENS_ASSIGN_OR_RETURN(const c10::Device device, ParseDevice(options.device));
   FACTLENS_ASSIGN_OR_RETURN(const std::shared_ptr<const MappedFile> file, MappedFile::Open(path));
@@ -383,7 +385,7 @@ absl::StatusOr<std::shared_ptr<const Model>> LoadFairseqModel(const std::string&
     return absl::DataLossError(absl::StrCat(path, " has neither 'args' nor 'cfg.model'"));
   }
   const Hyperparameters args(config);
-  StateDict state(*checkpoint, *state_value, file->contents(), path);
+  StateDict state(*checkpoint, *state_value, file, path);
 
   ModelConfig c;
   c.family = ModelFamily::kFairseqLm;
@@ -422,9 +424,8 @@ absl::StatusOr<std::shared_ptr<const Model>> LoadFairseqModel(const std::string&
       args.Bool("no_scale_embedding").value_or(false) ? 1.0 : std::sqrt(double(c.d_model));
 
   c.torch_dtype = state.MainDType() == c10::ScalarType::Half ? "float16" : "float32";
-  FACTLENS_ASSIGN_OR_RETURN(const c10::ScalarType dtype,
-                            ComputeDType(options.dtype, device, state.MainDType()));
-  state.SetTarget(device, dtype);
+  FACTLENS_ASSIGN_OR_RETURN(const Precision precision,
+                            ChoosePrecision(options.dtype, device, state.MainDType()));
   ModelWeights w;
   try {
     FACTLENS_RETURN_IF_ERROR(LoadInputEmbedding(state, c.d_model, w));
@@ -439,7 +440,7 @@ absl::StatusOr<std::shared_ptr<const Model>> LoadFairseqModel(const std::string&
     }
     FACTLENS_RETURN_IF_ERROR(LoadOutputLayer(state, args, c.d_model, w));
   } catch (const std::exception& e) {
-    return StatusFromException(e, absl::StrCat("loading ", directory), device);
+    return StatusFromException(e, absl::StrCat("loading ", directory), device, FailedWork::kLoad);
   }
   c.vocab_size = 0;
   for (const AdaptiveSoftmaxBand& band : w.output_bands) c.vocab_size += band.embedding.size(0);
@@ -457,7 +458,14 @@ absl::StatusOr<std::shared_ptr<const Model>> LoadFairseqModel(const std::string&
         directory, "/dict.txt has ", dictionary - 4, " words (+ 4 special symbols = ", dictionary,
         ") but the checkpoint's vocabulary has ", c.vocab_size, " tokens"));
   }
-  return Model::FromWeights(std::move(c), std::move(w), directory);
+  StoredModel stored;
+  stored.config = std::move(c);
+  stored.weights = std::move(w);
+  stored.device = device;
+  stored.precision = precision;
+  stored.checkpoint_dtype = state.MainDType();
+  stored.directory = directory;
+  return stored;
 }
 
 }  // namespace factlens

@@ -27,14 +27,14 @@ namespace factlens {
 // True when `directory` holds model.pt and no config.json (a Hugging Face directory wins).
 bool IsFairseqModelDirectory(const std::string& directory);
 
-// Loads a fairseq LM directory. Errors: NotFound (no model.pt or dict.txt), DataLoss (corrupt
-// checkpoint, a missing or misshaped weight, a dict.txt whose size disagrees with the
-// vocabulary: the message names the tensor or file and, for container damage, the byte offset),
-// Unimplemented (architectures outside transformer_lm: learned positions, encoder attention, an
-// adaptive-softmax head with its own input projection), InvalidArgument (bad options).
-// Thread-safe.
-absl::StatusOr<std::shared_ptr<const Model>> LoadFairseqModel(const std::string& directory,
-                                                              const LoadOptions& options);
+// Reads a fairseq LM directory for Model::Load, which converts the weights (StoredModel). Errors:
+// NotFound (no model.pt or dict.txt), DataLoss (corrupt checkpoint, a missing or misshaped weight,
+// a dict.txt whose size disagrees with the vocabulary: the message names the tensor or file and,
+// for container damage, the byte offset), Unimplemented (architectures outside transformer_lm:
+// learned positions, encoder attention, an adaptive-softmax head with its own input projection),
+// InvalidArgument (bad options). Thread-safe.
+absl::StatusOr<StoredModel> ReadFairseqModel(const std::string& directory,
+                                             const LoadOptions& options);
 
 }  // namespace factlens
 

@@ -63,24 +63,33 @@ absl::StatusOr<std::map<std::string, at::Tensor>> ReadSafetensorsFile(const std:
 
 absl::Status WriteSafetensorsFile(const std::string& path,
                                   const std::map<std::string, at::Tensor>& tensors) {
+  std::vector<TensorToWrite> stream;
+  for (const auto& [name, tensor] : tensors) {
+    stream.push_back(
+        {name, tensor.scalar_type(), tensor.sizes().vec(), [&tensor = tensor] { return tensor; }});
+  }
+  return WriteSafetensorsStream(path, stream);
+}
+
+absl::Status WriteSafetensorsStream(const std::string& path,
+                                    const std::vector<TensorToWrite>& tensors) {
   nlohmann::json header = nlohmann::json::object();
   header["__metadata__"] = {{"format", "pt"}};
-  std::vector<at::Tensor> contiguous;
   uint64_t offset = 0;
-  for (const auto& [name, tensor] : tensors) {
+  for (const TensorToWrite& t : tensors) {
     const DTypePair* pair = nullptr;
     for (const auto& p : kPairs) {
-      if (p.scalar_type == tensor.scalar_type()) pair = &p;
+      if (p.scalar_type == t.dtype) pair = &p;
     }
     if (pair == nullptr) {
       return absl::InvalidArgumentError(
-          absl::StrCat("tensor '", name, "' has an unsupported dtype"));
+          absl::StrCat("tensor '", t.name, "' has an unsupported dtype"));
     }
-    contiguous.push_back(tensor.to(at::kCPU).contiguous());
-    const uint64_t bytes = contiguous.back().numel() * contiguous.back().element_size();
-    header[name] = {{"dtype", std::string(DTypeName(pair->dtype))},
-                    {"shape", tensor.sizes().vec()},
-                    {"data_offsets", {offset, offset + bytes}}};
+    uint64_t bytes = c10::elementSize(t.dtype);
+    for (const int64_t dim : t.shape) bytes *= static_cast<uint64_t>(dim);
+    header[t.name] = {{"dtype", std::string(DTypeName(pair->dtype))},
+                      {"shape", t.shape},
+                      {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
   }
   std::string header_text = header.dump();
@@ -92,9 +101,14 @@ absl::Status WriteSafetensorsFile(const std::string& path,
   for (int i = 0; i < 8; ++i, n >>= 8) length[i] = static_cast<char>(n & 0xff);
   out.write(length, 8);
   out.write(header_text.data(), static_cast<std::streamsize>(header_text.size()));
-  for (const at::Tensor& t : contiguous) {
-    out.write(static_cast<const char*>(t.data_ptr()),
-              static_cast<std::streamsize>(t.numel() * t.element_size()));
+  for (const TensorToWrite& t : tensors) {
+    const at::Tensor made = t.make().to(at::kCPU).contiguous();
+    if (made.scalar_type() != t.dtype || made.sizes().vec() != t.shape) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", t.name, "' was made with another dtype or shape"));
+    }
+    out.write(static_cast<const char*>(made.data_ptr()),
+              static_cast<std::streamsize>(made.numel() * made.element_size()));
   }
   out.close();
   if (!out) return absl::DataLossError(absl::StrCat("error writing '", path, "'"));

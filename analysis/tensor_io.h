@@ -3,9 +3,12 @@
 #define FACTLENS_ANALYSIS_TENSOR_IO_H_
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/ScalarType.h>
 
+#include <functional>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -25,6 +28,21 @@ absl::StatusOr<std::map<std::string, at::Tensor>> ReadSafetensorsFile(const std:
 // header padded to a multiple of 8 bytes as the reference writer does.
 absl::Status WriteSafetensorsFile(const std::string& path,
                                   const std::map<std::string, at::Tensor>& tensors);
+
+// One tensor of WriteSafetensorsStream: its name, dtype and shape, and what makes it when its turn
+// comes (a tensor of that dtype and shape).
+struct TensorToWrite {
+  std::string name;
+  c10::ScalarType dtype;
+  std::vector<int64_t> shape;
+  std::function<at::Tensor()> make;
+};
+
+// Writes a safetensors file as WriteSafetensorsFile does, its data in the order of `tensors`,
+// making each tensor only when it is written: memory holds one at a time (checkpoints larger than
+// memory). InvalidArgument for an unsupported dtype or a made tensor of another dtype or shape.
+absl::Status WriteSafetensorsStream(const std::string& path,
+                                    const std::vector<TensorToWrite>& tensors);
 
 }  // namespace factlens
 

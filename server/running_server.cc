@@ -190,11 +190,14 @@ absl::Status RunningServer::WaitUntilReady() {
     metrics_->model_ready->WithLabels({spec.name}).Set(1);
     RecordGpuMemory(*metrics_, {device});
     if (options_.log) {
-      options_.log({{"event", "model_ready"},
-                    {"model", spec.name},
-                    {"device", device.str()},
-                    {"load_seconds", served->load_seconds},
-                    {"resident_bytes", served->model->resident_bytes()}});
+      options_.log(
+          {{"event", "model_ready"},
+           {"model", spec.name},
+           {"device", device.str()},
+           {"dtype", std::string(ComputeDTypeName(served->model->dtype()))},
+           {"weights_dtype", std::string(ComputeDTypeName(served->model->weights_dtype()))},
+           {"load_seconds", served->load_seconds},
+           {"resident_bytes", served->model->resident_bytes()}});
     }
   }
   server_->GetHealthCheckService()->SetServingStatus(true);

@@ -301,6 +301,7 @@ void FactLensService::FillModelList(v1::ListModelsResponse* response) const {
     info->set_vocab_size(c.vocab_size);
     info->set_max_positions(c.max_positions);
     info->set_dtype(std::string(ComputeDTypeName(served->model->dtype())));
+    info->set_weights_dtype(std::string(ComputeDTypeName(served->model->weights_dtype())));
     info->set_device(served->model->device().str());
   }
 }

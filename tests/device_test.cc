@@ -13,7 +13,9 @@
 namespace factlens {
 namespace {
 
+using ::testing::AllOf;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 TEST(DeviceTest, DeviceNamesAreCheckedAgainstTheVisibleDevices) {
   EXPECT_TRUE(ParseDevice("cpu").ok());
@@ -42,6 +44,41 @@ TEST(DeviceTest, ExceptionsMapToResourceExhaustedOnlyForOutOfMemory) {
     ADD_FAILURE() << "no exception";
   } catch (const std::exception& e) {
     EXPECT_EQ(StatusFromException(e, "x", cpu).code(), absl::StatusCode::kInternal);
+  }
+}
+
+// libtorch's CPU allocator throws a plain c10::Error whose what() carries a C++ stack trace: the
+// status is RESOURCE_EXHAUSTED with a short message (no trace), the size, and advice for the work.
+TEST(DeviceTest, CpuAllocatorFailureIsResourceExhaustedWithoutStackTrace) {
+  const c10::Device cpu("cpu");
+  try {
+    // 1 PiB: refused by the kernel at once, nothing is touched.
+    (void)at::empty({int64_t{1} << 50}, at::kByte);
+    GTEST_SKIP() << "this machine granted a 1 PiB allocation";
+  } catch (const std::exception& e) {
+    const absl::Status request = StatusFromException(e, "the forward pass", cpu);
+    EXPECT_EQ(request.code(), absl::StatusCode::kResourceExhausted) << request;
+    EXPECT_THAT(
+        std::string(request.message()),
+        AllOf(HasSubstr("out of host memory on cpu during the forward pass"),
+              HasSubstr("an allocation of 1048576.00 GiB failed"), HasSubstr("smaller top_k"),
+              Not(HasSubstr("frame #")), Not(HasSubstr("alloc_cpu"))));
+    const absl::Status load = StatusFromException(e, "loading /m", cpu, FailedWork::kLoad);
+    EXPECT_EQ(load.code(), absl::StatusCode::kResourceExhausted);
+    EXPECT_THAT(std::string(load.message()), HasSubstr("dtype=bfloat16 or float16"));
+    EXPECT_LT(load.message().size(), 400u);
+  }
+}
+
+TEST(DeviceTest, LibtorchErrorsKeepTheirMessageWithoutTheStackTrace) {
+  try {
+    (void)at::ones({2, 3}).matmul(at::ones({2, 3}));
+    ADD_FAILURE() << "no exception";
+  } catch (const std::exception& e) {
+    const absl::Status status = StatusFromException(e, "x", c10::Device("cpu"));
+    EXPECT_EQ(status.code(), absl::StatusCode::kInternal);
+    EXPECT_THAT(std::string(status.message()),
+                AllOf(HasSubstr("cannot be multiplied"), Not(HasSubstr("frame #"))));
   }
 }
 

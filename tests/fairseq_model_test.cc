@@ -187,6 +187,36 @@ TEST(FairseqLoadingTest, BothContainersGiveTheSameModel) {
   EXPECT_FALSE((*legacy)->config().architecture.final_norm);
 }
 
+// An fp16 checkpoint loaded with dtype=float16 on CPU keeps its matrices in fp16 (tied bands
+// still one storage) and computes in float32: the numbers of the float32 load, which widens the
+// same fp16 values up front.
+TEST(FairseqLoadingTest, Float16WeightsOnCpuComputeAsTheFloat32Load) {
+  LoadOptions half;
+  half.dtype = at::kHalf;
+  absl::StatusOr<std::shared_ptr<const Model>> fp16 =
+      Model::Load(FixtureDir("baevski-tiny-fp16"), half);
+  absl::StatusOr<std::shared_ptr<const Model>> fp32 = Model::Load(FixtureDir("baevski-tiny-fp16"));
+  ASSERT_TRUE(fp16.ok()) << fp16.status();
+  ASSERT_TRUE(fp32.ok()) << fp32.status();
+  EXPECT_EQ((*fp16)->dtype(), at::kFloat);
+  EXPECT_EQ((*fp16)->weights_dtype(), at::kHalf);
+  const ModelWeights& w = (*fp16)->weights();
+  EXPECT_EQ(w.input_bands[1].embedding.scalar_type(), at::kHalf);
+  EXPECT_EQ(w.layers[0].in_weight.scalar_type(), at::kHalf);
+  EXPECT_EQ(w.layers[0].in_bias.scalar_type(), at::kFloat);
+  EXPECT_EQ(w.layers[0].attn_norm_weight.scalar_type(), at::kFloat);
+  EXPECT_EQ(w.cluster_weight.scalar_type(), at::kFloat);
+  EXPECT_TRUE(
+      w.output_bands[1].embedding.storage().is_alias_of(w.input_bands[1].embedding.storage()));
+  const std::vector<int64_t> ids = {2, 17, 120, 5, 333};
+  absl::StatusOr<ForwardTrace> a = Forward(**fp16, ids, FullCapture());
+  absl::StatusOr<ForwardTrace> b = Forward(**fp32, ids, FullCapture());
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_TRUE(at::equal(a->logits, b->logits));
+  EXPECT_TRUE(at::equal(a->final_residual, b->final_residual));
+  EXPECT_LT((*fp16)->resident_bytes(), (*fp32)->resident_bytes());
+}
+
 TEST(FairseqLoadingTest, DamagedDirectoriesGiveClearErrors) {
   {
     const ScratchDirectory dir("baevski-tiny");

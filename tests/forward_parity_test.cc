@@ -1,6 +1,7 @@
 // Parity of the forward pass with Hugging Face transformers 5.17 (tests/data/hf-reference, computed
-// in float32 on an H200), on the CPU in float64 and float32; tolerances and their derivation in
-// tests/hf_parity.h. The GPU suite (gpu_test.cc) runs the same comparison on CUDA.
+// in float32 on an H200), on the CPU in float64, float32 and with bfloat16 weights; tolerances and
+// their derivation in tests/hf_parity.h. The GPU suite (gpu_test.cc) runs the same comparison on
+// CUDA.
 #include <ATen/ATen.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -39,6 +40,12 @@ TEST_P(ForwardParityTest, EveryForwardTensorMatchesHuggingFace) {
     std::printf(" %s forward:\n", dtype == at::kDouble ? "float64" : "float32");
     testing::CompareWithHuggingFace(GetParam().model, GetParam().index, dtype);
   }
+}
+
+// dtype=bfloat16 on CPU: bfloat16 weight matrices, float32 compute (weights.h, Precision).
+TEST_P(ForwardParityTest, Bfloat16WeightsMatchHuggingFaceWithinTheBfloat16Bound) {
+  std::printf(" bfloat16 weights, float32 forward:\n");
+  testing::CompareWithHuggingFace(GetParam().model, GetParam().index, at::kBFloat16);
 }
 
 TEST_P(ForwardParityTest, ComponentsSumToFinalResidual) {

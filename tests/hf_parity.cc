@@ -98,12 +98,17 @@ void CompareWithHuggingFace(const std::string& model_name, int index, c10::Scala
     if (expected->count("forward.qkv." + s) > 0) {
       // c_attn's output q | k | v: v is captured; q and k are recomputed from the loaded (split,
       // transposed) weights and HF's residual, which checks the Conv1D handling of all three.
+      // In the compute dtype, the weights widened to it as the forward pass widens them.
       const LayerWeights& w = (*model)->weights().layers[l];
-      const at::Tensor h =
-          at::layer_norm(ref("forward.in." + s).to(w.q_weight.options()), {config.d_model},
-                         w.attn_norm_weight, w.attn_norm_bias, config.norm_eps);
-      const at::Tensor qkv = at::cat(
-          {at::linear(h, w.q_weight, w.q_bias), at::linear(h, w.k_weight, w.k_bias), values}, 1);
+      const c10::ScalarType compute = (*model)->dtype();
+      const at::Tensor h = at::layer_norm(ref("forward.in." + s).to(w.q_weight.device(), compute),
+                                          {config.d_model}, w.attn_norm_weight.to(compute),
+                                          w.attn_norm_bias.to(compute), config.norm_eps);
+      auto linear = [&](const at::Tensor& weight, const at::Tensor& bias) {
+        return at::linear(h, weight.to(compute), bias.to(compute));
+      };
+      const at::Tensor qkv =
+          at::cat({linear(w.q_weight, w.q_bias), linear(w.k_weight, w.k_bias), values}, 1);
       expect_close(qkv, ref("forward.qkv." + s), "qkv." + s);
     } else {
       expect_close(values, ref("forward.v." + s), "v." + s);

@@ -13,12 +13,14 @@
 //   and errs by at most n·2^-24 of its magnitude in any summation order (Higham); the norms rescale
 //   errors with the values. Both sides err that way: 2·(6L + 1)·n·2^-24 × max(1, max |HF|)
 //   (4.3e-4 relative for gpt2-tiny). It holds on a GPU too because factlens keeps TF32 off.
-// - bfloat16 / float16 (GPU serving dtypes): stated, not derived. Every op's inputs and outputs are
-//   rounded to the dtype (unit u = 2^-8 bf16, 2^-11 fp16) while products accumulate in float32
-//   (reduced-precision reductions are turned off at load), so to first order each of the 6L + 1
-//   products contributes about 2u of its magnitude: 2·(6L + 1)·u × max(1, max |HF|) (0.1 relative
-//   for a 2-layer model in bf16). Checks that the low-precision path computes the same function,
-//   not that it is as accurate as float32; the argmax must agree too.
+// - bfloat16 / float16: stated, not derived. On a GPU (the serving dtypes) every op's inputs and
+//   outputs are rounded to the dtype (unit u = 2^-8 bf16, 2^-11 fp16) while products accumulate in
+//   float32 (reduced-precision reductions are turned off at load), so to first order each of the
+//   6L + 1 products contributes about 2u of its magnitude: 2·(6L + 1)·u × max(1, max |HF|) (0.1
+//   relative for a 2-layer model in bf16). On CPU the dtype is the weights' only (float32 compute):
+//   just the weight matrices are rounded, once each, so the same bound holds with room. Checks that
+//   the low-precision path computes the same function, not that it is as accurate as float32; the
+//   argmax must agree too.
 #ifndef FACTLENS_TESTS_HF_PARITY_H_
 #define FACTLENS_TESTS_HF_PARITY_H_
 

@@ -219,19 +219,149 @@ TEST(ModelLoadingTest, BadDeviceAndDtypeOptions) {
   nonsense.device = "quantum:7";
   EXPECT_EQ(Model::Load(Reference("gpt2-tiny"), nonsense).status().code(),
             absl::StatusCode::kInvalidArgument);
-  LoadOptions half;
-  half.dtype = at::kHalf;
-  EXPECT_EQ(Model::Load(Reference("gpt2-tiny"), half).status().code(),
+  LoadOptions integer;
+  integer.dtype = at::kLong;
+  EXPECT_EQ(Model::Load(Reference("gpt2-tiny"), integer).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// The values a load with weights in `dtype` computes with: the large matrices (2-D tensors but
+// GPT-2's position embeddings) rounded to `dtype`, everything else as stored.
+void RoundMatrices(TensorMap& tensors, at::ScalarType dtype) {
+  for (auto& [name, tensor] : tensors) {
+    if (tensor.dim() == 2 && name.find("wpe") == std::string::npos) {
+      tensor = tensor.to(dtype).to(at::kFloat);
+    }
+  }
+}
+
+struct LowPrecisionCase {
+  std::string model;
+  std::vector<int64_t> ids;
+  at::ScalarType dtype;
+};
+
+class LowPrecisionWeightsTest : public ::testing::TestWithParam<LowPrecisionCase> {};
+
+// On CPU, dtype=bfloat16 / float16 means the large matrices held in that dtype and float32
+// compute: the same numbers as a float32 model whose matrices were rounded to that dtype.
+TEST_P(LowPrecisionWeightsTest, ComputeInFloat32WithTheMatricesRounded) {
+  const LowPrecisionCase& c = GetParam();
+  LoadOptions options;
+  options.dtype = c.dtype;
+  absl::StatusOr<std::shared_ptr<const Model>> low = Model::Load(Reference(c.model), options);
+  ASSERT_TRUE(low.ok()) << low.status();
+  EXPECT_EQ((*low)->dtype(), at::kFloat);
+  EXPECT_EQ((*low)->weights_dtype(), c.dtype);
+  const ModelWeights& w = (*low)->weights();
+  EXPECT_EQ(w.token_embedding.scalar_type(), c.dtype);
+  EXPECT_EQ(w.unembedding.scalar_type(), c.dtype);
+  for (const LayerWeights& l : w.layers) {
+    for (const at::Tensor* matrix :
+         {&l.q_weight, &l.k_weight, &l.v_weight, &l.o_weight, &l.in_weight, &l.out_weight}) {
+      EXPECT_EQ(matrix->scalar_type(), c.dtype);
+    }
+    for (const at::Tensor* small :
+         {&l.attn_norm_weight, &l.ffn_norm_weight, &l.q_bias, &l.attn_norm_bias, &l.out_bias}) {
+      if (small->defined()) EXPECT_EQ(small->scalar_type(), at::kFloat);
+    }
+  }
+  if (w.position_embedding.defined()) EXPECT_EQ(w.position_embedding.scalar_type(), at::kFloat);
+  EXPECT_EQ(w.final_norm_weight.scalar_type(), at::kFloat);
+
+  const testing::ScopedTempDir tmp;
+  const fs::path rounded = fs::path(tmp.path()) / "rounded";
+  WriteVariant(c.model, rounded, [&](TensorMap& t) { RoundMatrices(t, c.dtype); });
+  absl::StatusOr<std::shared_ptr<const Model>> reference = Model::Load(rounded.string());
+  ASSERT_TRUE(reference.ok()) << reference.status();
+  ASSERT_EQ((*reference)->weights_dtype(), at::kFloat);
+
+  CaptureOptions all;
+  all.ffn_coefficients = all.head_outputs = all.attention_probs = all.values = true;
+  absl::StatusOr<ForwardTrace> a = Forward(**low, c.ids, all);
+  absl::StatusOr<ForwardTrace> b = Forward(**reference, c.ids, all);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_TRUE(at::equal(a->logits, b->logits));
+  EXPECT_TRUE(at::equal(a->final_residual, b->final_residual));
+  for (size_t l = 0; l < a->layers.size(); ++l) {
+    EXPECT_TRUE(at::equal(a->layers[l].attn_out, b->layers[l].attn_out)) << l;
+    EXPECT_TRUE(at::equal(a->layers[l].ffn_coefficients, b->layers[l].ffn_coefficients)) << l;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(CpuBfloat16AndFloat16, LowPrecisionWeightsTest,
+                         ::testing::Values(LowPrecisionCase{"llama-tiny", kLlamaIds, at::kBFloat16},
+                                           LowPrecisionCase{"llama-tiny", kLlamaIds, at::kHalf},
+                                           LowPrecisionCase{"qwen2-tiny", kLlamaIds, at::kBFloat16},
+                                           LowPrecisionCase{"gpt2-tiny", kGpt2Ids, at::kBFloat16},
+                                           LowPrecisionCase{"gpt2-tiny", kGpt2Ids, at::kHalf}),
+                         [](const ::testing::TestParamInfo<LowPrecisionCase>& info) {
+                           std::string name = info.param.model +
+                                              (info.param.dtype == at::kHalf ? "_f16" : "_bf16");
+                           for (char& ch : name) ch = ch == '-' ? '_' : ch;
+                           return name;
+                         });
+
+TEST(ModelLoadingTest, Bfloat16WeightsHalveTheResidentBytesOfTheMatrices) {
   LoadOptions bf16;
   bf16.dtype = at::kBFloat16;
   absl::StatusOr<std::shared_ptr<const Model>> model = Model::Load(Reference("gpt2-tiny"), bf16);
   ASSERT_TRUE(model.ok()) << model.status();
-  EXPECT_EQ((*model)->weights().layers[0].q_weight.scalar_type(), at::kBFloat16);
-  absl::StatusOr<ForwardTrace> trace = Forward(**model, kGpt2Ids);
-  ASSERT_TRUE(trace.ok()) << trace.status();
-  EXPECT_EQ(trace->final_residual.scalar_type(), at::kFloat);  // captures: float32 whatever
-  EXPECT_EQ(trace->logits.scalar_type(), at::kDouble);         // the compute; logits: float64
+  // As ResidentBytesCountTiedEmbeddingOnce, with the matrices (tied embedding, c_attn, c_proj,
+  // c_fc, mlp c_proj) in 2 bytes; norms, biases and position embeddings stay float32.
+  const int64_t v = 512, p = 64, d = 48, n = 192, layers = 3;
+  const int64_t matrices = v * d + layers * (d * 3 * d + d * d + d * n + n * d);
+  const int64_t small = p * d + layers * (2 * d + 3 * d + d + 2 * d + n + d) + 2 * d;
+  EXPECT_EQ((*model)->resident_bytes(), 2u * static_cast<uint64_t>(matrices) +
+                                            4u * static_cast<uint64_t>(small) +
+                                            8u * static_cast<uint64_t>(v * d));
+}
+
+TEST(ModelLoadingTest, EstimateCountsOnlyConvertedCopies) {
+  const testing::ScopedTempDir tmp;
+  const fs::path dir = fs::path(tmp.path()) / "gpt2-fp16";
+  WriteVariant("gpt2-tiny", dir, [](TensorMap& tensors) {
+    for (auto& [name, tensor] : tensors) tensor = tensor.to(at::kHalf);
+  });
+  const uint64_t v = 512, p = 64, d = 48, n = 192, layers = 3;
+  const uint64_t matrices = v * d + layers * (d * 3 * d + d * d + d * n + n * d);
+  const uint64_t small = p * d + layers * (2 * d + 3 * d + d + 2 * d + n + d) + 2 * d;
+  LoadOptions options;
+  absl::StatusOr<LoadFootprint> float32 = EstimateLoad(dir.string(), options);
+  options.dtype = at::kBFloat16;
+  absl::StatusOr<LoadFootprint> bfloat16 = EstimateLoad(dir.string(), options);
+  options.dtype = at::kHalf;
+  absl::StatusOr<LoadFootprint> float16 = EstimateLoad(dir.string(), options);
+  ASSERT_TRUE(float32.ok() && bfloat16.ok() && float16.ok()) << float32.status();
+  EXPECT_EQ(float32->weights, 4 * (matrices + small));
+  EXPECT_EQ(bfloat16->weights, 2 * matrices + 4 * small);
+  EXPECT_EQ(float16->weights, 4 * small);  // the matrices are used in place from the file
+  EXPECT_EQ(float32->output_head, 8 * v * d);
+  // The stated margin: the head's build temporary, two widened layer matrices, 256 MiB.
+  EXPECT_EQ(float32->margin, 8 * v * d + 2 * 4 * (d * n) + (uint64_t{256} << 20));
+  // A float32 checkpoint loaded in float32 converts nothing.
+  absl::StatusOr<LoadFootprint> mapped = EstimateLoad(Reference("gpt2-tiny"));
+  ASSERT_TRUE(mapped.ok());
+  EXPECT_EQ(mapped->weights, 0u);
+}
+
+TEST(ModelLoadingTest, Bfloat16CheckpointWithBfloat16WeightsIsUsedInPlace) {
+  const std::string dir = Reference("llama-gqa-tiny-bf16");
+  LoadOptions bf16;
+  bf16.dtype = at::kBFloat16;
+  absl::StatusOr<LoadFootprint> need = EstimateLoad(dir, bf16);
+  absl::StatusOr<std::shared_ptr<const Model>> in_place = Model::Load(dir, bf16);
+  absl::StatusOr<std::shared_ptr<const Model>> widened = Model::Load(dir);
+  ASSERT_TRUE(need.ok() && in_place.ok() && widened.ok()) << need.status();
+  // Only the small tensors (the RMSNorm weights) are converted, to float32.
+  const ModelConfig& c = (*widened)->config();
+  EXPECT_EQ(need->weights, 4u * static_cast<uint64_t>(c.d_model) * (2 * c.n_layers + 1));
+  EXPECT_EQ((*in_place)->weights_dtype(), at::kBFloat16);
+  EXPECT_EQ((*widened)->weights_dtype(), at::kFloat);
+  // The same weight values and float32 arithmetic: the same logits, bit for bit.
+  EXPECT_TRUE(
+      at::equal(Forward(**in_place, kLlamaIds)->logits, Forward(**widened, kLlamaIds)->logits));
+  EXPECT_LT((*in_place)->resident_bytes(), (*widened)->resident_bytes());
 }
 
 TEST(ForwardTest, BadInputsAreInvalidArgumentNamingTheField) {

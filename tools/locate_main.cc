@@ -32,9 +32,11 @@ ABSL_FLAG(std::string, json_out, "",
 ABSL_FLAG(bool, json, false, "Print the JSON report (see --json_out) instead of text");
 ABSL_FLAG(std::string, mode, "exact", "Neuron ranking: exact (pruned), exhaustive or approximate");
 ABSL_FLAG(std::string, device, "cpu", "cpu, cuda or cuda:N");
-ABSL_FLAG(std::string, dtype, "",
-          "Compute dtype: float32 (the default on CPU), float64 (a reference run whose results do "
-          "not depend on the CPU's float32 kernels), bfloat16 or float16 (CUDA)");
+ABSL_FLAG(
+    std::string, dtype, "",
+    "dtype: float32 (the default on CPU), float64 (a reference run whose results do not depend on "
+    "the CPU's float32 kernels), bfloat16 or float16 (on CUDA the compute dtype; on CPU the "
+    "weight matrices' dtype, half the memory, computed in float32)");
 ABSL_FLAG(int, threads, 0, "CPU threads for libtorch (0 = one per core)");
 
 namespace {

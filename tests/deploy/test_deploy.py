@@ -211,7 +211,8 @@ class DeployTest(unittest.TestCase):
         """The GPU Deployment's flags and environment, on this machine's CPU: its repo id is served from
         an HF cache in the volume's layout (refs/main -> snapshots/REV), holding the Llama demo model.
         Mapped: listen ports (free loopback ports), HF_HUB_CACHE (the temporary cache), and the model's
-        device and dtype options dropped (no GPU here; the server refuses float16 on a CPU)."""
+        device and dtype options dropped (no GPU here: device=cuda cannot load, and the CPU run keeps its
+        float32 default)."""
         name, spec = self.gpu_args["model"].split("=", 1)
         repo_id = spec.split(",")[0]
         cache = tempfile.mkdtemp(prefix="factlens-hf-cache-")

@@ -528,12 +528,13 @@ class LifecycleTest(unittest.TestCase):
     def test_several_models_with_options(self):
         models = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "models")
         server = Server("--model", f"demo={models}/gpt2-facts-tiny",
-                        f"--model=llama={models}/llama-facts-tiny,dtype=float32,device=cpu")
+                        f"--model=llama={models}/llama-facts-tiny,dtype=bfloat16,device=cpu")
         try:
             with Client(server.address) as c:
-                served = [(m.name, m.family, m.dtype, m.device, m.ready) for m in c.list_models()]
-                self.assertEqual(served, [("demo", "gpt2", "float32", "cpu", True),
-                                          ("llama", "llama", "float32", "cpu", True)])
+                served = [(m.name, m.family, m.dtype, m.weights_dtype, m.device, m.ready) for m in c.list_models()]
+                # dtype=bfloat16 on a CPU: bfloat16 weight matrices, float32 compute.
+                self.assertEqual(served, [("demo", "gpt2", "float32", "float32", "cpu", True),
+                                          ("llama", "llama", "float32", "bfloat16", "cpu", True)])
                 for model in ("demo", "llama"):  # both demo models answer " Paris"
                     c.model = model
                     self.assertEqual(c.predict(PROMPT, top_k=1).predictions[0].token, " Paris")

@@ -174,6 +174,7 @@ TEST_F(ServiceTest, ListModelsReportsTheLoadedShape) {
   EXPECT_EQ(info.vocab_size(), 50257);
   EXPECT_EQ(info.max_positions(), kPositions);
   EXPECT_EQ(info.dtype(), "float32");
+  EXPECT_EQ(info.weights_dtype(), "float32");
   EXPECT_EQ(info.device(), "cpu");
   // Like every RPC, it is logged and counted (issue 13: it used to bypass the request path).
   const std::vector<RequestRecord> records = harness_->records();

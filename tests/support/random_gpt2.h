@@ -7,6 +7,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "analysis/safetensors.h"
 
 namespace factlens::testing {
 
@@ -38,6 +39,14 @@ struct RandomLlamaShape {
 // Writes a float32 Llama checkpoint of `shape` into `dir` like WriteRandomGpt2: projections
 // N(0, 0.02²), RMSNorm weights at identity. Same seed and shape, same files. Not thread-safe.
 absl::Status WriteRandomLlama(const std::string& dir, const RandomLlamaShape& shape, uint64_t seed);
+
+// Writes a Llama checkpoint of `shape` like WriteRandomLlama, with its tensors in `dtype` (F32, F16
+// or BF16), one tensor at a time: memory holds one tensor, so a Llama-7B shape (13.5 GB in F16)
+// can be written on a machine that could not hold it twice. Values are drawn tensor by tensor in
+// the file's (name) order from `seed`, so they differ from WriteRandomLlama's; same seed, shape
+// and dtype, same files. Not thread-safe.
+absl::Status WriteRandomLlamaStreamed(const std::string& dir, const RandomLlamaShape& shape,
+                                      uint64_t seed, DType dtype);
 
 }  // namespace factlens::testing
 

@@ -26,7 +26,7 @@ import grpc
 
 from factlens.client import DEFAULT_SERVER, Client, default_model, default_server
 from factlens.errors import FactlensError, FactlensWarning
-from factlens.results import slot_name
+from factlens.results import dtype_phrase, slot_name
 from factlens.v1 import factlens_pb2 as pb
 
 _LEVELS = [n for n in pb.RankRequest.Level.keys() if n != "LEVEL_UNSPECIFIED"]
@@ -74,7 +74,7 @@ def print_report(report):
 def _print_models(models):
     for m in models:
         print(f"{m.name}: {m.family}, {m.layers} layers, {m.heads} heads ({m.kv_heads} kv), d={m.d_model}, "
-              f"ffn={m.ffn_width}, vocab={m.vocab_size}, {m.dtype} on {m.device}, ready={m.ready}")
+              f"ffn={m.ffn_width}, vocab={m.vocab_size}, {dtype_phrase(m)} on {m.device}, ready={m.ready}")
 
 
 def _print_ranked(frame):

@@ -176,11 +176,21 @@ class Result:
         return _block(_e(type(self).__name__), f"<pre>{_e(self.to_json())}</pre>")
 
 
+def dtype_phrase(model) -> str:
+    """A ``pb.ModelInfo``'s dtypes as text: "float32", or "float32 (bfloat16 weights)" when the weight
+    matrices are held in another dtype than the model computes in (dtype=bfloat16 / float16 on a CPU)."""
+    dtype = model.dtype or "?"
+    if model.weights_dtype and model.weights_dtype != model.dtype:
+        return f"{dtype} ({model.weights_dtype} weights)"
+    return dtype
+
+
 class Models(Result):
     """ListModels: a sequence of ``pb.ModelInfo``."""
 
     _MESSAGE = pb.ListModelsResponse
-    _COLUMNS = ["name", "family", "layers", "heads", "d_model", "ffn_width", "vocab_size", "dtype", "device", "ready"]
+    _COLUMNS = ["name", "family", "layers", "heads", "d_model", "ffn_width", "vocab_size", "dtype", "weights_dtype",
+                "device", "ready"]
 
     def _summary(self):
         return _short_list([f"{m.name} ({m.family}, {m.layers} layers)" for m in self.proto.models], 4) or "none"
@@ -663,7 +673,7 @@ class FactReport(Result):
             heads = f"{m.heads} heads" + (f" ({m.kv_heads} key/value heads)" if m.kv_heads and m.kv_heads != m.heads
                                           else "")
             shape = (f"{m.layers} layers × {heads} of dimension {m.head_dim}, d_model {m.d_model}, FFN width "
-                     f"{m.ffn_width}, vocabulary {m.vocab_size}; {m.dtype or '?'} on {m.device or '?'}")
+                     f"{m.ffn_width}, vocabulary {m.vocab_size}; {dtype_phrase(m)} on {m.device or '?'}")
         return {
             "model": (m.name + (f" (loaded from {m.source})" if m.source else "")) if m is not None else unknown,
             "family": (m.family or unknown) if m is not None else unknown,

@@ -75,6 +75,14 @@ class RealServerTest(unittest.TestCase):
         (only,) = models
         self.assertEqual(only, self.info)
         self.assertEqual(models.to_dict()["models"][0]["layers"], self.info.layers)
+        self.assertEqual((only.dtype, only.weights_dtype), ("float32", "float32"))
+        # Weights held in another dtype than the compute (dtype=bfloat16 on a CPU) are named; a
+        # server without the field (before weights_dtype) shows the compute dtype alone.
+        from factlens.results import dtype_phrase
+        self.assertEqual(dtype_phrase(only), "float32")
+        self.assertEqual(dtype_phrase(pb.ModelInfo(dtype="float32", weights_dtype="bfloat16")),
+                         "float32 (bfloat16 weights)")
+        self.assertEqual(dtype_phrase(pb.ModelInfo(dtype="float32")), "float32")
 
     def test_tokenize_offsets_index_the_text(self):
         tokens = self.client.tokenize(PROMPT)
