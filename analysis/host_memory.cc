@@ -138,7 +138,7 @@ std::optional<Headroom> TightestHeadroom(const HostMemoryLimits& limits) {
     if (bytes && (!tightest || *bytes < tightest->bytes)) tightest = Headroom{*bytes, limit};
   };
   consider(limits.mem_available, "the memory available on this machine (MemAvailable)");
-  consider(limits.cgroup_free, "the memory cgroup's limit (free under memory.max)");
+  consider(limits.cgroup_free, "the memory cgroup's limit (memory.max or memory.limit_in_bytes)");
   consider(limits.address_space_free,
            "the address-space limit (RLIMIT_AS, ulimit -v) less what is already mapped");
   return tightest;

@@ -26,7 +26,8 @@ struct HostMemoryLimits {
   std::optional<uint64_t> address_space_free;
 };
 
-// The tightest limit: its bytes and a phrase naming it ("the memory cgroup's limit (memory.max)").
+// The tightest limit: its bytes and a phrase naming it ("the memory cgroup's limit (memory.max or
+// memory.limit_in_bytes)").
 struct Headroom {
   uint64_t bytes = 0;
   std::string limit;
