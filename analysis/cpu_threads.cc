@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/Utils.h>
 #include <ATen/Version.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include <sstream>
@@ -14,6 +15,12 @@
 namespace factlens {
 
 void ConfigureCpuThreads(int threads) {
+  // Large CPU tensors (2 MiB and up) on transparent huge pages, unless the environment says
+  // otherwise: libtorch reads THP_MEM_ALLOC_ENABLE once, at its first allocation. A model with
+  // bfloat16 / float16 weights widens each matrix to a fresh float32 tensor as the forward pass
+  // uses it; on 4 KiB pages filling one (180 MB for a Llama-7B FFN matrix) costs ~44k page faults,
+  // 4x the conversion itself (bench/RESULTS.md, "A 7B model on a CPU box").
+  setenv("THP_MEM_ALLOC_ENABLE", "1", /*overwrite=*/0);
   if (threads <= 0) threads = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
   if (threads <= 0) threads = 1;
   at::set_num_threads(threads);

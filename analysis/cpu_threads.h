@@ -6,8 +6,9 @@
 
 namespace factlens {
 
-// Sets libtorch's intra-op threads (OpenMP, and MKL's with them) to `threads` (0 = one per core).
-// Call once at start-up, before any tensor work. Not thread-safe.
+// Sets libtorch's intra-op threads (OpenMP, and MKL's with them) to `threads` (0 = one per core),
+// and puts large CPU tensors on transparent huge pages (THP_MEM_ALLOC_ENABLE=1 unless the
+// environment sets it). Call once at start-up, before any tensor work. Not thread-safe.
 void ConfigureCpuThreads(int threads);
 
 // The CPU math libraries inside this libtorch and the kernels it dispatches to, e.g.
