@@ -538,9 +538,9 @@ absl::StatusOr<NeuronRanking> Attribution::Rank(const std::vector<NeuronSet>& se
       // Candidates in bound order; evaluate in batches until the k-th exact value, less its
       // rounding bound, beats the largest remaining (widened) bound. Each batch is one projection
       // GEMM, which streams the whole output layer however few its rows: the first takes the k
-      // best bounds (at least 16, which cost about what fewer do), each later one every remaining
-      // candidate whose bound still beats the current threshold — exactly those that could
-      // still enter the top k — so a ranking takes two GEMMs, rarely more.
+      // best bounds (at least 16, which cost about what fewer do), each later one the remaining
+      // candidates whose bound still beats the current threshold — those that could still enter
+      // the top k — up to 128, so a ranking with tight bounds takes two GEMMs.
       std::sort(candidates.begin(), candidates.end(), better);
       constexpr size_t kMaxBatch = 512;  // bounds the [batch, V] float64 logits
       size_t batch =
@@ -591,7 +591,9 @@ absl::StatusOr<NeuronRanking> Attribution::Rank(const std::vector<NeuronSet>& se
           const auto beating_end =
               std::partition_point(candidates.begin() + next, candidates.end(), beats);
           if (beating_end == candidates.begin() + next) break;
-          batch = std::min<size_t>(beating_end - (candidates.begin() + next), kMaxBatch);
+          // At most 128: with loose bounds the threshold rises as values come in, and a larger
+          // batch would evaluate candidates the next check drops.
+          batch = std::min<size_t>(beating_end - (candidates.begin() + next), 128);
         }
       }
     }
