@@ -21,7 +21,13 @@ void ConfigureCpuThreads(int threads) {
   // uses it; on 4 KiB pages filling one (180 MB for a Llama-7B FFN matrix) costs ~44k page faults,
   // 4x the conversion itself (bench/RESULTS.md, "A 7B model on a CPU box").
   setenv("THP_MEM_ALLOC_ENABLE", "1", /*overwrite=*/0);
-  if (threads <= 0) threads = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
+  if (threads <= 0) {
+    // OMP_NUM_THREADS, where set, is libtorch's own default: keep it (scripts/test.sh gives each of
+    // its concurrent tests a share of the cores this way).
+    const char* omp_threads = getenv("OMP_NUM_THREADS");
+    if (omp_threads != nullptr && atoi(omp_threads) > 0) return;
+    threads = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
+  }
   if (threads <= 0) threads = 1;
   at::set_num_threads(threads);
 }

@@ -6,7 +6,8 @@
 
 namespace factlens {
 
-// Sets libtorch's intra-op threads (OpenMP, and MKL's with them) to `threads` (0 = one per core),
+// Sets libtorch's intra-op threads (OpenMP, and MKL's with them) to `threads` (0 = the
+// environment's OMP_NUM_THREADS where it is a positive number, else one per core),
 // and puts large CPU tensors on transparent huge pages (THP_MEM_ALLOC_ENABLE=1 unless the
 // environment sets it). Call once at start-up, before any tensor work. Not thread-safe.
 void ConfigureCpuThreads(int threads);
