@@ -43,7 +43,8 @@ ABSL_FLAG(int, trace_cache_mb, 256,
           "pass (0 disables)");
 ABSL_FLAG(int, default_deadline_seconds, 600, "Deadline for requests that set none");
 ABSL_FLAG(int, drain_seconds, 30, "On SIGTERM/SIGINT: how long in-flight requests may finish");
-ABSL_FLAG(int, threads, 0, "CPU threads for libtorch (0 = OMP_NUM_THREADS if set, else one per core)");
+ABSL_FLAG(int, threads, 0,
+          "CPU threads for libtorch (0 = OMP_NUM_THREADS if set, else one per core)");
 ABSL_FLAG(double, gpu_memory_fraction, 1.0,
           "Most of each GPU this server's models are on that it may hold, as a fraction of the "
           "card (0 < f <= 1); beyond it a request gets RESOURCE_EXHAUSTED. For shared cards");

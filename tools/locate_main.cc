@@ -37,7 +37,8 @@ ABSL_FLAG(
     "dtype: float32 (the default on CPU), float64 (a reference run whose results do not depend on "
     "the CPU's float32 kernels), bfloat16 or float16 (on CUDA the compute dtype; on CPU the "
     "weight matrices' dtype, half the memory, computed in float32)");
-ABSL_FLAG(int, threads, 0, "CPU threads for libtorch (0 = OMP_NUM_THREADS if set, else one per core)");
+ABSL_FLAG(int, threads, 0,
+          "CPU threads for libtorch (0 = OMP_NUM_THREADS if set, else one per core)");
 
 namespace {
 

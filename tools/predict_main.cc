@@ -28,7 +28,8 @@ ABSL_FLAG(std::string, prompt, "The capital of France is", "Prompt text");
 ABSL_FLAG(std::string, ids, "", "Comma-separated token ids to use instead of --prompt");
 ABSL_FLAG(int, top_k, 10, "Number of next tokens to print (1..1000)");
 ABSL_FLAG(std::string, device, "cpu", "cpu, cuda or cuda:N");
-ABSL_FLAG(int, threads, 0, "CPU threads for libtorch (0 = OMP_NUM_THREADS if set, else one per core)");
+ABSL_FLAG(int, threads, 0,
+          "CPU threads for libtorch (0 = OMP_NUM_THREADS if set, else one per core)");
 
 namespace {
 
