@@ -406,6 +406,45 @@ absl::StatusOr<at::Tensor> Attribution::AllExact(const std::vector<NeuronSet>& s
   return at::stack(layers);
 }
 
+absl::StatusOr<std::pair<at::Tensor, at::Tensor>> Attribution::ScreenedValues(
+    const NeuronSet& set, const std::vector<at::Tensor>& matrices32,
+    const Interrupted& interrupted) const {
+  // A logit ℓ_u = M_u·T(v) from T(v) and M rounded to float32 and a float32 dot product of
+  // length d_s errs by at most (d_s + 3)·2^-24·Σ_i|M_ui·T_i| ≤ (d_s + 4)·2^-24·max_u‖M_u‖·‖T(v)‖
+  // (Higham, any summation order; one more unit for the float64 norm). Moving every logit of a
+  // term by at most e moves m·ℓ_w − log Σ_u p_u·exp(m·ℓ_u) by at most 2·|m|·e; the float64
+  // arithmetic after the logits is that of ExactValues, bounded by its ExactValueErrorBound.
+  const int64_t k = set.vectors.size(0);
+  const int64_t chunk = std::max<int64_t>(1, kExhaustiveBlockElements / term_entries_);
+  std::vector<at::Tensor> values, widths;
+  for (int64_t start = 0; start < k; start += chunk) {
+    if (interrupted && interrupted()) return InterruptedError();
+    const int64_t n = std::min(chunk, k - start);
+    const at::Tensor vectors = set.vectors.narrow(0, start, n);
+    std::vector<at::Tensor> logits;
+    at::Tensor logit_error;  // [n]: Σ over terms of each term's bound e
+    for (size_t s = 0; s < terms_.size(); ++s) {
+      const at::Tensor transformed = terms_[s].Transform(vectors);  // [n, d_s] float64
+      logits.push_back(at::matmul(transformed.to(at::kFloat), matrices32[s].t()).to(at::kDouble));
+      const double d_s = static_cast<double>(transformed.size(1));
+      const at::Tensor e =
+          transformed.norm(2, 1) * (terms_[s].max_row_norm * (d_s + 4) * kFloat32Unit);
+      logit_error = logit_error.defined() ? logit_error + e : e;
+    }
+    const at::Tensor coefficients = set.coefficients.narrow(1, start, n);  // [R, n]
+    const at::Tensor value = ExactFromLogits(*set.base, logits, coefficients);
+    // The log-prob increase δ errs by at most w; p·expm1(δ) then by (p + value)·expm1(w)·e^w.
+    at::Tensor width = 2 * coefficients.to(at::kDouble).abs() * logit_error.unsqueeze(0);
+    if (target_.metric == Metric::kProbIncrease) {
+      width =
+          (value + std::exp(set.base->log_prob)).clamp_min(0) * at::expm1(width) * at::exp(width);
+    }
+    values.push_back(value);
+    widths.push_back(width);
+  }
+  return std::make_pair(at::cat(values, 1).reshape({-1}), at::cat(widths, 1).reshape({-1}));
+}
+
 at::Tensor Attribution::RowNorms(const NeuronSet& set) const {
   // The float32 norm errs by at most (d + 2)·2^-24 relative; the bound is raised by that.
   const double d = static_cast<double>(model_.config().d_model);
@@ -488,14 +527,31 @@ absl::StatusOr<NeuronRanking> Attribution::Rank(const std::vector<NeuronSet>& se
                                            static_cast<double>(terms_.size())));
   }
   std::vector<Candidate> results;
+  std::vector<Candidate> candidates;  // bounds on values not yet evaluated in float64
 
-  if (mode == RankMode::kExhaustive) {
+  // Exhaustive: every value from float32 logits (the projection GEMM at float32 cost, as a
+  // float32 notebook computes it) with its derived bound, as candidates for the float64 batches
+  // below — unless most neurons are reported (or the metric is linear), when float64 values of
+  // every neuron are the cheaper way.
+  const bool screen = mode == RankMode::kExhaustive && 2 * k < ranking.total &&
+                      target_.metric != Metric::kLogitIncrease;
+  if (mode == RankMode::kExhaustive && !screen) {
     for (size_t s = 0; s < sets.size(); ++s) {
       absl::StatusOr<at::Tensor> values = ExactValues(sets[s], interrupted);
       if (!values.ok()) return values.status();
       append(results, s, *values, exact_errors[s]);
     }
-    ranking.evaluated = ranking.total;
+  } else if (screen) {
+    std::vector<at::Tensor> matrices32;
+    for (const SoftmaxTerm& term : terms_) matrices32.push_back(term.matrix.to(at::kFloat));
+    for (size_t s = 0; s < sets.size(); ++s) {
+      absl::StatusOr<std::pair<at::Tensor, at::Tensor>> screened =
+          ScreenedValues(sets[s], matrices32, interrupted);
+      if (!screened.ok()) return screened.status();
+      const auto& [values, widths] = *screened;
+      const at::Tensor width = widths + exact_errors[s];
+      append(candidates, s, top ? values + width : values - width, exact_errors[s]);
+    }
   } else {
     // Per layer: the first-order value m·f'(0) of every neuron — by concavity (of every softmax
     // term, hence of their sum) an upper bound on the log-prob increase — and, for bottom-k,
@@ -505,7 +561,6 @@ absl::StatusOr<NeuronRanking> Attribution::Rank(const std::vector<NeuronSet>& se
     // errs by at most (d + 3)·2^-24·|m|·‖v‖·‖t‖ (t rounded to float32, a length-d dot product in
     // any order, the product with m); the quadratic term (float64 from float32 inputs) is raised
     // by (d + 8)·2^-24 relative.
-    std::vector<Candidate> candidates;
     for (size_t s = 0; s < sets.size(); ++s) {
       const NeuronSet& set = sets[s];
       const at::Tensor coefficients = set.coefficients.to(at::kDouble);
@@ -534,70 +589,70 @@ absl::StatusOr<NeuronRanking> Attribution::Rank(const std::vector<NeuronSet>& se
         append(candidates, s, bound, exact_errors[s]);
       }
     }
-    if (mode == RankMode::kExact) {
-      // Candidates in bound order; evaluate in batches until the k-th exact value, less its
-      // rounding bound, beats the largest remaining (widened) bound. Each batch is one projection
-      // GEMM, which streams the whole output layer however few its rows: the first takes the k
-      // best bounds (at least 16, which cost about what fewer do), each later one the remaining
-      // candidates whose bound still beats the current threshold — those that could still enter
-      // the top k — up to 128, so a ranking with tight bounds takes two GEMMs.
-      std::sort(candidates.begin(), candidates.end(), better);
-      constexpr size_t kMaxBatch = 512;  // bounds the [batch, V] float64 logits
-      size_t batch =
-          static_cast<size_t>(std::clamp<int64_t>(k, 16, static_cast<int64_t>(kMaxBatch)));
-      size_t next = 0;
-      while (next < candidates.size()) {
-        if (interrupted && interrupted()) return InterruptedError();
-        const size_t batch_end = std::min(candidates.size(), next + batch);
-        // One projection GEMM for the whole batch (each GEMM streams the whole unembedding), then
-        // the exact values per layer, whose bases differ.
-        std::map<int64_t, std::vector<int64_t>> by_set;
-        for (size_t c = next; c < batch_end; ++c)
-          by_set[candidates[c].set].push_back(candidates[c].index);
-        std::vector<at::Tensor> vectors;
-        for (const auto& [s, indices] : by_set) {
-          const at::Tensor rows = at::tensor(indices, at::kLong)
-                                      .remainder(sets[s].vectors.size(0))
-                                      .to(sets[s].vectors.device());
-          vectors.push_back(sets[s].vectors.index_select(0, rows));
-        }
-        const std::vector<at::Tensor> logits = TermLogits(at::cat(vectors, 0));
-        int64_t offset = 0;
-        for (const auto& [s, indices] : by_set) {
-          const NeuronSet& set = sets[s];
-          const int64_t n = static_cast<int64_t>(indices.size());
-          const at::Tensor index = at::tensor(indices, at::kLong).to(set.coefficients.device());
-          const at::Tensor coefficient = set.coefficients.reshape({-1}).index_select(0, index);
-          std::vector<at::Tensor> rows;
-          for (const at::Tensor& term_logits : logits)
-            rows.push_back(term_logits.narrow(0, offset, n));
-          const at::Tensor values = ExactFromLogits(*set.base, rows, coefficient.unsqueeze(0))[0];
-          offset += n;
-          const size_t first = results.size();
-          append(results, s, values, exact_errors[s].index_select(0, index));
-          for (int64_t i = 0; i < n; ++i) results[first + i].index = indices[i];
-        }
-        ranking.evaluated += static_cast<int64_t>(batch_end - next);
-        next = batch_end;
-        if (static_cast<int64_t>(results.size()) < k) {
-          batch = std::clamp<size_t>(k - results.size(), 128, kMaxBatch);
-        } else if (k > 0 && next < candidates.size()) {
-          std::nth_element(results.begin(), results.begin() + (k - 1), results.end(), better);
-          const Candidate& kth = results[k - 1];
-          const double threshold = top ? kth.value - kth.error : kth.value + kth.error;
-          const auto beats = [&](const Candidate& c) {
-            return top ? c.value > threshold : c.value < threshold;
-          };
-          const auto beating_end =
-              std::partition_point(candidates.begin() + next, candidates.end(), beats);
-          if (beating_end == candidates.begin() + next) break;
-          // At most 128: with loose bounds the threshold rises as values come in, and a larger
-          // batch would evaluate candidates the next check drops.
-          batch = std::min<size_t>(beating_end - (candidates.begin() + next), 128);
-        }
+  }
+  if (mode == RankMode::kExact || screen) {
+    // Candidates in bound order; evaluate in batches until the k-th exact value, less its
+    // rounding bound, beats the largest remaining (widened) bound. Each batch is one projection
+    // GEMM, which streams the whole output layer however few its rows: the first takes the k
+    // best bounds (at least 16, which cost about what fewer do), each later one the remaining
+    // candidates whose bound still beats the current threshold — those that could still enter
+    // the top k — up to 128, so a ranking with tight bounds takes two GEMMs.
+    std::sort(candidates.begin(), candidates.end(), better);
+    constexpr size_t kMaxBatch = 512;  // bounds the [batch, V] float64 logits
+    size_t batch = static_cast<size_t>(std::clamp<int64_t>(k, 16, static_cast<int64_t>(kMaxBatch)));
+    size_t next = 0;
+    while (next < candidates.size()) {
+      if (interrupted && interrupted()) return InterruptedError();
+      const size_t batch_end = std::min(candidates.size(), next + batch);
+      // One projection GEMM for the whole batch (each GEMM streams the whole unembedding), then
+      // the exact values per layer, whose bases differ.
+      std::map<int64_t, std::vector<int64_t>> by_set;
+      for (size_t c = next; c < batch_end; ++c)
+        by_set[candidates[c].set].push_back(candidates[c].index);
+      std::vector<at::Tensor> vectors;
+      for (const auto& [s, indices] : by_set) {
+        const at::Tensor rows = at::tensor(indices, at::kLong)
+                                    .remainder(sets[s].vectors.size(0))
+                                    .to(sets[s].vectors.device());
+        vectors.push_back(sets[s].vectors.index_select(0, rows));
+      }
+      const std::vector<at::Tensor> logits = TermLogits(at::cat(vectors, 0));
+      int64_t offset = 0;
+      for (const auto& [s, indices] : by_set) {
+        const NeuronSet& set = sets[s];
+        const int64_t n = static_cast<int64_t>(indices.size());
+        const at::Tensor index = at::tensor(indices, at::kLong).to(set.coefficients.device());
+        const at::Tensor coefficient = set.coefficients.reshape({-1}).index_select(0, index);
+        std::vector<at::Tensor> rows;
+        for (const at::Tensor& term_logits : logits)
+          rows.push_back(term_logits.narrow(0, offset, n));
+        const at::Tensor values = ExactFromLogits(*set.base, rows, coefficient.unsqueeze(0))[0];
+        offset += n;
+        const size_t first = results.size();
+        append(results, s, values, exact_errors[s].index_select(0, index));
+        for (int64_t i = 0; i < n; ++i) results[first + i].index = indices[i];
+      }
+      ranking.evaluated += static_cast<int64_t>(batch_end - next);
+      next = batch_end;
+      if (static_cast<int64_t>(results.size()) < k) {
+        batch = std::clamp<size_t>(k - results.size(), 128, kMaxBatch);
+      } else if (k > 0 && next < candidates.size()) {
+        std::nth_element(results.begin(), results.begin() + (k - 1), results.end(), better);
+        const Candidate& kth = results[k - 1];
+        const double threshold = top ? kth.value - kth.error : kth.value + kth.error;
+        const auto beats = [&](const Candidate& c) {
+          return top ? c.value > threshold : c.value < threshold;
+        };
+        const auto beating_end =
+            std::partition_point(candidates.begin() + next, candidates.end(), beats);
+        if (beating_end == candidates.begin() + next) break;
+        // At most 128: with loose bounds the threshold rises as values come in, and a larger
+        // batch would evaluate candidates the next check drops.
+        batch = std::min<size_t>(beating_end - (candidates.begin() + next), 128);
       }
     }
   }
+  if (mode == RankMode::kExhaustive) ranking.evaluated = ranking.total;
   const int64_t keep = std::min<int64_t>(k, results.size());
   std::partial_sort(results.begin(), results.begin() + keep, results.end(), better);
   for (int64_t i = 0; i < keep; ++i) {

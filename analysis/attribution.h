@@ -33,7 +33,9 @@ std::string_view MetricName(Metric metric);
 
 enum class RankMode {
   kExact,        // exact values, candidates pruned by provable bounds
-  kExhaustive,   // exact values of every component
+  kExhaustive,   // every component evaluated (float32 logits with a derived rounding bound),
+                 // then in float64 each that the bound leaves in contention: the same ranking
+                 // and scores as float64 values of every component
   kApproximate,  // first-order (tangent) values, no exact evaluation
 };
 std::string_view RankModeName(RankMode mode);
@@ -189,6 +191,11 @@ class Attribution {
                                          const Interrupted& interrupted) const;
   absl::StatusOr<at::Tensor> AllExact(const std::vector<NeuronSet>& sets,
                                       const Interrupted& interrupted) const;
+  // Every neuron's value from float32 logits (`matrices32`: each term's matrix in float32), and
+  // a bound on its distance from the float64 value of ExactValues: {[R·K], [R·K]} float64.
+  absl::StatusOr<std::pair<at::Tensor, at::Tensor>> ScreenedValues(
+      const NeuronSet& set, const std::vector<at::Tensor>& matrices32,
+      const Interrupted& interrupted) const;
   // ‖v_k‖ of the set's K vectors, [K] float64, raised by the float32 norm's rounding bound.
   at::Tensor RowNorms(const NeuronSet& set) const;
   // Upper bounds B (ExactValueErrorBound's magnitude) of every neuron of the set, [R·K] float64,

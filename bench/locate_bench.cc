@@ -1,7 +1,8 @@
 // The standard LocateFact (docs/design.md) at real model shapes, stage by stage, against plain
 // libtorch baselines of the same stages in the same run.
 //
-//   locate_bench [--models gpt2-medium,tinyllama] [--tokens 16] [--repetitions 3] [--quick]
+//   locate_bench [--models gpt2-medium,tinyllama] [--tokens 16] [--repetitions 3] [--exhaustive]
+//                [--quick]
 //
 // Models: randomly initialised checkpoints of GPT-2 medium (24 × 1024, FFN 4096, vocab 50257) and
 // TinyLlama-1.1B (22 × 2048, GQA 32/4, FFN 5632, vocab 32000), written once (float32 safetensors,
@@ -19,7 +20,9 @@
 //        target's log-probability less the base's; top-k heads and head×positions;
 //      query layers: the top FFN / attention neurons' keys against every earlier component, summed
 //        as docs/method-reference.md says, and the query FFN neurons of the top attention neurons;
-//      top tokens: the reported neurons' value vectors through the frozen head, top-k.
+//      top tokens: the reported neurons' value vectors through the frozen head, top-k;
+//  - with --exhaustive, the exhaustive mode's top-100 FFN neurons against a float32 notebook
+//    evaluating every neuron (ExhaustiveFfn below), each timed once.
 //    and whether LocateFact's results equal them: the same components in the same order, values
 //    within 1e-9 (float64 evaluations of one definition differ by rounding, ~1e-13 here; a method
 //    error is orders larger). The query FFN neurons' scores are float32 products in LocateFact
@@ -47,6 +50,7 @@
 #include "analysis/forward.h"
 #include "analysis/locate.h"
 #include "analysis/output_head.h"
+#include "analysis/status_macros.h"
 #include "analysis/weights.h"
 #include "tests/file_util.h"
 #include "tests/support/random_gpt2.h"
@@ -93,34 +97,37 @@ absl::Status EnsureCheckpoint(const Shape& shape, const std::string& dir, uint64
   return s;
 }
 
-// The final norm frozen at the final residual, then the float64 unembedding: a notebook's
-// "log p(target | x)" and vocabulary projection.
+// The final norm frozen at the final residual, then the unembedding, all in `dtype` (float64
+// unless asked): a notebook's "log p(target | x)" and vocabulary projection.
 class NotebookHead {
  public:
-  NotebookHead(const Model& model, const at::Tensor& final_residual)
+  NotebookHead(const Model& model, const at::Tensor& final_residual,
+               c10::ScalarType dtype = at::kDouble)
       : center_(model.config().architecture.norm == NormKind::kLayerNorm),
-        unembedding_t_(model.weights().unembedding.to(at::kDouble).t()) {
+        dtype_(dtype),
+        unembedding_t_(model.weights().unembedding.to(dtype).t()) {
     const at::Tensor x = final_residual.to(at::kDouble);
     const at::Tensor mean_square = center_ ? x.var(/*unbiased=*/false) : x.pow(2).mean();
-    scale_ = model.weights().final_norm_weight.to(at::kDouble) /
-             (mean_square + model.config().norm_eps).sqrt();
+    scale_ = (model.weights().final_norm_weight.to(at::kDouble) /
+              (mean_square + model.config().norm_eps).sqrt())
+                 .to(dtype);
   }
   // [B, d] -> [B, V] before-softmax values (no bias).
   at::Tensor Project(const at::Tensor& x) const {
-    const at::Tensor x64 = x.to(at::kDouble);
-    const at::Tensor c = center_ ? x64 - x64.mean(-1, /*keepdim=*/true) : x64;
+    const at::Tensor xd = x.to(dtype_);
+    const at::Tensor c = center_ ? xd - xd.mean(-1, /*keepdim=*/true) : xd;
     return at::matmul(c * scale_, unembedding_t_);
   }
   // log p(target | base + v) − log p(target | base) for vectors [B, d], in blocks of 256.
   at::Tensor Increase(const at::Tensor& base, const at::Tensor& vectors, int64_t target) const {
-    const at::Tensor b = base.to(at::kDouble);
+    const at::Tensor b = base.to(dtype_);
     const double base_log_prob =
         at::log_softmax(Project(b.unsqueeze(0)), -1)[0][target].item<double>();
     std::vector<at::Tensor> parts;
     for (int64_t start = 0; start < vectors.size(0); start += 256) {
       const at::Tensor v =
           vectors.narrow(0, start, std::min<int64_t>(256, vectors.size(0) - start));
-      parts.push_back(at::log_softmax(Project(v.to(at::kDouble) + b), -1).select(1, target) -
+      parts.push_back(at::log_softmax(Project(v.to(dtype_) + b), -1).select(1, target) -
                       base_log_prob);
     }
     return at::cat(parts);
@@ -128,7 +135,8 @@ class NotebookHead {
 
  private:
   bool center_;
-  at::Tensor unembedding_t_;  // [d, V] float64
+  c10::ScalarType dtype_;
+  at::Tensor unembedding_t_;  // [d, V]
   at::Tensor scale_;
 };
 
@@ -331,6 +339,54 @@ Check TopTokens(const Model& model, const FactReport& report, const NotebookHead
   return check;
 }
 
+// The exhaustive top-k FFN neurons: Attribution's exhaustive mode against a float32 notebook that
+// adds every neuron's subvalue m·W_out[:, n] to its FFN base residual and takes the frozen head's
+// log-softmax (the vectorised PyTorch baseline, the same GEMM arithmetic in float32). The
+// same neurons in the same order, except where the notebook's values of neighbours lie within
+// its own float32 rounding; values within kFloat32Notebook (a float32 log-softmax over the
+// vocabulary errs by ~1e-6 of the logits' scale; a method error is orders larger).
+constexpr double kFloat32Notebook = 1e-4;
+
+struct ExhaustiveTiming {
+  double ours_s = 0, notebook_s = 0;
+  int64_t k = 0;
+  Check check;
+};
+
+absl::StatusOr<ExhaustiveTiming> ExhaustiveFfn(const Model& model, const ForwardTrace& trace,
+                                               int64_t position, int64_t target, int64_t k) {
+  const ModelConfig& c = model.config();
+  ExhaustiveTiming timing;
+  AttributionTarget t;
+  t.token_id = target;
+  t.position = position;
+  FACTLENS_ASSIGN_OR_RETURN(std::unique_ptr<Attribution> a, Attribution::Create(model, trace, t));
+  Clock::time_point start = Clock::now();
+  FACTLENS_ASSIGN_OR_RETURN(NeuronRanking ours,
+                            a->RankFfnNeurons(k, RankOrder::kTop, RankMode::kExhaustive));
+  timing.ours_s = SecondsSince(start);
+  start = Clock::now();
+  const NotebookHead head(model, trace.final_residual[position], at::kFloat);
+  std::vector<at::Tensor> values;
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const LayerTrace& lt = trace.layers[l];
+    const at::Tensor subvalues = lt.ffn_coefficients[position].to(at::kFloat).unsqueeze(1) *
+                                 model.weights().layers[l].out_weight.to(at::kFloat).t();
+    values.push_back(head.Increase(lt.residual_mid[position], subvalues, target));
+  }
+  const std::vector<TokenScore> top = TopScores(at::stack(values), k);
+  timing.notebook_s = SecondsSince(start);
+  timing.k = static_cast<int64_t>(top.size());
+  for (size_t i = 0; i < top.size() && i < ours.neurons.size(); ++i) {
+    const RankedNeuron& n = ours.neurons[i];
+    timing.check.same = timing.check.same && (n.layer * c.d_ffn + n.index == top[i].token_id ||
+                                              std::abs(n.score - top[i].score) <= kFloat32Notebook);
+    timing.check.Value(n.score, top[i].score, kFloat32Notebook);
+  }
+  timing.check.same = timing.check.same && ours.neurons.size() == top.size();
+  return timing;
+}
+
 struct Options {
   std::vector<std::string> models;
   int64_t tokens = 16;
@@ -339,6 +395,7 @@ struct Options {
   uint64_t seed = 1;
   bool quick = false;
   bool baselines = true;
+  bool exhaustive = false;
 };
 
 // Stage names of LocateFact's progress callback, in order, and how the table names them.
@@ -463,6 +520,21 @@ bool RunModel(const Shape& shape, const Options& o) {
               static_cast<long long>(report->ffn_ranking_stats.total),
               static_cast<long long>(report->attention_ranking_stats.evaluated),
               static_cast<long long>(report->attention_ranking_stats.total));
+  if (o.exhaustive) {
+    const absl::StatusOr<ForwardTrace> trace = Forward(model, ids, FullCapture());
+    if (!trace.ok()) return false;
+    const absl::StatusOr<ExhaustiveTiming> e = ExhaustiveFfn(model, *trace, last, target, 100);
+    if (!e.ok()) {
+      std::fprintf(stderr, "exhaustive: %s\n", std::string(e.status().message()).c_str());
+      return false;
+    }
+    std::printf(
+        "exhaustive top-%lld FFN neurons (every one evaluated): %.3fs; float32 notebook %.3fs "
+        "(notebook / ours %.2fx); identical %s (max |difference| %.2g)\n",
+        static_cast<long long>(e->k), e->ours_s, e->notebook_s, e->notebook_s / e->ours_s,
+        e->check.same ? "yes" : "NO", e->check.max_difference);
+    ok = ok && e->check.same;
+  }
   return ok;
 }
 
@@ -495,8 +567,10 @@ int main(int argc, char** argv) {
           "                    temporary directory removed on exit\n"
           "  --seed N          weights and prompt (default 1)\n"
           "  --no_baselines    skip the baselines\n"
+          "  --exhaustive      also the exhaustive top-100 FFN neurons against a float32\n"
+          "                    notebook computing every neuron (minutes at real shapes)\n"
           "  --quick           small shapes of both families, 8 tokens, 1 repetition, in a\n"
-          "                    temporary directory: a smoke run of seconds\n");
+          "                    temporary directory, --exhaustive: a smoke run of seconds\n");
       return 0;
     }
     if (const char* v = value("--models")) {
@@ -513,6 +587,8 @@ int main(int argc, char** argv) {
       o.seed = std::strtoull(v, nullptr, 10);
     } else if (arg == "--no_baselines") {
       o.baselines = false;
+    } else if (arg == "--exhaustive") {
+      o.exhaustive = true;
     } else if (arg == "--quick") {
       o.quick = true;
     } else {
@@ -521,6 +597,7 @@ int main(int argc, char** argv) {
     }
   }
   if (o.quick) {
+    o.exhaustive = true;
     o.cache_dir.clear();
     if (!tokens_set) o.tokens = 8;
     if (!repetitions_set) o.repetitions = 1;

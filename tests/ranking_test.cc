@@ -1,7 +1,7 @@
-// Exact top-k / bottom-k by pruning must equal the exhaustive ranking of every neuron's exact value
-// (same neurons, same order up to ties) — and of every head and head×position —, for every metric,
-// on the reference models and on 50 fact prompts of each trained demo model; pruning must actually
-// prune on the trained models. RankMode::kExhaustive itself is checked against the same values on
+// Exact top-k / bottom-k by pruning (and the exhaustive mode's top-k, on some prompts) must equal
+// the ranking of every neuron's float64 value (same neurons, same order up to ties) — and of every
+// head and head×position —, for every metric, on the reference models and on 50 fact prompts of
+// each trained demo model; pruning must actually prune on the trained models. RankMode::kExhaustive itself is checked against the same values on
 // the reference models.
 //
 // Tolerances are not tuned to a CPU: both modes evaluate every score in float64, and each ranking
@@ -26,15 +26,14 @@
 namespace factlens {
 namespace {
 
-void ExpectSameRanking(const NeuronRanking& pruned, const NeuronRanking& exhaustive,
+// `pruned` (a ranking in `mode`) against `exhaustive`: the same neurons in the same order up to
+// ties, scores within the two rankings' rounding bounds.
+void ExpectSameRanking(const NeuronRanking& pruned, RankMode mode, const NeuronRanking& exhaustive,
                        const std::string& what) {
   const std::vector<RankedNeuron>& p = pruned.neurons;
   const std::vector<RankedNeuron>& e = exhaustive.neurons;
   ASSERT_EQ(p.size(), e.size()) << what;
-  // The logit increase is linear: every value is computed exactly, and the result says so.
-  EXPECT_EQ(pruned.mode, what.find("logit_increase") != std::string::npos ? RankMode::kExhaustive
-                                                                          : RankMode::kExact)
-      << what;
+  EXPECT_EQ(pruned.mode, mode) << what;
   const double tolerance = pruned.max_error + exhaustive.max_error;
   EXPECT_GT(tolerance, 0) << what;
   EXPECT_LT(tolerance, 1e-9) << what << ": float64 evaluation should be far tighter";
@@ -95,7 +94,7 @@ NeuronRanking FirstOf(const NeuronRanking& complete, int64_t k, RankOrder order)
 void CheckAllRankings(const Model& model, const std::vector<int64_t>& ids, int64_t target,
                       int64_t k, const std::vector<Metric>& metrics,
                       const std::vector<RankOrder>& orders, const std::string& what,
-                      Totals& totals) {
+                      bool exhaustive_top_k, Totals& totals) {
   absl::StatusOr<ForwardTrace> trace = Forward(model, ids, FullCapture());
   ASSERT_TRUE(trace.ok()) << trace.status();
   for (Metric metric : metrics) {
@@ -114,25 +113,35 @@ void CheckAllRankings(const Model& model, const std::vector<int64_t>& ids, int64
         (*a)->RankHeads(kEveryNeuron, RankOrder::kTop, RankMode::kExhaustive).value();
     const NeuronRanking every_head_position =
         (*a)->RankHeadPositions(kEveryNeuron, RankOrder::kTop, RankMode::kExhaustive).value();
+    // The logit increase is linear: every value is computed exactly, and the result says so.
+    const RankMode mode =
+        metric == Metric::kLogitIncrease ? RankMode::kExhaustive : RankMode::kExact;
     for (RankOrder order : orders) {
       const std::string label = what + " " + std::string(MetricName(metric)) +
                                 (order == RankOrder::kTop ? " top" : " bottom");
       const NeuronRanking ffn = (*a)->RankFfnNeurons(k, order, RankMode::kExact).value();
       const NeuronRanking all_ffn = FirstOf(every_ffn, k, order);
-      ExpectSameRanking(ffn, all_ffn, label + " FFN");
+      ExpectSameRanking(ffn, mode, all_ffn, label + " FFN");
       const NeuronRanking attn = (*a)->RankAttentionNeurons(k, order, RankMode::kExact).value();
       const NeuronRanking all_attn = FirstOf(every_attn, k, order);
-      ExpectSameRanking(attn, all_attn, label + " attention");
+      ExpectSameRanking(attn, mode, all_attn, label + " attention");
       AddDifferences(ffn, all_ffn, totals);
       AddDifferences(attn, all_attn, totals);
+      if (exhaustive_top_k) {
+        // The exhaustive top-k (every neuron from float32 logits, the contenders in float64).
+        ExpectSameRanking((*a)->RankFfnNeurons(k, order, RankMode::kExhaustive).value(),
+                          RankMode::kExhaustive, all_ffn, label + " FFN exhaustive top-k");
+        ExpectSameRanking((*a)->RankAttentionNeurons(k, order, RankMode::kExhaustive).value(),
+                          RankMode::kExhaustive, all_attn, label + " attention exhaustive top-k");
+      }
       // Heads and head×positions (LocateFact's top heads) are ranked the same way.
       const NeuronRanking heads = (*a)->RankHeads(k, order, RankMode::kExact).value();
       const NeuronRanking all_heads = FirstOf(every_head, k, order);
-      ExpectSameRanking(heads, all_heads, label + " heads");
+      ExpectSameRanking(heads, mode, all_heads, label + " heads");
       const NeuronRanking head_positions =
           (*a)->RankHeadPositions(k, order, RankMode::kExact).value();
       const NeuronRanking all_head_positions = FirstOf(every_head_position, k, order);
-      ExpectSameRanking(head_positions, all_head_positions, label + " head positions");
+      ExpectSameRanking(head_positions, mode, all_head_positions, label + " head positions");
       AddDifferences(heads, all_heads, totals);
       AddDifferences(head_positions, all_head_positions, totals);
       if (metric == Metric::kLogProbIncrease && order == RankOrder::kTop) {
@@ -159,13 +168,17 @@ TEST(RankingTest, PrunedEqualsExhaustiveOnReferenceModels) {
       CheckAllRankings(**model, c["input_ids"].get<std::vector<int64_t>>(),
                        c["target"].get<int64_t>(), 10,
                        {Metric::kLogProbIncrease, Metric::kProbIncrease, Metric::kLogitIncrease},
-                       {RankOrder::kTop, RankOrder::kBottom}, model_name, totals);
+                       {RankOrder::kTop, RankOrder::kBottom}, model_name,
+                       /*exhaustive_top_k=*/true, totals);
     }
     std::printf("  %s: largest |pruned - exhaustive| score difference %.3e\n", model_name,
                 totals.largest_difference);
   }
 }
 
+// Exhaustive mode evaluates every neuron from float32 logits and again in float64 each that its
+// bound leaves in contention: the same ranking as float64 values of every neuron (the *Increase()
+// tensors), with scores equal to them within the two evaluations' rounding bounds.
 TEST(RankingTest, ExhaustiveModeRanksEveryExactValue) {
   absl::StatusOr<std::shared_ptr<const Model>> model =
       Model::Load(testing::SourcePath("tests/data/hf-reference/llama-gqa-tiny-bf16"));
@@ -173,36 +186,34 @@ TEST(RankingTest, ExhaustiveModeRanksEveryExactValue) {
   absl::StatusOr<ForwardTrace> trace =
       Forward(**model, {231, 139, 128, 233, 331, 336, 3}, FullCapture());
   ASSERT_TRUE(trace.ok());
-  absl::StatusOr<std::unique_ptr<Attribution>> a = Attribution::Create(**model, *trace, {422});
-  ASSERT_TRUE(a.ok());
-  for (RankOrder order : {RankOrder::kTop, RankOrder::kBottom}) {
-    const NeuronRanking ffn = (*a)->RankFfnNeurons(20, order, RankMode::kExhaustive).value();
-    EXPECT_EQ(ffn.evaluated, ffn.total);
-    // The same computation as FfnNeuronIncrease(), so the same bits.
-    const NeuronRanking expected = RankAll((*a)->FfnNeuronIncrease(), 20, order);
-    ASSERT_EQ(ffn.neurons.size(), expected.neurons.size());
-    for (size_t i = 0; i < expected.neurons.size(); ++i) {
-      EXPECT_EQ(ffn.neurons[i].score, expected.neurons[i].score);
-    }
-    const NeuronRanking attn = (*a)->RankAttentionNeurons(20, order, RankMode::kExhaustive).value();
-    const NeuronRanking expected_attn = RankAll((*a)->AttentionNeuronIncrease(), 20, order);
-    ASSERT_EQ(attn.neurons.size(), expected_attn.neurons.size());
-    for (size_t i = 0; i < expected_attn.neurons.size(); ++i) {
-      EXPECT_EQ(attn.neurons[i].score, expected_attn.neurons[i].score);
-    }
-    // Heads ([L, H], index h) and head×positions ([L, H, T], index h·T + s) likewise.
-    const NeuronRanking heads = (*a)->RankHeads(5, order, RankMode::kExhaustive).value();
-    const NeuronRanking expected_heads = RankAll((*a)->HeadIncrease(), 5, order);
-    const NeuronRanking positions =
-        (*a)->RankHeadPositions(20, order, RankMode::kExhaustive).value();
-    const NeuronRanking expected_positions = RankAll((*a)->HeadPositionIncrease(), 20, order);
-    for (const auto& [got, expected] :
-         {std::pair(&heads, &expected_heads), std::pair(&positions, &expected_positions)}) {
-      ASSERT_EQ(got->neurons.size(), expected->neurons.size());
-      EXPECT_EQ(got->evaluated, got->total);
-      for (size_t i = 0; i < expected->neurons.size(); ++i) {
-        EXPECT_EQ(got->neurons[i].score, expected->neurons[i].score);
-        EXPECT_EQ(got->neurons[i].index, expected->neurons[i].index);
+  for (Metric metric : {Metric::kLogProbIncrease, Metric::kProbIncrease}) {
+    AttributionTarget target;
+    target.token_id = 422;
+    target.metric = metric;
+    absl::StatusOr<std::unique_ptr<Attribution>> a = Attribution::Create(**model, *trace, target);
+    ASSERT_TRUE(a.ok());
+    for (RankOrder order : {RankOrder::kTop, RankOrder::kBottom}) {
+      const std::string what =
+          std::string(MetricName(metric)) + (order == RankOrder::kTop ? " top" : " bottom");
+      // [L, ...] values; k of them, heads 5 of L·H (most of them: every value in float64).
+      const std::vector<std::tuple<std::string, NeuronRanking, at::Tensor>> cases = {
+          {"FFN", (*a)->RankFfnNeurons(20, order, RankMode::kExhaustive).value(),
+           (*a)->FfnNeuronIncrease()},
+          {"attention", (*a)->RankAttentionNeurons(20, order, RankMode::kExhaustive).value(),
+           (*a)->AttentionNeuronIncrease()},
+          {"heads", (*a)->RankHeads(5, order, RankMode::kExhaustive).value(), (*a)->HeadIncrease()},
+          {"head positions", (*a)->RankHeadPositions(20, order, RankMode::kExhaustive).value(),
+           (*a)->HeadPositionIncrease()}};
+      for (const auto& [name, got, values] : cases) {
+        EXPECT_EQ(got.evaluated, got.total) << what << " " << name;
+        const NeuronRanking expected =
+            RankAll(values, static_cast<int64_t>(got.neurons.size()), order);
+        ASSERT_EQ(got.neurons.size(), expected.neurons.size()) << what << " " << name;
+        ASSERT_GT(got.neurons.size(), 0u);
+        NeuronRanking expected_with_bound = expected;
+        expected_with_bound.max_error = got.max_error;  // the same bound of the same values
+        ExpectSameRanking(got, RankMode::kExhaustive, expected_with_bound,
+                          what + " " + name + " exhaustive");
       }
     }
   }
@@ -273,7 +284,8 @@ TEST_P(DemoRankingTest, PrunedEqualsExhaustiveOnFiftyFacts) {
     std::vector<RankOrder> orders = {RankOrder::kTop};
     if (i % 5 == 0) orders.push_back(RankOrder::kBottom);
     CheckAllRankings(**model, ids, facts[i]["target_id"].get<int64_t>(), 100, metrics, orders,
-                     GetParam() + " fact " + std::to_string(i), totals);
+                     GetParam() + " fact " + std::to_string(i), /*exhaustive_top_k=*/i % 10 == 0,
+                     totals);
   }
   std::printf(
       "  %s: top-100 log-prob pruning evaluated %lld of %lld neurons (%.1f%%); largest "
