@@ -66,6 +66,12 @@ def ready(server):
         return False
 
 
+# 61 tokens of the demo model's 64 positions: attention neurons and head×positions grow with them.
+LONG_PROMPT = pb.Prompt(text=b"The capital of France is Paris. " * 8 + b"The capital of France is")
+
+
 def slow_locate(model=""):
-    """A LocateFact that takes seconds on the demo model (every neuron evaluated, ablation on)."""
-    return pb.LocateFactRequest(model=model, prompt=PROMPT, target=PARIS, options=pb.LocateOptions(mode=pb.EXHAUSTIVE))
+    """A LocateFact that takes seconds on the demo model (a long prompt, every neuron evaluated,
+    ablation on)."""
+    return pb.LocateFactRequest(model=model, prompt=LONG_PROMPT, target=PARIS,
+                                options=pb.LocateOptions(mode=pb.EXHAUSTIVE))
