@@ -49,8 +49,11 @@ Magnitude ExactErrorBound(const Magnitude& magnitude, double d_model, double ent
 absl::Status InterruptedError() { return absl::CancelledError("interrupted"); }
 // Elements of one float32 [chunk, V] projection block of exhaustive evaluation.
 constexpr int64_t kExhaustiveBlockElements = int64_t{1} << 22;
+// Elements of one float32 [chunk, V] block of exhaustive screening: hundreds of rows per GEMM, so
+// that packing the [V, d] matrix (once per GEMM) costs little against the multiply-adds.
+constexpr int64_t kScreeningBlockElements = int64_t{1} << 26;
 // Elements of one [R, rows, V] block of exact evaluation.
-constexpr int64_t kBlockElements = int64_t{1} << 17;
+constexpr int64_t kBlockElements = int64_t{1} << 20;
 
 }  // namespace
 
@@ -220,8 +223,8 @@ at::Tensor Attribution::ExactFromLogits(const Base& base, const std::vector<at::
       // log p(w|x+v) − log p(w|x) of this term = −log Σ_u p_u exp(ℓ_u − ℓ_w). Shifting by ℓ_w
       // (not by max_u ℓ_u) keeps the sum near 1 when the increase is small, so nothing is lost to
       // cancellation; the shift never sits more than 80 below the maximum, so nothing
-      // overflows. Everything is float64, elementwise per candidate except the sum over the
-      // term's entries. Rows go in blocks to bound temporaries.
+      // overflows. Everything is float64 (float32 logits are widened exactly), elementwise per
+      // candidate except the sum over the term's entries. Rows go in blocks to bound temporaries.
       const int64_t entries = term_logits.size(1);
       const int64_t rows = std::max<int64_t>(1, kBlockElements / (r * entries));
       std::vector<at::Tensor> parts;
@@ -415,8 +418,8 @@ absl::StatusOr<std::pair<at::Tensor, at::Tensor>> Attribution::ScreenedValues(
   // term by at most e moves m·ℓ_w − log Σ_u p_u·exp(m·ℓ_u) by at most 2·|m|·e; the float64
   // arithmetic after the logits is that of ExactValues, bounded by its ExactValueErrorBound.
   const int64_t k = set.vectors.size(0);
-  const int64_t chunk = std::max<int64_t>(1, kExhaustiveBlockElements / term_entries_);
-  std::vector<at::Tensor> values, widths;
+  const int64_t chunk = std::max<int64_t>(1, kScreeningBlockElements / term_entries_);
+  std::vector<at::Tensor> values, widths, buffers(terms_.size());
   for (int64_t start = 0; start < k; start += chunk) {
     if (interrupted && interrupted()) return InterruptedError();
     const int64_t n = std::min(chunk, k - start);
@@ -425,7 +428,14 @@ absl::StatusOr<std::pair<at::Tensor, at::Tensor>> Attribution::ScreenedValues(
     at::Tensor logit_error;  // [n]: Σ over terms of each term's bound e
     for (size_t s = 0; s < terms_.size(); ++s) {
       const at::Tensor transformed = terms_[s].Transform(vectors);  // [n, d_s] float64
-      logits.push_back(at::matmul(transformed.to(at::kFloat), matrices32[s].t()).to(at::kDouble));
+      // float32 [n, n_s] into one buffer per term (a fresh 256 MB tensor per chunk costs its
+      // page faults); ExactFromLogits widens it to float64 block by block.
+      if (!buffers[s].defined()) {
+        buffers[s] = at::empty({chunk, matrices32[s].size(0)}, matrices32[s].options());
+      }
+      at::Tensor out = buffers[s].narrow(0, 0, n);
+      at::mm_out(out, transformed.to(at::kFloat), matrices32[s].t());
+      logits.push_back(out);
       const double d_s = static_cast<double>(transformed.size(1));
       const at::Tensor e =
           transformed.norm(2, 1) * (terms_[s].max_row_norm * (d_s + 4) * kFloat32Unit);
