@@ -30,6 +30,7 @@ struct Attribution::NeuronSet {
   const Base* base = nullptr;
   at::Tensor vectors;       // [K, d] float32
   at::Tensor coefficients;  // [R, K] float32
+  at::Tensor norms;         // [K] float32 ‖vectors‖ when the model keeps them, or undefined
 };
 
 namespace {
@@ -358,6 +359,7 @@ Attribution::NeuronSet Attribution::FfnNeurons(int64_t layer) const {
   set.layer = layer;
   set.base = ffn_bases_[layer].get();
   set.vectors = model_.weights().layers[layer].out_weight.to(at::kFloat).t();
+  set.norms = model_.FfnOutputNorms()[layer];
   set.coefficients = trace_.layers[layer].ffn_coefficients[position_].unsqueeze(0);
   return set;
 }
@@ -369,7 +371,8 @@ Attribution::NeuronSet Attribution::AttentionNeurons(int64_t layer) const {
   set.layer = layer;
   set.base = attn_bases_[layer].get();
   set.vectors = model_.weights().layers[layer].o_weight.to(at::kFloat).t();  // [H·Dh, d]
-  const at::Tensor probs = trace.attention_probs.select(1, position_).t();   // [T, H]
+  set.norms = model_.AttentionOutputNorms()[layer];
+  const at::Tensor probs = trace.attention_probs.select(1, position_).t();  // [T, H]
   set.coefficients = (ValuesByHead(model_, trace) * probs.unsqueeze(-1))
                          .reshape({trace_.num_tokens, c.n_heads * c.head_dim});
   return set;
@@ -458,7 +461,8 @@ absl::StatusOr<std::pair<at::Tensor, at::Tensor>> Attribution::ScreenedValues(
 at::Tensor Attribution::RowNorms(const NeuronSet& set) const {
   // The float32 norm errs by at most (d + 2)·2^-24 relative; the bound is raised by that.
   const double d = static_cast<double>(model_.config().d_model);
-  return set.vectors.norm(2, 1).to(at::kDouble) * (1 + (d + 2) * kFloat32Unit);
+  const at::Tensor norms = set.norms.defined() ? set.norms : set.vectors.norm(2, 1);
+  return norms.to(at::kDouble) * (1 + (d + 2) * kFloat32Unit);
 }
 
 at::Tensor Attribution::Magnitudes(const NeuronSet& set, const at::Tensor& row_norms) const {

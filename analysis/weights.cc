@@ -510,4 +510,20 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::FromWeights(ModelConfig conf
   return std::shared_ptr<const Model>(std::move(model));
 }
 
+const Model::OutputNorms& Model::output_norms() const {
+  std::call_once(output_norms_->once, [this] {
+    for (const LayerWeights& layer : weights_.layers) {
+      output_norms_->ffn.push_back(layer.out_weight.to(at::kFloat).t().norm(2, 1));
+      output_norms_->attention.push_back(layer.o_weight.to(at::kFloat).t().norm(2, 1));
+    }
+  });
+  return *output_norms_;
+}
+
+const std::vector<at::Tensor>& Model::FfnOutputNorms() const { return output_norms().ffn; }
+
+const std::vector<at::Tensor>& Model::AttentionOutputNorms() const {
+  return output_norms().attention;
+}
+
 }  // namespace factlens

@@ -8,6 +8,7 @@
 #include <c10/core/ScalarType.h>
 
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -186,8 +187,19 @@ class Model {
   // Bytes of all weight tensors, the output head's prepared float64 tensors included (shared
   // storage counted once; mapped ones too).
   uint64_t resident_bytes() const { return resident_bytes_; }
+  // The float32 norms of each layer's output vectors, per layer [N] for the FFN (columns of
+  // out_weight) and [H·Dh] for attention (columns of o_weight): what the method's bounds need
+  // for every request, computed on first use (about a second for TinyLlama on one core) and kept.
+  // The same bits as norm(2, 1) of the float32 vectors. Thread-safe.
+  const std::vector<at::Tensor>& FfnOutputNorms() const;
+  const std::vector<at::Tensor>& AttentionOutputNorms() const;
 
  private:
+  struct OutputNorms {
+    std::once_flag once;
+    std::vector<at::Tensor> ffn, attention;
+  };
+  const OutputNorms& output_norms() const;
   Model(ModelConfig config, c10::Device device) : config_(std::move(config)), device_(device) {}
   // Builds the output head from weights_ and counts resident_bytes_.
   absl::Status PrepareForAnalysis();
@@ -198,6 +210,7 @@ class Model {
   Precision precision_;
   std::string directory_;
   uint64_t resident_bytes_ = 0;
+  std::unique_ptr<OutputNorms> output_norms_ = std::make_unique<OutputNorms>();
 };
 
 }  // namespace factlens
