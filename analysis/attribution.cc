@@ -434,7 +434,8 @@ absl::StatusOr<std::pair<at::Tensor, at::Tensor>> Attribution::ScreenedValues(
       // float32 [n, n_s] into one buffer per term (a fresh 256 MB tensor per chunk costs its
       // page faults); ExactFromLogits widens it to float64 block by block.
       if (!buffers[s].defined()) {
-        buffers[s] = at::empty({chunk, matrices32[s].size(0)}, matrices32[s].options());
+        buffers[s] =
+            at::empty({std::min(chunk, k), matrices32[s].size(0)}, matrices32[s].options());
       }
       at::Tensor out = buffers[s].narrow(0, 0, n);
       at::mm_out(out, transformed.to(at::kFloat), matrices32[s].t());
