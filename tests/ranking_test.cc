@@ -1,8 +1,8 @@
 // Exact top-k / bottom-k by pruning (and the exhaustive mode's top-k, on some prompts) must equal
 // the ranking of every neuron's float64 value (same neurons, same order up to ties) — and of every
 // head and head×position —, for every metric, on the reference models and on 50 fact prompts of
-// each trained demo model; pruning must actually prune on the trained models. RankMode::kExhaustive itself is checked against the same values on
-// the reference models.
+// each trained demo model; pruning must actually prune on the trained models. RankMode::kExhaustive
+// itself is checked against the same values on the reference models.
 //
 // Tolerances are not tuned to a CPU: both modes evaluate every score in float64, and each ranking
 // reports max_error, the worst-case rounding bound of its scores (derived in attribution.h:
@@ -186,6 +186,7 @@ TEST(RankingTest, ExhaustiveModeRanksEveryExactValue) {
   absl::StatusOr<ForwardTrace> trace =
       Forward(**model, {231, 139, 128, 233, 331, 336, 3}, FullCapture());
   ASSERT_TRUE(trace.ok());
+  int unscreened = 0;  // rankings compared bit for bit
   for (Metric metric : {Metric::kLogProbIncrease, Metric::kProbIncrease}) {
     AttributionTarget target;
     target.token_id = 422;
@@ -195,13 +196,15 @@ TEST(RankingTest, ExhaustiveModeRanksEveryExactValue) {
     for (RankOrder order : {RankOrder::kTop, RankOrder::kBottom}) {
       const std::string what =
           std::string(MetricName(metric)) + (order == RankOrder::kTop ? " top" : " bottom");
-      // [L, ...] values; k of them, heads 5 of L·H (most of them: every value in float64).
+      // [L, ...] values and k of them (every head: no screening).
       const std::vector<std::tuple<std::string, NeuronRanking, at::Tensor>> cases = {
           {"FFN", (*a)->RankFfnNeurons(20, order, RankMode::kExhaustive).value(),
            (*a)->FfnNeuronIncrease()},
           {"attention", (*a)->RankAttentionNeurons(20, order, RankMode::kExhaustive).value(),
            (*a)->AttentionNeuronIncrease()},
           {"heads", (*a)->RankHeads(5, order, RankMode::kExhaustive).value(), (*a)->HeadIncrease()},
+          {"every head", (*a)->RankHeads(kEveryNeuron, order, RankMode::kExhaustive).value(),
+           (*a)->HeadIncrease()},
           {"head positions", (*a)->RankHeadPositions(20, order, RankMode::kExhaustive).value(),
            (*a)->HeadPositionIncrease()}};
       for (const auto& [name, got, values] : cases) {
@@ -214,9 +217,18 @@ TEST(RankingTest, ExhaustiveModeRanksEveryExactValue) {
         expected_with_bound.max_error = got.max_error;  // the same bound of the same values
         ExpectSameRanking(got, RankMode::kExhaustive, expected_with_bound,
                           what + " " + name + " exhaustive");
+        if (2 * static_cast<int64_t>(got.neurons.size()) >= got.total) {
+          // Most of them reported (every head): no screening, the computation of the *Increase()
+          // tensor itself, so the same bits.
+          ++unscreened;
+          for (size_t i = 0; i < got.neurons.size(); ++i) {
+            EXPECT_EQ(got.neurons[i].score, expected.neurons[i].score) << what << " " << name;
+          }
+        }
       }
     }
   }
+  EXPECT_EQ(unscreened, 4) << "the every-head ranking of each metric and order";
 }
 
 TEST(RankingTest, ApproximateModeIsTheFirstOrderValueAndSaysSo) {
