@@ -20,14 +20,14 @@
 //        target's log-probability less the base's; top-k heads and head×positions;
 //      query layers: the top FFN / attention neurons' keys against every earlier component, summed
 //        as docs/method-reference.md says, and the query FFN neurons of the top attention neurons;
-//      top tokens: the reported neurons' value vectors through the frozen head, top-k;
-//  - with --exhaustive, the exhaustive mode's top-100 FFN neurons against a float32 notebook
-//    evaluating every neuron (ExhaustiveFfn below), each timed once.
+//      top tokens: the reported neurons' value vectors through the frozen head, top-k.
 //    and whether LocateFact's results equal them: the same components in the same order, values
 //    within 1e-9 (float64 evaluations of one definition differ by rounding, ~1e-13 here; a method
 //    error is orders larger). The query FFN neurons' scores are float32 products in LocateFact
 //    (as in the paper's code), compared at 1e-4 relative (d·2^-24 ≈ 1.2e-4 bounds the relative
 //    error of a length-2048 float32 dot product).
+//  - with --exhaustive, the exhaustive mode's top-100 FFN neurons against a float32 notebook
+//    evaluating every neuron (ExhaustiveFfn below), each timed once.
 // Exit status 0; 1 when a stage differs from its baseline or a step fails; 2 for bad flags.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -477,11 +477,14 @@ bool RunModel(const Shape& shape, const Options& o) {
   }
   const double predict = Median(predict_times), locate = Median(locate_times);
 
-  // Baselines on the same trace LocateFact computes.
+  // Baselines (and the exhaustive comparison) on the same trace LocateFact computes.
+  absl::StatusOr<ForwardTrace> trace = absl::UnavailableError("not computed");
+  if (o.baselines || o.exhaustive) {
+    trace = Forward(model, ids, FullCapture());
+    if (!trace.ok()) return false;
+  }
   std::map<std::string, std::pair<double, Check>> baselines;
   if (o.baselines) {
-    const absl::StatusOr<ForwardTrace> trace = Forward(model, ids, FullCapture());
-    if (!trace.ok()) return false;
     const NotebookHead head(model, trace->final_residual[last]);
     start = Clock::now();
     Check check = LayersAndHeads(model, *trace, *report, head);
@@ -521,8 +524,6 @@ bool RunModel(const Shape& shape, const Options& o) {
               static_cast<long long>(report->attention_ranking_stats.evaluated),
               static_cast<long long>(report->attention_ranking_stats.total));
   if (o.exhaustive) {
-    const absl::StatusOr<ForwardTrace> trace = Forward(model, ids, FullCapture());
-    if (!trace.ok()) return false;
     const absl::StatusOr<ExhaustiveTiming> e = ExhaustiveFfn(model, *trace, last, target, 100);
     if (!e.ok()) {
       std::fprintf(stderr, "exhaustive: %s\n", std::string(e.status().message()).c_str());

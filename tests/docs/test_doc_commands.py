@@ -259,15 +259,12 @@ def shows(doc_line, out_line):
     doc, out = normalized(doc_line), normalized(out_line)
     if doc == out:
         return True
-    doc_parts, out_parts = _DECIMAL.split(doc), _DECIMAL.split(out)
-    doc_numbers, out_numbers = _DECIMAL.findall(doc), _DECIMAL.findall(out)
-    # split() interleaves text with the two groups; the text pieces are every third element.
-    if len(doc_numbers) != len(out_numbers) or doc_parts[::3] != out_parts[::3]:
+    # split() interleaves the text with the two groups: the text pieces are every third element.
+    if _DECIMAL.split(doc)[::3] != _DECIMAL.split(out)[::3]:
         return False
-    doc_values = [float(m.group(0)) for m in _DECIMAL.finditer(doc)]
-    out_values = [float(m.group(0)) for m in _DECIMAL.finditer(out)]
-    for (decimals, exponent), a, b in zip(doc_numbers, doc_values, out_values):
-        unit = 10.0 ** (int(exponent or 0) - len(decimals))
+    for d, o in zip(_DECIMAL.finditer(doc), _DECIMAL.finditer(out)):
+        unit = 10.0 ** (int(d.group(2) or 0) - len(d.group(1)))
+        a, b = float(d.group(0)), float(o.group(0))
         if abs(a - b) > unit + 4e-6 * abs(b):
             return False
     return True
