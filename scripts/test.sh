@@ -17,9 +17,8 @@ trap 'rm -rf "$test_tmp"' EXIT
 # every parallel region, which made the 50-fact ranking tests 2x slower here (106 s against 49 s
 # for the pair) and time out at 900 s on a CI machine. tests/kernel_matrix.sh runs the suite with
 # 2 threads one test at a time.
-jobs=$(nproc)
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-${OMP_NUM_THREADS:-1}}"
-TMPDIR="$test_tmp" ctest --output-on-failure -j"$jobs" --timeout 900 || status=$?
+TMPDIR="$test_tmp" ctest --output-on-failure -j"$(nproc)" --timeout 900 || status=$?
 "$root/tests/check_temp_dir_empty.sh" "$test_tmp" || status=1
 if ! nvidia-smi -L >/dev/null 2>&1; then
   gpu_tests=$(ctest -N -L gpu | grep -c "Test *#" || true)
