@@ -482,13 +482,17 @@ at::Tensor Attribution::AttentionNeuronIncrease() const {
 }
 
 absl::StatusOr<NeuronRanking> Attribution::RankFfnNeurons(int64_t k, RankOrder order, RankMode mode,
-                                                          const Interrupted& interrupted) const {
-  return Rank(EveryLayer(&Attribution::FfnNeurons), k, order, mode, interrupted);
+                                                          const Interrupted& interrupted,
+                                                          int64_t vocabulary_rows) const {
+  return Rank(EveryLayer(&Attribution::FfnNeurons), k, order, mode, interrupted, vocabulary_rows);
 }
 
-absl::StatusOr<NeuronRanking> Attribution::RankAttentionNeurons(
-    int64_t k, RankOrder order, RankMode mode, const Interrupted& interrupted) const {
-  return Rank(EveryLayer(&Attribution::AttentionNeurons), k, order, mode, interrupted);
+absl::StatusOr<NeuronRanking> Attribution::RankAttentionNeurons(int64_t k, RankOrder order,
+                                                                RankMode mode,
+                                                                const Interrupted& interrupted,
+                                                                int64_t vocabulary_rows) const {
+  return Rank(EveryLayer(&Attribution::AttentionNeurons), k, order, mode, interrupted,
+              vocabulary_rows);
 }
 
 at::Tensor Attribution::FfnNeuronSubvalue(int64_t layer, int64_t neuron) const {
@@ -504,7 +508,8 @@ at::Tensor Attribution::AttentionNeuronSubvalue(int64_t layer, int64_t index) co
 
 absl::StatusOr<NeuronRanking> Attribution::Rank(const std::vector<NeuronSet>& sets, int64_t k,
                                                 RankOrder order, RankMode mode,
-                                                const Interrupted& interrupted) const {
+                                                const Interrupted& interrupted,
+                                                int64_t vocabulary_rows) const {
   NeuronRanking ranking;
   ranking.mode = mode;
   const bool top = order == RankOrder::kTop;
@@ -518,7 +523,8 @@ absl::StatusOr<NeuronRanking> Attribution::Rank(const std::vector<NeuronSet>& se
     double value;  // exact value, or (while a candidate) its safe bound
     int64_t set;
     int64_t index;
-    double error;  // rounding bound of `value`
+    double error;             // rounding bound of `value`
+    int64_t scores_row = -1;  // its row of the kept vocabulary scores, if any
   };
   auto better = [top](const Candidate& a, const Candidate& b) {
     if (a.value != b.value) return top ? a.value > b.value : a.value < b.value;
@@ -543,6 +549,13 @@ absl::StatusOr<NeuronRanking> Attribution::Rank(const std::vector<NeuronSet>& se
   }
   std::vector<Candidate> results;
   std::vector<Candidate> candidates;  // bounds on values not yet evaluated in float64
+  // NeuronRanking::vocabulary_scores: a view of each evaluated candidate's row of its batch's
+  // vocabulary scores (no copies: copying [n, V] float64 rows costs about what the batch's GEMM
+  // does). The views keep every batch's scores alive, so past 4·vocabulary_rows + kMaxBatch
+  // evaluated rows they are dropped and the caller projects the vectors instead.
+  vocabulary_rows = std::clamp<int64_t>(vocabulary_rows, 0, k);
+  std::vector<at::Tensor> score_views;
+  bool scores_kept = vocabulary_rows > 0;
 
   // Exhaustive: every value from float32 logits (the projection GEMM at float32 cost, as a
   // float32 notebook computes it) with its derived bound, as candidates for the float64 batches
@@ -632,6 +645,11 @@ absl::StatusOr<NeuronRanking> Attribution::Rank(const std::vector<NeuronSet>& se
         vectors.push_back(sets[s].vectors.index_select(0, rows));
       }
       const std::vector<at::Tensor> logits = TermLogits(at::cat(vectors, 0));
+      at::Tensor scores;
+      if (scores_kept) {
+        scores = head_->VocabularyScoresFromTermLogits(logits);
+        scores_kept = scores.defined();
+      }
       int64_t offset = 0;
       for (const auto& [s, indices] : by_set) {
         const NeuronSet& set = sets[s];
@@ -645,10 +663,20 @@ absl::StatusOr<NeuronRanking> Attribution::Rank(const std::vector<NeuronSet>& se
         offset += n;
         const size_t first = results.size();
         append(results, s, values, exact_errors[s].index_select(0, index));
-        for (int64_t i = 0; i < n; ++i) results[first + i].index = indices[i];
+        for (int64_t i = 0; i < n; ++i) {
+          results[first + i].index = indices[i];
+          if (!scores_kept) continue;
+          results[first + i].scores_row = static_cast<int64_t>(score_views.size());
+          score_views.push_back(scores[offset - n + i]);
+        }
       }
       ranking.evaluated += static_cast<int64_t>(batch_end - next);
       next = batch_end;
+      if (scores_kept &&
+          ranking.evaluated > 4 * vocabulary_rows + static_cast<int64_t>(kMaxBatch)) {
+        scores_kept = false;
+        score_views.clear();
+      }
       if (static_cast<int64_t>(results.size()) < k) {
         batch = std::clamp<size_t>(k - results.size(), 128, kMaxBatch);
       } else if (k > 0 && next < candidates.size()) {
@@ -678,6 +706,12 @@ absl::StatusOr<NeuronRanking> Attribution::Rank(const std::vector<NeuronSet>& se
         {set.layer, c.index, c.value, set.coefficients[c.index / kk][c.index % kk].item<double>()});
     ranking.max_error = std::max(ranking.max_error, c.error);
   }
+  const int64_t rows = std::min<int64_t>(vocabulary_rows, keep);
+  for (int64_t i = 0; scores_kept && i < rows; ++i) {
+    scores_kept = results[i].scores_row >= 0;  // not when evaluated without a batch projection
+    if (scores_kept) ranking.vocabulary_scores.push_back(score_views[results[i].scores_row]);
+  }
+  if (!scores_kept) ranking.vocabulary_scores.clear();
   return ranking;
 }
 

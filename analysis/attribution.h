@@ -78,6 +78,15 @@ struct NeuronRanking {
   // approximate scores are float32 first-order values. Scores of one neuron from two modes that
   // both evaluate exactly differ by at most the sum of the two rankings' max_error.
   double max_error = 0;
+  // Entry i: FrozenOutputHead::VocabularyScores of neurons[i]'s vector (unscaled: a neuron with a
+  // negative coefficient promotes its bottom tokens), [V] float64, for the first n neurons (n =
+  // the `vocabulary_rows` the ranking was asked for, at most the neurons reported) — the logits
+  // its exact evaluation computed anyway, kept (as views of its batches' logits) so that no second
+  // projection is needed. Empty when the mode evaluated them without a projection per vector
+  // (approximate, an exhaustive ranking that evaluates most neurons, the logit metric), when the
+  // pruning evaluated many more than n, or when the head's vocabulary view is not its terms'
+  // logits (FrozenOutputHead::VocabularyScoresFromTermLogits).
+  std::vector<at::Tensor> vocabulary_scores;
 };
 
 // Trace requirements of Attribution: everything, at every position.
@@ -155,11 +164,15 @@ class Attribution {
 
   // The k best FFN / attention neurons over all layers. k is clamped to the neuron count.
   // `interrupted` (may be empty) is polled between batches of exact evaluations; once it returns
-  // true the ranking stops and returns Cancelled. No other errors.
+  // true the ranking stops and returns Cancelled. No other errors. `vocabulary_rows` > 0 asks for
+  // NeuronRanking::vocabulary_scores of that many of the best (memory: up to 4·rows + 512
+  // [V] float64 rows while ranking, the asked rows' batches afterwards).
   absl::StatusOr<NeuronRanking> RankFfnNeurons(int64_t k, RankOrder order, RankMode mode,
-                                               const Interrupted& interrupted = {}) const;
+                                               const Interrupted& interrupted = {},
+                                               int64_t vocabulary_rows = 0) const;
   absl::StatusOr<NeuronRanking> RankAttentionNeurons(int64_t k, RankOrder order, RankMode mode,
-                                                     const Interrupted& interrupted = {}) const;
+                                                     const Interrupted& interrupted = {},
+                                                     int64_t vocabulary_rows = 0) const;
 
   // The d-vector an attention neuron adds at the position (coefficient × W_O column).
   at::Tensor AttentionNeuronSubvalue(int64_t layer, int64_t index) const;
@@ -204,7 +217,8 @@ class Attribution {
   // Increases of the attention and/or FFN layer outputs, attention first: [L] or [2L].
   at::Tensor LayerOutputIncrease(bool attention, bool ffn) const;
   absl::StatusOr<NeuronRanking> Rank(const std::vector<NeuronSet>& sets, int64_t k, RankOrder order,
-                                     RankMode mode, const Interrupted& interrupted) const;
+                                     RankMode mode, const Interrupted& interrupted,
+                                     int64_t vocabulary_rows = 0) const;
   // The metric's value for a log-prob increase Δ over `base`.
   at::Tensor FromLogProbIncrease(const Base& base, const at::Tensor& delta) const;
 

@@ -32,26 +32,37 @@ std::vector<HeadScore> HeadScores(const NeuronRanking& ranking, int64_t position
   return heads;
 }
 
+// Row i of `rows`, or an undefined tensor when `rows` is shorter.
+at::Tensor RowOrUndefined(const std::vector<at::Tensor>& rows, size_t i) {
+  return i < rows.size() ? rows[i] : at::Tensor();
+}
+
 // A reported neuron's value vector: a column of a layer's FFN output projection or of its
 // attention output projection (shared by an attention neuron's every source position).
 struct ValueVector {
   bool attention = false;
   int64_t layer = 0, column = 0;
+  at::Tensor scores;  // its vocabulary scores [V] when its ranking kept them, or undefined
 };
 
 // What each neuron writes: the top tokens of its value vector's projection, sign-corrected by its
 // coefficient (a neuron with m < 0 promotes the bottom tokens of v). values[i] belongs to
-// reports[i]; each distinct signed vector is projected once.
+// reports[i]; the scores a ranking kept are used as they are, and each other distinct signed
+// vector is projected once.
 void FillTopTokens(const Attribution& a, const std::vector<ValueVector>& values,
                    const std::vector<NeuronReport*>& reports, int64_t k) {
   if (k <= 0 || values.empty()) return;
   const ModelWeights& weights = a.model().weights();
   std::map<std::tuple<bool, int64_t, int64_t, bool>, size_t> row_of;
-  std::vector<size_t> rows;
+  std::vector<std::pair<size_t, size_t>> projected;  // (values index, row of `vectors`)
   std::vector<at::Tensor> vectors;
   for (size_t i = 0; i < values.size(); ++i) {
     const ValueVector& v = values[i];
     const bool negative = reports[i]->coefficient < 0;
+    if (v.scores.defined()) {
+      reports[i]->top_tokens = TopScores(negative ? -v.scores : v.scores, k);
+      continue;
+    }
     const auto [it, added] =
         row_of.try_emplace({v.attention, v.layer, v.column, negative}, vectors.size());
     if (added) {
@@ -60,10 +71,11 @@ void FillTopTokens(const Attribution& a, const std::vector<ValueVector>& values,
           (v.attention ? layer.o_weight : layer.out_weight).select(1, v.column).to(at::kFloat);
       vectors.push_back(negative ? -column : column);
     }
-    rows.push_back(it->second);
+    projected.emplace_back(i, it->second);
   }
+  if (vectors.empty()) return;
   const std::vector<std::vector<TokenScore>> tops = a.TopTokens(at::stack(vectors), k);
-  for (size_t i = 0; i < values.size(); ++i) reports[i]->top_tokens = tops[rows[i]];
+  for (const auto& [i, row] : projected) reports[i]->top_tokens = tops[row];
 }
 
 absl::Status CheckOptions(const ModelConfig& config, const LocateOptions& o) {
@@ -149,22 +161,26 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
     std::vector<ValueVector> values;
     if (!report_progress("FFN neurons", 0.25)) return cancelled;
     const int64_t ffn_k = std::max(options.top_ffn_neurons, options.query_ffn_neurons);
-    absl::StatusOr<NeuronRanking> ffn_ranking =
-        a.RankFfnNeurons(ffn_k, RankOrder::kTop, options.mode,
-                         [&] { return !report_progress("FFN neurons", 0.25); });
+    // The exact evaluation's logits of the reported neurons are their vocabulary scores: kept
+    // for their top tokens instead of projecting them again.
+    const int64_t ffn_rows = options.top_tokens > 0 ? options.top_ffn_neurons : 0;
+    absl::StatusOr<NeuronRanking> ffn_ranking = a.RankFfnNeurons(
+        ffn_k, RankOrder::kTop, options.mode, [&] { return !report_progress("FFN neurons", 0.25); },
+        ffn_rows);
     if (!ffn_ranking.ok()) return cancelled;
     NeuronRanking& ffn = *ffn_ranking;
     for (size_t i = 0; i < ffn.neurons.size() && static_cast<int64_t>(i) < options.top_ffn_neurons;
          ++i) {
       const RankedNeuron& n = ffn.neurons[i];
-      values.push_back({false, n.layer, n.index});
+      values.push_back({false, n.layer, n.index, RowOrUndefined(ffn.vocabulary_scores, i)});
       report.ffn_neurons.push_back({n.layer, n.index, -1, -1, n.score, n.coefficient, {}});
     }
     if (!report_progress("attention neurons", 0.45)) return cancelled;
     const int64_t attn_k = std::max(options.top_attention_neurons, options.query_attention_neurons);
-    absl::StatusOr<NeuronRanking> attention_ranking =
-        a.RankAttentionNeurons(attn_k, RankOrder::kTop, options.mode,
-                               [&] { return !report_progress("attention neurons", 0.45); });
+    const int64_t attention_rows = options.top_tokens > 0 ? options.top_attention_neurons : 0;
+    absl::StatusOr<NeuronRanking> attention_ranking = a.RankAttentionNeurons(
+        attn_k, RankOrder::kTop, options.mode,
+        [&] { return !report_progress("attention neurons", 0.45); }, attention_rows);
     if (!attention_ranking.ok()) return cancelled;
     NeuronRanking& attention = *attention_ranking;
     for (size_t i = 0;
@@ -172,7 +188,8 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
          ++i) {
       const RankedNeuron& n = attention.neurons[i];
       const AttentionNeuronIndex idx = SplitAttentionNeuronIndex(config, n.index);
-      values.push_back({true, n.layer, idx.head * config.head_dim + idx.dim});
+      values.push_back({true, n.layer, idx.head * config.head_dim + idx.dim,
+                        RowOrUndefined(attention.vocabulary_scores, i)});
       report.attention_neurons.push_back(
           {n.layer, idx.dim, idx.head, idx.source_position, n.score, n.coefficient, {}});
     }
@@ -220,6 +237,8 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
     }
     ffn.neurons.clear();
     attention.neurons.clear();
+    ffn.vocabulary_scores.clear();
+    attention.vocabulary_scores.clear();
     report.ffn_ranking_stats = ffn;
     report.attention_ranking_stats = attention;
     report_progress("done", 1.0);

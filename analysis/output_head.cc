@@ -149,6 +149,11 @@ class FrozenUnembeddingHead : public FrozenOutputHead {
     return Term(0).Logits(vectors);
   }
 
+  at::Tensor VocabularyScoresFromTermLogits(
+      const std::vector<at::Tensor>& term_logits) const override {
+    return term_logits.front();
+  }
+
   // Screens every token in float32 (E·t with t = g ⊙ c(v)/σ rounded to float32, as [V, B]: half
   // the arithmetic of float64 and a faster GEMM shape), then evaluates in float64 only the tokens
   // whose float32 score is within twice the float32 error of the row's k-th: no others can be

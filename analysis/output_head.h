@@ -81,6 +81,14 @@ class FrozenOutputHead {
   // the vector alone for an adaptive softmax (Geva et al.'s projection; there is no single logit
   // vector). Either way larger means more promoted; top tokens are the largest entries.
   virtual at::Tensor VocabularyScores(const at::Tensor& vectors) const = 0;
+  // The VocabularyScores of B vectors from their bias-free logits per term of TermsFor (any
+  // target): `term_logits[s]` [B, n_s] float64. A single-softmax head's scores are its one term's
+  // logits (returned as they are); an adaptive softmax needs every band, so it returns an undefined
+  // tensor and the caller projects the vectors instead.
+  virtual at::Tensor VocabularyScoresFromTermLogits(
+      const std::vector<at::Tensor>& term_logits) const {
+    return {};
+  }
   // The terms whose sum is log p(target | x) for residuals x (target in [0, V), unchecked), with
   // the final norm's bias in their biases when `include_final_norm_bias` and the model has one.
   virtual std::vector<SoftmaxTerm> TermsFor(int64_t target, bool include_final_norm_bias) const = 0;

@@ -227,6 +227,89 @@ TEST(QueryLayersTest, BatchedAggregatesEqualPerNeuronTraces) {
   }
 }
 
+// Two float64 evaluations of the vocabulary scores of `vector`, score_u = Σ_j E_uj·t_j with
+// t = g ⊙ c(v)/σ, differ by at most twice the bound of a length-d dot product in any order,
+// d·2^-53·Σ_j|E_uj·t_j| ≤ d·2^-53·max_u‖E_u‖·max_j|g_j|·‖v‖/σ (centring never lengthens v).
+double TwoProjectionsTolerance(const Model& model, const at::Tensor& vector, double sigma) {
+  const ModelWeights& w = model.weights();
+  return 2 * static_cast<double>(model.config().d_model) * 0x1p-53 *
+         w.unembedding.to(at::kDouble).norm(2, 1).max().item<double>() *
+         w.final_norm_weight.abs().max().item<double>() *
+         vector.to(at::kDouble).norm().item<double>() / sigma;
+}
+
+// Every reported neuron's top tokens are the k largest entries of its value vector's vocabulary
+// projection, sign-corrected by its coefficient — whether they come from the logits its exact
+// ranking kept (exact mode) or from a projection of the vector (exhaustive mode evaluates most
+// neurons without one; query neurons are not ranked): equal token ids, scores within
+// TwoProjectionsTolerance.
+TEST_F(LocateTest, ReportedTopTokensAreTheirProjectionsTopTokens) {
+  absl::StatusOr<ForwardTrace> trace = Forward(*model_, kFrance, FullCapture());
+  ASSERT_TRUE(trace.ok());
+  absl::StatusOr<std::unique_ptr<Attribution>> a = Attribution::Create(*model_, *trace, {kParis});
+  ASSERT_TRUE(a.ok());
+  const ModelWeights& weights = model_->weights();
+  const int64_t head_dim = model_->config().head_dim;
+  for (RankMode mode : {RankMode::kExact, RankMode::kExhaustive}) {
+    LocateOptions options;
+    options.mode = mode;
+    options.top_ffn_neurons = options.top_attention_neurons = 20;
+    options.top_tokens = 7;
+    absl::StatusOr<FactReport> report = LocateFact(*model_, kFrance, kParis, options);
+    ASSERT_TRUE(report.ok()) << report.status();
+    ASSERT_FALSE(report->query_ffn_neurons.empty());
+    auto check = [&](const NeuronReport& n, const at::Tensor& vector, const char* kind) {
+      const at::Tensor signed_vector = n.coefficient < 0 ? -vector : vector;
+      const std::vector<TokenScore> expected =
+          TopScores((*a)->Project(signed_vector.to(at::kFloat).unsqueeze(0))[0], 7);
+      const double tolerance = TwoProjectionsTolerance(*model_, vector, report->final_scale);
+      ASSERT_EQ(n.top_tokens.size(), expected.size()) << kind;
+      for (size_t i = 0; i < expected.size(); ++i) {
+        EXPECT_EQ(n.top_tokens[i].token_id, expected[i].token_id)
+            << kind << " layer " << n.layer << " neuron " << n.neuron << " rank " << i;
+        EXPECT_NEAR(n.top_tokens[i].score, expected[i].score, tolerance) << kind;
+      }
+    };
+    for (const NeuronReport& n : report->ffn_neurons) {
+      check(n, weights.layers[n.layer].out_weight.select(1, n.neuron), "FFN");
+    }
+    for (const NeuronReport& n : report->query_ffn_neurons) {
+      check(n, weights.layers[n.layer].out_weight.select(1, n.neuron), "query FFN");
+    }
+    for (const NeuronReport& n : report->attention_neurons) {
+      check(n, weights.layers[n.layer].o_weight.select(1, n.head * head_dim + n.neuron),
+            "attention");
+    }
+  }
+}
+
+// NeuronRanking::vocabulary_scores, when an exact ranking keeps them, are the projections of the
+// reported neurons' vectors, in ranking order (within TwoProjectionsTolerance).
+TEST_F(LocateTest, ExactRankingKeepsTheReportedNeuronsVocabularyScores) {
+  absl::StatusOr<ForwardTrace> trace = Forward(*model_, kFrance, FullCapture());
+  ASSERT_TRUE(trace.ok());
+  absl::StatusOr<std::unique_ptr<Attribution>> a = Attribution::Create(*model_, *trace, {kParis});
+  ASSERT_TRUE(a.ok());
+  const NeuronRanking ffn =
+      (*a)->RankFfnNeurons(30, RankOrder::kTop, RankMode::kExact, {}, 12).value();
+  ASSERT_EQ(ffn.vocabulary_scores.size(), 12u);
+  for (size_t i = 0; i < 12; ++i) {
+    const RankedNeuron& n = ffn.neurons[i];
+    const at::Tensor vector = model_->weights().layers[n.layer].out_weight.select(1, n.index);
+    const at::Tensor expected = (*a)->Project(vector.to(at::kFloat).unsqueeze(0))[0];
+    EXPECT_LE((ffn.vocabulary_scores[i] - expected).abs().max().item<double>(),
+              TwoProjectionsTolerance(*model_, vector, (*a)->final_scale()))
+        << i;
+  }
+  // Not asked for, or not computed by a projection per neuron: none.
+  EXPECT_THAT((*a)->RankFfnNeurons(30, RankOrder::kTop, RankMode::kExact).value().vocabulary_scores,
+              ::testing::IsEmpty());
+  EXPECT_THAT((*a)->RankFfnNeurons(30, RankOrder::kTop, RankMode::kApproximate, {}, 12)
+                  .value()
+                  .vocabulary_scores,
+              ::testing::IsEmpty());
+}
+
 TEST_F(LocateTest, BadOptionsAndTargetsAreInvalidArgument) {
   LocateOptions options;
   options.top_ffn_neurons = -1;
