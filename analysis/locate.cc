@@ -279,14 +279,19 @@ absl::StatusOr<AblationComparison> CompareAblation(const Model& model,
                                                    int64_t position, int64_t target,
                                                    absl::Span<const Ablation> ablations,
                                                    int64_t k) {
-  const CaptureOptions capture = LogitsAt(position);
+  // The pass without the ablations keeps what AblatedLogitsAt needs to recompute only the
+  // position's row with them: the computation LocateFact's ablation run does, so that both report
+  // the same numbers (and a share of a second pass instead of a whole one).
+  CaptureOptions capture;
+  capture.keys = capture.values = true;
   absl::StatusOr<ForwardTrace> before = Forward(model, token_ids, capture);
   if (!before.ok()) return before.status();
-  absl::StatusOr<ForwardTrace> after = Forward(model, token_ids, capture, ablations);
+  absl::StatusOr<at::Tensor> after =
+      AblatedLogitsAt(model, token_ids, *before, position, ablations);
   if (!after.ok()) return after.status();
-  return AblationComparison{OutcomeOf(before->logits[0], target),
-                            OutcomeOf(after->logits[0], target),
-                            TopScores(at::softmax(after->logits[0].to(at::kDouble), -1), k)};
+  const int64_t row = position < 0 ? position + before->num_tokens : position;  // checked above
+  return AblationComparison{OutcomeOf(before->logits[row], target), OutcomeOf(*after, target),
+                            TopScores(at::softmax(after->to(at::kDouble), -1), k)};
 }
 
 }  // namespace factlens

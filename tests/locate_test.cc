@@ -310,6 +310,36 @@ TEST_F(LocateTest, ExactRankingKeepsTheReportedNeuronsVocabularyScores) {
               ::testing::IsEmpty());
 }
 
+// CompareAblation (the Ablate RPC) and LocateFact's ablation run remove the top FFN neurons with
+// the same computation (AblatedLogitsAt from an unablated pass), so they report the same numbers,
+// bit for bit, on any CPU; without it they would differ by a forward pass's float32 rounding.
+TEST_F(LocateTest, AblateReportsWhatLocateFactsAblationRunReports) {
+  absl::StatusOr<FactReport> report = LocateFact(*model_, kFrance, kParis, LocateOptions{});
+  ASSERT_TRUE(report.ok()) << report.status();
+  std::vector<Ablation> ablations;
+  for (const NeuronReport& n : report->ffn_neurons) {
+    ablations.push_back(
+        {AblationTarget::kFfnNeuron, n.layer, 0, 0, n.neuron, report->position, 0.0});
+  }
+  absl::StatusOr<AblationComparison> compared =
+      CompareAblation(*model_, kFrance, -1, kParis, ablations, 3);
+  ASSERT_TRUE(compared.ok()) << compared.status();
+  EXPECT_EQ(compared->after.log_prob, report->ablation.after.log_prob);
+  EXPECT_EQ(compared->after.prob, report->ablation.after.prob);
+  EXPECT_EQ(compared->after.rank, report->ablation.after.rank);
+  EXPECT_EQ(compared->before.rank, report->outcome.rank);
+  EXPECT_EQ(compared->before.log_prob, report->outcome.log_prob);
+  // Ablations elsewhere than the position (here: every position) take the whole second pass.
+  std::vector<Ablation> everywhere = ablations;
+  for (Ablation& a : everywhere) a.position = std::nullopt;
+  absl::StatusOr<AblationComparison> whole =
+      CompareAblation(*model_, kFrance, -1, kParis, everywhere, 3);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  EXPECT_LT(whole->after.log_prob, whole->before.log_prob);
+  EXPECT_EQ(CompareAblation(*model_, kFrance, 5, kParis, ablations, 3).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(LocateTest, BadOptionsAndTargetsAreInvalidArgument) {
   LocateOptions options;
   options.top_ffn_neurons = -1;
