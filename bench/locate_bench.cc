@@ -52,6 +52,7 @@
 #include "analysis/output_head.h"
 #include "analysis/status_macros.h"
 #include "analysis/weights.h"
+#include "bench/flags.h"
 #include "tests/file_util.h"
 #include "tests/support/random_gpt2.h"
 
@@ -547,15 +548,8 @@ int main(int argc, char** argv) {
   factlens::Options o;
   std::string models = "gpt2-medium,tinyllama";
   bool tokens_set = false, repetitions_set = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    auto value = [&](const char* flag) -> const char* {
-      const std::string prefix = std::string(flag) + "=";
-      if (arg.rfind(prefix, 0) == 0) return argv[i] + prefix.size();
-      if (arg == flag && i + 1 < argc) return argv[++i];
-      return nullptr;
-    };
-    if (arg == "--help" || arg == "-h") {
+  for (factlens::FlagReader flags(argc, argv); flags.Next();) {
+    if (flags.Is("--help") || flags.Is("-h")) {
       std::printf(
           "locate_bench: the standard LocateFact stage by stage on random checkpoints of real\n"
           "shapes, with plain-libtorch float64 baselines of the stages and the ratio to Predict\n"
@@ -574,26 +568,26 @@ int main(int argc, char** argv) {
           "                    temporary directory, --exhaustive: a smoke run of seconds\n");
       return 0;
     }
-    if (const char* v = value("--models")) {
+    if (const char* v = flags.Value("--models")) {
       models = v;
-    } else if (const char* v = value("--tokens")) {
+    } else if (const char* v = flags.Value("--tokens")) {
       o.tokens = std::atoll(v);
       tokens_set = true;
-    } else if (const char* v = value("--repetitions")) {
+    } else if (const char* v = flags.Value("--repetitions")) {
       o.repetitions = std::atoi(v);
       repetitions_set = true;
-    } else if (const char* v = value("--cache_dir")) {
+    } else if (const char* v = flags.Value("--cache_dir")) {
       o.cache_dir = v;
-    } else if (const char* v = value("--seed")) {
+    } else if (const char* v = flags.Value("--seed")) {
       o.seed = std::strtoull(v, nullptr, 10);
-    } else if (arg == "--no_baselines") {
+    } else if (flags.Is("--no_baselines")) {
       o.baselines = false;
-    } else if (arg == "--exhaustive") {
+    } else if (flags.Is("--exhaustive")) {
       o.exhaustive = true;
-    } else if (arg == "--quick") {
+    } else if (flags.Is("--quick")) {
       o.quick = true;
     } else {
-      std::fprintf(stderr, "locate_bench: unknown argument '%s' (see --help)\n", argv[i]);
+      std::fprintf(stderr, "locate_bench: unknown argument '%s' (see --help)\n", flags.arg());
       return 2;
     }
   }

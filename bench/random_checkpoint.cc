@@ -9,20 +9,14 @@
 #include <map>
 #include <string>
 
+#include "bench/flags.h"
 #include "tests/support/random_gpt2.h"
 
 int main(int argc, char** argv) {
   std::string out, shape_name = "llama-7b", dtype_name = "float16";
   uint64_t seed = 1;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    auto value = [&](const char* flag) -> const char* {
-      const std::string prefix = std::string(flag) + "=";
-      if (arg.rfind(prefix, 0) == 0) return argv[i] + prefix.size();
-      if (arg == flag && i + 1 < argc) return argv[++i];
-      return nullptr;
-    };
-    if (arg == "--help" || arg == "-h") {
+  for (factlens::FlagReader flags(argc, argv); flags.Next();) {
+    if (flags.Is("--help") || flags.Is("-h")) {
       std::printf(
           "random_checkpoint: a random Llama checkpoint of a real shape, written one tensor at a\n"
           "time (memory: one tensor).\n"
@@ -33,16 +27,16 @@ int main(int argc, char** argv) {
           "  --seed N        weights (default 1)\n");
       return 0;
     }
-    if (const char* v = value("--out")) {
+    if (const char* v = flags.Value("--out")) {
       out = v;
-    } else if (const char* v = value("--shape")) {
+    } else if (const char* v = flags.Value("--shape")) {
       shape_name = v;
-    } else if (const char* v = value("--dtype")) {
+    } else if (const char* v = flags.Value("--dtype")) {
       dtype_name = v;
-    } else if (const char* v = value("--seed")) {
+    } else if (const char* v = flags.Value("--seed")) {
       seed = std::strtoull(v, nullptr, 10);
     } else {
-      std::fprintf(stderr, "random_checkpoint: unknown argument '%s' (see --help)\n", argv[i]);
+      std::fprintf(stderr, "random_checkpoint: unknown argument '%s' (see --help)\n", flags.arg());
       return 2;
     }
   }

@@ -106,25 +106,10 @@ void FillItemResult(const ServedModel& m, int index, const absl::StatusOr<FactRe
 }  // namespace
 
 std::string StatusCodeName(grpc::StatusCode code) {
-  static const char* const kNames[] = {"OK",
-                                       "CANCELLED",
-                                       "UNKNOWN",
-                                       "INVALID_ARGUMENT",
-                                       "DEADLINE_EXCEEDED",
-                                       "NOT_FOUND",
-                                       "ALREADY_EXISTS",
-                                       "PERMISSION_DENIED",
-                                       "RESOURCE_EXHAUSTED",
-                                       "FAILED_PRECONDITION",
-                                       "ABORTED",
-                                       "OUT_OF_RANGE",
-                                       "UNIMPLEMENTED",
-                                       "INTERNAL",
-                                       "UNAVAILABLE",
-                                       "DATA_LOSS",
-                                       "UNAUTHENTICATED"};
+  // gRPC's codes are the canonical codes, numbered as absl::StatusCode's.
   const int index = static_cast<int>(code);
-  return index >= 0 && index < 17 ? kNames[index] : absl::StrCat("CODE_", index);
+  std::string name = absl::StatusCodeToString(static_cast<absl::StatusCode>(index));
+  return name.empty() ? absl::StrCat("CODE_", index) : name;
 }
 
 FactLensService::FactLensService(const ModelRegistry* registry, ServiceOptions options,

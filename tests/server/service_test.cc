@@ -157,6 +157,16 @@ class ServiceTest : public ::testing::Test {
   std::unique_ptr<ServiceHarness> harness_;
 };
 
+// The code label of factlens_requests_total and of the fuzzer's outcome table.
+TEST(StatusCodeNameTest, CanonicalNamesAndUnknownCodes) {
+  EXPECT_EQ(StatusCodeName(grpc::StatusCode::OK), "OK");
+  EXPECT_EQ(StatusCodeName(grpc::StatusCode::INVALID_ARGUMENT), "INVALID_ARGUMENT");
+  EXPECT_EQ(StatusCodeName(grpc::StatusCode::RESOURCE_EXHAUSTED), "RESOURCE_EXHAUSTED");
+  EXPECT_EQ(StatusCodeName(grpc::StatusCode::UNAUTHENTICATED), "UNAUTHENTICATED");
+  EXPECT_EQ(StatusCodeName(static_cast<grpc::StatusCode>(17)), "CODE_17");
+  EXPECT_EQ(StatusCodeName(static_cast<grpc::StatusCode>(-1)), "CODE_-1");
+}
+
 TEST_F(ServiceTest, ListModelsReportsTheLoadedShape) {
   v1::ListModelsResponse response;
   grpc::ClientContext context;
