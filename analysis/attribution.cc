@@ -53,6 +53,9 @@ constexpr int64_t kExhaustiveBlockElements = int64_t{1} << 22;
 // Elements of one float32 [chunk, V] block of exhaustive screening: hundreds of rows per GEMM, so
 // that packing the [V, d] matrix (once per GEMM) costs little against the multiply-adds.
 constexpr int64_t kScreeningBlockElements = int64_t{1} << 26;
+// Elements of the exact batches' vocabulary scores a ranking may keep alive for
+// NeuronRanking::vocabulary_scores (128 MiB of float64: ~330 rows of GPT-2's vocabulary).
+constexpr int64_t kKeptScoreElements = int64_t{1} << 24;
 // Elements of one [R, rows, V] block of exact evaluation.
 constexpr int64_t kBlockElements = int64_t{1} << 20;
 
@@ -551,8 +554,8 @@ absl::StatusOr<NeuronRanking> Attribution::Rank(const std::vector<NeuronSet>& se
   std::vector<Candidate> candidates;  // bounds on values not yet evaluated in float64
   // NeuronRanking::vocabulary_scores: a view of each evaluated candidate's row of its batch's
   // vocabulary scores (no copies: copying [n, V] float64 rows costs about what the batch's GEMM
-  // does). The views keep every batch's scores alive, so past 4·vocabulary_rows + kMaxBatch
-  // evaluated rows they are dropped and the caller projects the vectors instead.
+  // does). The views keep every evaluated row alive, so once the rows would exceed
+  // kKeptScoreElements they are dropped and the caller projects the vectors instead.
   vocabulary_rows = std::clamp<int64_t>(vocabulary_rows, 0, k);
   std::vector<at::Tensor> score_views;
   bool scores_kept = vocabulary_rows > 0;
@@ -648,7 +651,9 @@ absl::StatusOr<NeuronRanking> Attribution::Rank(const std::vector<NeuronSet>& se
       at::Tensor scores;
       if (scores_kept) {
         scores = head_->VocabularyScoresFromTermLogits(logits);
-        scores_kept = scores.defined();
+        const int64_t rows = ranking.evaluated + static_cast<int64_t>(batch_end - next);
+        scores_kept = scores.defined() && rows * scores.size(1) <= kKeptScoreElements;
+        if (!scores_kept) score_views.clear();
       }
       int64_t offset = 0;
       for (const auto& [s, indices] : by_set) {
@@ -672,11 +677,6 @@ absl::StatusOr<NeuronRanking> Attribution::Rank(const std::vector<NeuronSet>& se
       }
       ranking.evaluated += static_cast<int64_t>(batch_end - next);
       next = batch_end;
-      if (scores_kept &&
-          ranking.evaluated > 4 * vocabulary_rows + static_cast<int64_t>(kMaxBatch)) {
-        scores_kept = false;
-        score_views.clear();
-      }
       if (static_cast<int64_t>(results.size()) < k) {
         batch = std::clamp<size_t>(k - results.size(), 128, kMaxBatch);
       } else if (k > 0 && next < candidates.size()) {

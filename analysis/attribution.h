@@ -84,8 +84,8 @@ struct NeuronRanking {
   // its exact evaluation computed anyway, kept (as views of its batches' logits) so that no second
   // projection is needed. Empty when the mode evaluated them without a projection per vector
   // (approximate, an exhaustive ranking that evaluates most neurons, the logit metric), when the
-  // pruning evaluated many more than n, or when the head's vocabulary view is not its terms'
-  // logits (FrozenOutputHead::VocabularyScoresFromTermLogits).
+  // evaluated rows exceed the memory bound (Attribution::RankFfnNeurons), or when the head's
+  // vocabulary view is not its terms' logits (FrozenOutputHead::VocabularyScoresFromTermLogits).
   std::vector<at::Tensor> vocabulary_scores;
 };
 
@@ -165,8 +165,9 @@ class Attribution {
   // The k best FFN / attention neurons over all layers. k is clamped to the neuron count.
   // `interrupted` (may be empty) is polled between batches of exact evaluations; once it returns
   // true the ranking stops and returns Cancelled. No other errors. `vocabulary_rows` > 0 asks for
-  // NeuronRanking::vocabulary_scores of that many of the best (memory: up to 4·rows + 512
-  // [V] float64 rows while ranking, the asked rows' batches afterwards).
+  // NeuronRanking::vocabulary_scores of that many of the best (memory: the evaluated rows' float64
+  // scores while ranking, at most 128 MiB — beyond it none are kept — and afterwards the batches
+  // that hold the returned rows).
   absl::StatusOr<NeuronRanking> RankFfnNeurons(int64_t k, RankOrder order, RankMode mode,
                                                const Interrupted& interrupted = {},
                                                int64_t vocabulary_rows = 0) const;

@@ -308,6 +308,18 @@ TEST_F(LocateTest, ExactRankingKeepsTheReportedNeuronsVocabularyScores) {
                   .value()
                   .vocabulary_scores,
               ::testing::IsEmpty());
+  // More evaluated rows than the ranking may keep alive (128 MiB of float64, 333 rows of this
+  // model's 50 257-token vocabulary): none kept, the ranking itself unchanged.
+  const NeuronRanking many =
+      (*a)->RankFfnNeurons(400, RankOrder::kTop, RankMode::kExact, {}, 400).value();
+  ASSERT_GE(many.evaluated, 400);
+  EXPECT_THAT(many.vocabulary_scores, ::testing::IsEmpty());
+  const NeuronRanking plain = (*a)->RankFfnNeurons(400, RankOrder::kTop, RankMode::kExact).value();
+  ASSERT_EQ(many.neurons.size(), plain.neurons.size());
+  for (size_t i = 0; i < plain.neurons.size(); ++i) {
+    EXPECT_EQ(many.neurons[i].index, plain.neurons[i].index);
+    EXPECT_EQ(many.neurons[i].score, plain.neurons[i].score);
+  }
 }
 
 // CompareAblation (the Ablate RPC) and LocateFact's ablation run remove the top FFN neurons with
