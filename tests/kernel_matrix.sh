@@ -2,7 +2,8 @@
 # Runs the CTest suite of an existing build under other CPU kernels and thread counts, to show that
 # no numeric assertion depends on the machine (issue: "any x86-64 CPU"). Not part of the default
 # suite (each setting is a full run, ~6 minutes on 2 cores). Prints, per setting, the pass count
-# and the largest pruned-vs-exhaustive score difference the ranking tests measured.
+# and the largest pruned-vs-exhaustive score difference the ranking tests measured; each setting's
+# full CTest output stays in BUILD_DIR/kernel_matrix/SETTING.log.
 #
 #   tests/kernel_matrix.sh [BUILD_DIR] [SETTING...]      (default: every setting below)
 #
@@ -37,10 +38,12 @@ for s in "${settings[@]}"; do
     *) echo "kernel_matrix: unknown setting '$s'" >&2; exit 2 ;;
   esac
   start=$(date +%s)
-  (cd "$build" && env "${threads[@]}" "${env_args[@]}" ctest -j"$jobs" --timeout 900 -E "$exclude" >"/tmp/kernel_matrix_$s.log" 2>&1)
+  log="$build/kernel_matrix/$s.log"
+  mkdir -p "$build/kernel_matrix"
+  (cd "$build" && env "${threads[@]}" "${env_args[@]}" ctest -j"$jobs" --timeout 900 -E "$exclude" >"$log" 2>&1)
   rc=$?
   [ $rc -eq 0 ] || status=1
-  summary=$(grep -E "tests passed|tests failed" "/tmp/kernel_matrix_$s.log" | tail -1)
+  summary=$(grep -E "tests passed|tests failed" "$log" | tail -1)
   largest=$(grep -ho "largest |pruned - exhaustive| score difference [0-9.e+-]*" "$build/Testing/Temporary/LastTest.log" |
             awk '{print $NF}' | sort -g | tail -1)
   echo "$s (${threads[*]} ${env_args[*]}): $summary; largest |pruned - exhaustive| ${largest:-n/a}; $(( $(date +%s) - start )) s"
