@@ -289,7 +289,8 @@ absl::StatusOr<AblationComparison> CompareAblation(const Model& model,
   absl::StatusOr<at::Tensor> after =
       AblatedLogitsAt(model, token_ids, *before, position, ablations);
   if (!after.ok()) return after.status();
-  const int64_t row = position < 0 ? position + before->num_tokens : position;  // checked above
+  // In range: AblatedLogitsAt has checked it.
+  const int64_t row = position < 0 ? position + before->num_tokens : position;
   return AblationComparison{OutcomeOf(before->logits[row], target), OutcomeOf(*after, target),
                             TopScores(at::softmax(after->to(at::kDouble), -1), k)};
 }

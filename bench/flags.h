@@ -3,7 +3,6 @@
 #define FACTLENS_BENCH_FLAGS_H_
 
 #include <cstring>
-#include <string>
 
 namespace factlens {
 

@@ -230,13 +230,20 @@ TEST(QueryLayersTest, BatchedAggregatesEqualPerNeuronTraces) {
 // Two float64 evaluations of the vocabulary scores of `vector`, score_u = Σ_j E_uj·t_j with
 // t = g ⊙ c(v)/σ, differ by at most twice the bound of a length-d dot product in any order,
 // d·2^-53·Σ_j|E_uj·t_j| ≤ d·2^-53·max_u‖E_u‖·max_j|g_j|·‖v‖/σ (centring never lengthens v).
-double TwoProjectionsTolerance(const Model& model, const at::Tensor& vector, double sigma) {
-  const ModelWeights& w = model.weights();
-  return 2 * static_cast<double>(model.config().d_model) * 0x1p-53 *
-         w.unembedding.to(at::kDouble).norm(2, 1).max().item<double>() *
-         w.final_norm_weight.abs().max().item<double>() *
-         vector.to(at::kDouble).norm().item<double>() / sigma;
-}
+// Computed once per model: the part that does not depend on v and σ.
+class TwoProjectionsTolerance {
+ public:
+  explicit TwoProjectionsTolerance(const Model& model)
+      : per_unit_(2 * static_cast<double>(model.config().d_model) * 0x1p-53 *
+                  model.weights().unembedding.to(at::kDouble).norm(2, 1).max().item<double>() *
+                  model.weights().final_norm_weight.abs().max().item<double>()) {}
+  double For(const at::Tensor& vector, double sigma) const {
+    return per_unit_ * vector.to(at::kDouble).norm().item<double>() / sigma;
+  }
+
+ private:
+  double per_unit_;
+};
 
 // Every reported neuron's top tokens are the k largest entries of its value vector's vocabulary
 // projection, sign-corrected by its coefficient — whether they come from the logits its exact
@@ -250,6 +257,7 @@ TEST_F(LocateTest, ReportedTopTokensAreTheirProjectionsTopTokens) {
   ASSERT_TRUE(a.ok());
   const ModelWeights& weights = model_->weights();
   const int64_t head_dim = model_->config().head_dim;
+  const TwoProjectionsTolerance two_projections(*model_);
   for (RankMode mode : {RankMode::kExact, RankMode::kExhaustive}) {
     LocateOptions options;
     options.mode = mode;
@@ -262,7 +270,7 @@ TEST_F(LocateTest, ReportedTopTokensAreTheirProjectionsTopTokens) {
       const at::Tensor signed_vector = n.coefficient < 0 ? -vector : vector;
       const std::vector<TokenScore> expected =
           TopScores((*a)->Project(signed_vector.to(at::kFloat).unsqueeze(0))[0], 7);
-      const double tolerance = TwoProjectionsTolerance(*model_, vector, report->final_scale);
+      const double tolerance = two_projections.For(vector, report->final_scale);
       ASSERT_EQ(n.top_tokens.size(), expected.size()) << kind;
       for (size_t i = 0; i < expected.size(); ++i) {
         EXPECT_EQ(n.top_tokens[i].token_id, expected[i].token_id)
@@ -293,12 +301,13 @@ TEST_F(LocateTest, ExactRankingKeepsTheReportedNeuronsVocabularyScores) {
   const NeuronRanking ffn =
       (*a)->RankFfnNeurons(30, RankOrder::kTop, RankMode::kExact, {}, 12).value();
   ASSERT_EQ(ffn.vocabulary_scores.size(), 12u);
+  const TwoProjectionsTolerance two_projections(*model_);
   for (size_t i = 0; i < 12; ++i) {
     const RankedNeuron& n = ffn.neurons[i];
     const at::Tensor vector = model_->weights().layers[n.layer].out_weight.select(1, n.index);
     const at::Tensor expected = (*a)->Project(vector.to(at::kFloat).unsqueeze(0))[0];
     EXPECT_LE((ffn.vocabulary_scores[i] - expected).abs().max().item<double>(),
-              TwoProjectionsTolerance(*model_, vector, (*a)->final_scale()))
+              two_projections.For(vector, (*a)->final_scale()))
         << i;
   }
   // Not asked for, or not computed by a projection per neuron: none.
