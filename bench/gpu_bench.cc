@@ -21,11 +21,12 @@
 //     time, and how its top-k set compares with the exhaustive ranking's (overlap, the largest
 //     score difference on shared neurons, the largest distance of a non-shared neuron's score from
 //     the k-th score);
-//  4. LocateFact (default options) through gRPC: an in-process FactLensService on 127.0.0.1, a
-//     model registry whose loader hands over the in-memory model (GPT-2's tokenizer, unused: the
-//     prompt and the target travel as token ids), trace cache off so every call runs the forward;
-//     p50/p99 client latency of --locate_calls sequential calls, then --clients concurrent clients
-//     (one TCP connection each) making --calls_per_client calls: throughput, p50/p99;
+//  4. Predict and LocateFact (default options) through gRPC (bench/loopback_server.h: the service
+//     on 127.0.0.1 serving the in-memory model, prompt and target as token ids, trace cache off so
+//     every call runs the forward): p50/p99 client latency of --locate_calls sequential Predict
+//     calls, then as many LocateFact calls (and their p50 over Predict's), then --clients
+//     concurrent clients (one TCP connection each) making --calls_per_client LocateFact calls:
+//     throughput, p50/p99;
 //  5. peak GPU memory (allocated by libtorch) of each stage, next to the model's resident_bytes().
 //
 // Exit status: 0; 1 when a pruned ranking differs from the exhaustive one (a correctness failure),
@@ -49,7 +50,6 @@
 #include <c10/core/InferenceMode.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
-#include <grpcpp/grpcpp.h>
 
 #include <algorithm>
 #include <chrono>
@@ -83,12 +83,10 @@
 #include "analysis/device.h"
 #include "analysis/forward.h"
 #include "analysis/status_macros.h"
-#include "analysis/tokenizer/tokenizer.h"
 #include "analysis/weights.h"
+#include "bench/loopback_server.h"
 #include "nlohmann/json.hpp"
 #include "server/flag_usage.h"
-#include "server/model_registry.h"
-#include "server/service.h"
 
 ABSL_FLAG(std::string, device, "cuda", "cuda, cuda:N or cpu");
 ABSL_FLAG(std::vector<std::string>, models,
@@ -391,76 +389,6 @@ BaselineAgreement CompareWithBaseline(const NeuronRanking& exact,
   return a;
 }
 
-// The LocateFact service on 127.0.0.1 serving one in-memory model as "bench".
-class LoopbackServer {
- public:
-  static constexpr char kModelName[] = "bench";
-
-  static absl::StatusOr<std::unique_ptr<LoopbackServer>> Start(std::shared_ptr<const Model> model,
-                                                               int max_concurrent) {
-    std::unique_ptr<LoopbackServer> s(new LoopbackServer);
-    const ModelLoader loader = [model](const ModelSpec&) -> absl::StatusOr<LoadedModel> {
-      LoadedModel loaded;
-      loaded.model = model;
-      FACTLENS_ASSIGN_OR_RETURN(
-          loaded.tokenizer, Tokenizer::FromJsonFile(std::string(FACTLENS_SOURCE_DIR) +
-                                                    "/tests/data/tokenizers/gpt2/tokenizer.json"));
-      return loaded;
-    };
-    const ServingLimits limits{max_concurrent, max_concurrent, /*trace_cache_bytes=*/0};
-    s->registry_ = std::make_unique<ModelRegistry>(
-        std::vector<ModelSpec>{{kModelName, "memory", {}}}, limits, loader);
-    s->service_ = std::make_unique<FactLensService>(s->registry_.get(), ServiceOptions{}, nullptr);
-    grpc::ServerBuilder builder;
-    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &s->port_);
-    builder.RegisterService(s->service_.get());
-    s->server_ = builder.BuildAndStart();
-    if (s->server_ == nullptr || s->port_ == 0) {
-      return absl::UnavailableError("could not listen on 127.0.0.1");
-    }
-    s->registry_->StartLoading();
-    FACTLENS_RETURN_IF_ERROR(s->registry_->WaitUntilLoaded());
-    return s;
-  }
-  ~LoopbackServer() {
-    if (server_ != nullptr) server_->Shutdown();
-  }
-
-  // A client on a TCP connection of its own.
-  std::unique_ptr<v1::FactLens::Stub> NewClient() const {
-    grpc::ChannelArguments args;
-    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-    args.SetMaxReceiveMessageSize(-1);
-    return v1::FactLens::NewStub(grpc::CreateCustomChannel(
-        absl::StrCat("127.0.0.1:", port_), grpc::InsecureChannelCredentials(), args));
-  }
-
- private:
-  LoopbackServer() = default;
-  std::unique_ptr<ModelRegistry> registry_;
-  std::unique_ptr<FactLensService> service_;
-  std::unique_ptr<grpc::Server> server_;
-  int port_ = 0;
-};
-
-// One LocateFact call until its report: the client-side latency in seconds.
-absl::StatusOr<double> TimedLocateFact(v1::FactLens::Stub& stub,
-                                       const v1::LocateFactRequest& request) {
-  const SteadyClock::time_point start = SteadyClock::now();
-  grpc::ClientContext context;
-  const std::unique_ptr<grpc::ClientReader<v1::LocateFactEvent>> reader =
-      stub.LocateFact(&context, request);
-  v1::LocateFactEvent event;
-  bool reported = false;
-  while (reader->Read(&event)) reported = reported || event.has_report();
-  const grpc::Status status = reader->Finish();
-  if (!status.ok()) {
-    return absl::InternalError(absl::StrCat("LocateFact failed: ", status.error_message()));
-  }
-  if (!reported) return absl::InternalError("LocateFact ended without a report");
-  return SecondsSince(start);
-}
-
 struct Latencies {
   int64_t calls = 0;
   double p50 = 0, p99 = 0, wall = 0;
@@ -474,10 +402,12 @@ json ToJson(const Latencies& l) {
           {"calls_per_s", l.calls / l.wall}};
 }
 
+// One timed RPC on a client's stub (TimedLocateFact, TimedPredict).
+using TimedCall = std::function<absl::StatusOr<double>(v1::FactLens::Stub&)>;
+
 // `clients` threads, each on its own connection, making `calls` calls after one shared start.
-absl::StatusOr<Latencies> LocateFactLoad(const LoopbackServer& server,
-                                         const v1::LocateFactRequest& request, int clients,
-                                         int calls) {
+absl::StatusOr<Latencies> ClientLoad(const LoopbackServer& server, const TimedCall& timed_call,
+                                     int clients, int calls) {
   std::vector<std::unique_ptr<v1::FactLens::Stub>> stubs;
   for (int c = 0; c < clients; ++c) stubs.push_back(server.NewClient());
   absl::Mutex mu;
@@ -489,7 +419,7 @@ absl::StatusOr<Latencies> LocateFactLoad(const LoopbackServer& server,
     threads.emplace_back([&, c] {
       go.WaitForNotification();
       for (int i = 0; i < calls; ++i) {
-        const absl::StatusOr<double> latency = TimedLocateFact(*stubs[c], request);
+        const absl::StatusOr<double> latency = timed_call(*stubs[c]);
         absl::MutexLock lock(&mu);
         if (latency.ok()) {
           latencies.push_back(*latency);
@@ -641,29 +571,42 @@ absl::StatusOr<json> AnalysisStages(const Model& model, const std::vector<int64_
   return result;
 }
 
-// Stage 4 on the prompt `ids` and `target`: sequential and concurrent calls after a warm-up.
+// Stage 4 on the prompt `ids` and `target`: sequential Predict calls (one forward pass, the unit
+// of the LocateFact / Predict ratio), sequential and concurrent LocateFact calls, each after a
+// warm-up call.
 absl::StatusOr<json> LocateFactStages(std::shared_ptr<const Model> model,
                                       const std::vector<int64_t>& ids, int64_t target,
                                       const BenchOptions& o, const PeakMemory& memory) {
-  v1::LocateFactRequest request;
-  request.set_model(LoopbackServer::kModelName);
-  for (const int64_t id : ids) request.mutable_prompt()->mutable_token_ids()->add_ids(id);
-  request.mutable_target()->set_token_id(target);
+  const BenchRequests requests = RequestsFor(ids, target);
+  const TimedCall locate_fact = [&](v1::FactLens::Stub& stub) {
+    return TimedLocateFact(stub, requests.locate_fact);
+  };
+  const TimedCall predict = [&](v1::FactLens::Stub& stub) {
+    return TimedPredict(stub, requests.predict);
+  };
   memory.Reset();
   FACTLENS_ASSIGN_OR_RETURN(const std::unique_ptr<LoopbackServer> server,
                             LoopbackServer::Start(std::move(model), o.clients));
-  FACTLENS_ASSIGN_OR_RETURN(const Latencies warm_up, LocateFactLoad(*server, request, 1, 1));
+  FACTLENS_RETURN_IF_ERROR(ClientLoad(*server, predict, 1, 1).status());
+  FACTLENS_ASSIGN_OR_RETURN(const Latencies predicts,
+                            ClientLoad(*server, predict, 1, o.locate_calls));
+  FACTLENS_ASSIGN_OR_RETURN(const Latencies warm_up, ClientLoad(*server, locate_fact, 1, 1));
   FACTLENS_ASSIGN_OR_RETURN(const Latencies sequential,
-                            LocateFactLoad(*server, request, 1, o.locate_calls));
+                            ClientLoad(*server, locate_fact, 1, o.locate_calls));
   FACTLENS_ASSIGN_OR_RETURN(const Latencies concurrent,
-                            LocateFactLoad(*server, request, o.clients, o.calls_per_client));
+                            ClientLoad(*server, locate_fact, o.clients, o.calls_per_client));
+  PrintRow("Predict gRPC, sequential", Milliseconds(predicts.p50),
+           absl::StrFormat("p50; p99 %.3f ms over %d calls", predicts.p99 * 1e3, predicts.calls));
   PrintRow("LocateFact gRPC, sequential", Milliseconds(sequential.p50),
-           absl::StrFormat("p50; p99 %.3f ms over %d calls (warm-up %.3f ms)", sequential.p99 * 1e3,
-                           sequential.calls, warm_up.p50 * 1e3));
+           absl::StrFormat("p50; %.2fx Predict; p99 %.3f ms over %d calls (warm-up %.3f ms)",
+                           sequential.p50 / predicts.p50, sequential.p99 * 1e3, sequential.calls,
+                           warm_up.p50 * 1e3));
   PrintRow(absl::StrCat("LocateFact gRPC, ", o.clients, " clients"), Milliseconds(concurrent.p50),
            absl::StrFormat("p50; p99 %.3f ms over %d calls; %.2f calls/s", concurrent.p99 * 1e3,
                            concurrent.calls, concurrent.calls / concurrent.wall));
-  json result = {{"sequential", ToJson(sequential)},
+  json result = {{"predict_sequential", ToJson(predicts)},
+                 {"sequential", ToJson(sequential)},
+                 {"sequential_over_predict", sequential.p50 / predicts.p50},
                  {"concurrent", ToJson(concurrent)},
                  {"peak_bytes", memory.Peak()}};
   result["concurrent"]["clients"] = o.clients;

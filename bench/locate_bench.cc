@@ -26,6 +26,8 @@
 //    error is orders larger). The query FFN neurons' scores are float32 products in LocateFact
 //    (as in the paper's code), compared at 1e-4 relative (d·2^-24 ≈ 1.2e-4 bounds the relative
 //    error of a length-2048 float32 dot product).
+//  - the same ratio as a client sees it: the model served on loopback (bench/loopback_server.h),
+//    the Predict RPC and the standard LocateFact RPC, alternately, medians of --repetitions calls;
 //  - with --exhaustive, the exhaustive mode's top-100 FFN neurons against a float32 notebook
 //    evaluating every neuron (ExhaustiveFfn below), each timed once.
 // Exit status 0; 1 when a stage differs from its baseline or a step fails; 2 for bad flags.
@@ -53,6 +55,7 @@
 #include "analysis/status_macros.h"
 #include "analysis/weights.h"
 #include "bench/flags.h"
+#include "bench/loopback_server.h"
 #include "tests/file_util.h"
 #include "tests/support/random_gpt2.h"
 
@@ -410,6 +413,31 @@ constexpr std::pair<const char*, const char*> kStages[] = {
     {"ablation", "ablation run"},
 };
 
+struct RpcTimes {
+  double predict = 0, locate_fact = 0;  // medians, seconds
+};
+
+// The ratio as a client sees it: `model` served on loopback, the Predict and the standard
+// LocateFact RPC on the prompt `ids` and `target`, alternately, `repetitions` times after one
+// warm-up call of each.
+absl::StatusOr<RpcTimes> TimeRpcs(std::shared_ptr<const Model> model,
+                                  const std::vector<int64_t>& ids, int64_t target,
+                                  int repetitions) {
+  FACTLENS_ASSIGN_OR_RETURN(const std::unique_ptr<LoopbackServer> server,
+                            LoopbackServer::Start(std::move(model), /*max_concurrent=*/1));
+  const std::unique_ptr<v1::FactLens::Stub> stub = server->NewClient();
+  const BenchRequests requests = RequestsFor(ids, target);
+  std::vector<double> predict_times, locate_times;
+  for (int r = 0; r <= repetitions; ++r) {  // run 0 is the warm-up
+    FACTLENS_ASSIGN_OR_RETURN(const double predict, TimedPredict(*stub, requests.predict));
+    FACTLENS_ASSIGN_OR_RETURN(const double locate, TimedLocateFact(*stub, requests.locate_fact));
+    if (r == 0) continue;
+    predict_times.push_back(predict);
+    locate_times.push_back(locate);
+  }
+  return RpcTimes{Median(predict_times), Median(locate_times)};
+}
+
 bool RunModel(const Shape& shape, const Options& o) {
   std::optional<testing::ScopedTempDir> tmp;  // only without a cache
   if (o.cache_dir.empty()) tmp.emplace();
@@ -477,6 +505,11 @@ bool RunModel(const Shape& shape, const Options& o) {
     }
   }
   const double predict = Median(predict_times), locate = Median(locate_times);
+  const absl::StatusOr<RpcTimes> rpc = TimeRpcs(*loaded, ids, target, o.repetitions);
+  if (!rpc.ok()) {
+    std::fprintf(stderr, "gRPC: %s\n", std::string(rpc.status().message()).c_str());
+    return false;
+  }
 
   // Baselines (and the exhaustive comparison) on the same trace LocateFact computes.
   absl::StatusOr<ForwardTrace> trace = absl::UnavailableError("not computed");
@@ -519,6 +552,11 @@ bool RunModel(const Shape& shape, const Options& o) {
   }
   std::printf("%-34s %9.3fs\n", "Predict (one forward pass)", predict);
   std::printf("%-34s %9.3fs %7.2fx\n", "LocateFact (standard, exact)", locate, locate / predict);
+  std::printf("through gRPC on loopback (the service, trace cache off), median of %d calls each:\n",
+              o.repetitions);
+  std::printf("%-34s %9.3fs\n", "Predict RPC", rpc->predict);
+  std::printf("%-34s %9.3fs %7.2fx\n", "LocateFact RPC (standard, exact)", rpc->locate_fact,
+              rpc->locate_fact / rpc->predict);
   std::printf("FFN neurons evaluated %lld / %lld, attention neurons %lld / %lld\n",
               static_cast<long long>(report->ffn_ranking_stats.evaluated),
               static_cast<long long>(report->ffn_ranking_stats.total),
