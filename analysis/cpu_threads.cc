@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/Utils.h>
 #include <ATen/Version.h>
+#include <dlfcn.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -30,6 +31,16 @@ void ConfigureCpuThreads(int threads) {
   }
   if (threads <= 0) threads = 1;
   at::set_num_threads(threads);
+}
+
+void ReleaseCpuThreads() {
+  // Looked up at run time in the OpenMP runtime libtorch brought (torch/lib/libgomp.so.1 for the
+  // PyPI wheel), so that the build does not link a second one. omp_pause_soft is 1 (OpenMP 5.0).
+  using PauseResourceAll = int (*)(int kind);
+  static const PauseResourceAll pause_resource_all =
+      reinterpret_cast<PauseResourceAll>(dlsym(RTLD_DEFAULT, "omp_pause_resource_all"));
+  constexpr int kOmpPauseSoft = 1;
+  if (pause_resource_all != nullptr) pause_resource_all(kOmpPauseSoft);
 }
 
 std::string CpuMathLibraries() {

@@ -505,6 +505,9 @@ bool RunModel(const Shape& shape, const Options& o) {
     }
   }
   const double predict = Median(predict_times), locate = Median(locate_times);
+  // As in factlens_server, where no thread keeps an idle OpenMP team (ReleaseCpuThreads): this
+  // thread's would make the service's threads sleep between parallel regions.
+  ReleaseCpuThreads();
   const absl::StatusOr<RpcTimes> rpc = TimeRpcs(*loaded, ids, target, o.repetitions);
   if (!rpc.ok()) {
     std::fprintf(stderr, "gRPC: %s\n", std::string(rpc.status().message()).c_str());

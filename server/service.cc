@@ -11,6 +11,7 @@
 #include "absl/time/clock.h"
 #include "analysis/attribution.h"
 #include "analysis/components.h"
+#include "analysis/cpu_threads.h"
 #include "analysis/decompose.h"
 #include "analysis/device.h"
 #include "analysis/forward.h"
@@ -199,6 +200,9 @@ grpc::Status FactLensService::Serve(grpc::ServerContext* context, const char* rp
         } catch (const std::exception& e) {
           status = StatusFromException(e, rpc, device);
         }
+        // gRPC runs requests on changing threads: an idle OpenMP team left on this one would slow
+        // every later request's parallel regions.
+        ReleaseCpuThreads();
         if (metrics_ && device.is_cuda()) RecordGpuMemory(*metrics_, {device});
         if ((status.ok() || absl::IsCancelled(status)) && context->IsCancelled()) {
           status = absl::Now() >= deadline ? absl::DeadlineExceededError("deadline exceeded")
