@@ -633,6 +633,8 @@ absl::StatusOr<json> BenchModel(const ModelShape& shape, c10::ScalarType dtype,
 
   int64_t target = 0;
   FACTLENS_ASSIGN_OR_RETURN(json result, AnalysisStages(*model, ids, o, memory, target, correct));
+  // As in factlens_server, where no idle OpenMP team is left on any thread (ReleaseCpuThreads).
+  ReleaseCpuThreads();
   FACTLENS_ASSIGN_OR_RETURN(result["locate"], LocateFactStages(model, ids, target, o, memory));
   PrintRow(
       "peak GPU memory", "",
