@@ -17,7 +17,7 @@ void ConfigureCpuThreads(int threads);
 // that has run a parallel region and still keeps its workers; once that count exceeds the CPUs, it
 // stops spinning between parallel regions and sleeps on futexes instead. A server whose requests
 // run on changing gRPC threads left one idle team per thread, and each LocateFact then made ~3 400
-// context switches instead of ~75 and took 5-10 % longer (bench/RESULTS.md). Call on a thread whose
+// context switches instead of ~75 and took 5-14 % longer (bench/RESULTS.md). Call on a thread whose
 // libtorch work is done, outside any parallel region; its next parallel region starts its workers
 // again (microseconds per thread). Thread-safe.
 void ReleaseCpuThreads();
