@@ -651,8 +651,8 @@ absl::StatusOr<NeuronRanking> Attribution::Rank(const std::vector<NeuronSet>& se
       at::Tensor scores;
       if (scores_kept) {
         scores = head_->VocabularyScoresFromTermLogits(logits);
-        const int64_t rows = ranking.evaluated + static_cast<int64_t>(batch_end - next);
-        scores_kept = scores.defined() && rows * scores.size(1) <= kKeptScoreElements;
+        const int64_t kept_rows = ranking.evaluated + static_cast<int64_t>(batch_end - next);
+        scores_kept = scores.defined() && kept_rows * scores.size(1) <= kKeptScoreElements;
         if (!scores_kept) score_views.clear();
       }
       int64_t offset = 0;
@@ -706,8 +706,8 @@ absl::StatusOr<NeuronRanking> Attribution::Rank(const std::vector<NeuronSet>& se
         {set.layer, c.index, c.value, set.coefficients[c.index / kk][c.index % kk].item<double>()});
     ranking.max_error = std::max(ranking.max_error, c.error);
   }
-  const int64_t rows = std::min<int64_t>(vocabulary_rows, keep);
-  for (int64_t i = 0; scores_kept && i < rows; ++i) {
+  const int64_t reported_rows = std::min<int64_t>(vocabulary_rows, keep);
+  for (int64_t i = 0; scores_kept && i < reported_rows; ++i) {
     scores_kept = results[i].scores_row >= 0;  // not when evaluated without a batch projection
     if (scores_kept) ranking.vocabulary_scores.push_back(score_views[results[i].scores_row]);
   }
