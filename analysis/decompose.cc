@@ -75,24 +75,33 @@ absl::StatusOr<PositionDecomposition> Decompose(const Model& model, const Forwar
 
 std::vector<LensStep> CumulativeLens(const Model& model, const ForwardTrace& trace,
                                      int64_t position, std::optional<int64_t> target) {
-  const int64_t n_layers = model.config().n_layers;
-  std::vector<LensStep> steps;
-  std::vector<at::Tensor> residuals;
-  steps.push_back({{ComponentKind::kEmbedding}});
-  residuals.push_back(trace.embedding[position]);
-  for (int64_t layer = 0; layer < n_layers; ++layer) {
-    steps.push_back({{ComponentKind::kAttentionLayer, layer}});
+  return CumulativeLensSteps(CumulativeLensLogits(model, trace, position), target);
+}
+
+at::Tensor CumulativeLensLogits(const Model& model, const ForwardTrace& trace, int64_t position) {
+  const size_t n_layers = trace.layers.size();
+  std::vector<at::Tensor> residuals = {trace.embedding[position]};
+  for (size_t layer = 0; layer < n_layers; ++layer) {
     residuals.push_back(trace.layers[layer].residual_mid[position]);
-    steps.push_back({{ComponentKind::kFfnLayer, layer}});
     residuals.push_back(layer + 1 < n_layers ? trace.layers[layer + 1].residual_in[position]
                                              : trace.final_residual[position]);
   }
   // The trace keeps residuals in float32; the output head takes the compute dtype.
-  const at::Tensor logits = model.output_head().Logits(at::stack(residuals).to(model.dtype()));
-  const at::Tensor probs = at::softmax(logits, -1);
+  return model.output_head().Logits(at::stack(residuals).to(model.dtype()));
+}
+
+std::vector<LensStep> CumulativeLensSteps(const at::Tensor& lens_logits,
+                                          std::optional<int64_t> target) {
+  const int64_t n_layers = (lens_logits.size(0) - 1) / 2;
+  std::vector<LensStep> steps = {{{ComponentKind::kEmbedding}}};
+  for (int64_t layer = 0; layer < n_layers; ++layer) {
+    steps.push_back({{ComponentKind::kAttentionLayer, layer}});
+    steps.push_back({{ComponentKind::kFfnLayer, layer}});
+  }
+  const at::Tensor probs = at::softmax(lens_logits, -1);
   for (size_t i = 0; i < steps.size(); ++i) {
     steps[i].top = TopScores(probs[i], 1).front();
-    if (target) steps[i].target = OutcomeOf(logits[i], *target);
+    if (target) steps[i].target = OutcomeOf(lens_logits[i], *target);
   }
   return steps;
 }

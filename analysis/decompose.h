@@ -29,9 +29,18 @@ struct LensStep {
 // The logit lens at `position` (resolved, in [0, T)) of a FullCapture() trace: [1 + 2L] steps,
 // after the embedding and after each layer's attention and FFN, the last being the model's own
 // output; each with the outcome of `target` when given (a token in the vocabulary). One batched
-// pass through the output head. Thread-safe.
+// pass through the output head: CumulativeLensSteps(CumulativeLensLogits(...)). Thread-safe.
 std::vector<LensStep> CumulativeLens(const Model& model, const ForwardTrace& trace,
                                      int64_t position, std::optional<int64_t> target);
+
+// The lens's logits [1 + 2L, V] float64, one row per step. The last row is bit for bit the model's
+// logits at the position (OutputHead::Logits does not depend on the rows beside a row), so a
+// caller that needs both computes them once. Thread-safe.
+at::Tensor CumulativeLensLogits(const Model& model, const ForwardTrace& trace, int64_t position);
+
+// The steps of CumulativeLensLogits' rows. Thread-safe.
+std::vector<LensStep> CumulativeLensSteps(const at::Tensor& lens_logits,
+                                          std::optional<int64_t> target);
 
 struct DecomposeOptions {
   // Split each attention layer into its heads (kHead) plus its bias (kAttentionBias).

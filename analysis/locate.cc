@@ -116,7 +116,10 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
   };
   const absl::Status cancelled = absl::CancelledError("fact localization was cancelled");
   if (!report_progress("forward", 0.0)) return cancelled;
-  absl::StatusOr<ForwardTrace> trace = Forward(model, token_ids, FullCapture());
+  // The position's logits come with the logit lens (its last row): the trace needs none.
+  CaptureOptions capture = FullCapture();
+  capture.logits = false;
+  absl::StatusOr<ForwardTrace> trace = Forward(model, token_ids, capture);
   if (!trace.ok()) return trace.status();
   AttributionTarget attribution_target;
   attribution_target.token_id = target;
@@ -135,10 +138,11 @@ absl::StatusOr<FactReport> LocateFact(const Model& model, absl::Span<const int64
     report.target = target;
     report.metric = options.metric;
     report.final_scale = a.final_scale();
-    const at::Tensor logits = trace->logits[a.position()];
+    const at::Tensor lens_logits = CumulativeLensLogits(model, *trace, a.position());
+    const at::Tensor logits = lens_logits[-1];
     report.outcome = OutcomeOf(logits, target);
-    report.predictions = TopScores(at::softmax(logits.to(at::kDouble), -1), options.predictions);
-    report.cumulative = CumulativeLens(model, *trace, a.position(), target);
+    report.predictions = TopScores(at::softmax(logits, -1), options.predictions);
+    report.cumulative = CumulativeLensSteps(lens_logits, target);
 
     if (!report_progress("layers and heads", 0.1)) return cancelled;
     const auto [attention_layers, ffn_layers] = a.LayerIncreases();

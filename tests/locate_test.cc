@@ -103,6 +103,30 @@ TEST_F(LocateTest, LogitLensStepsAreTheModelWithTheLaterSublayersRemoved) {
   EXPECT_EQ(report->cumulative.back().top.token_id, report->predictions[0].token_id);
 }
 
+// LocateFact computes the position's logits once, as the logit lens's last row (its trace keeps
+// none): they must be a forward pass's own logits to the bit, on both families.
+TEST_F(LocateTest, OutcomeAndPredictionsAreTheForwardPassOwnToTheBit) {
+  for (const char* name : {"models/gpt2-facts-tiny", "models/llama-facts-tiny"}) {
+    SCOPED_TRACE(name);
+    absl::StatusOr<std::shared_ptr<const Model>> model = Model::Load(testing::SourcePath(name));
+    ASSERT_TRUE(model.ok()) << model.status();
+    const std::vector<int64_t> ids = {5, 17, 42, 8, 99, 3};
+    absl::StatusOr<ForwardTrace> trace = Forward(**model, ids, FullCapture());
+    ASSERT_TRUE(trace.ok()) << trace.status();
+    const at::Tensor last = trace->logits[ids.size() - 1];
+    EXPECT_TRUE(at::equal(CumulativeLensLogits(**model, *trace, ids.size() - 1)[-1], last));
+    const int64_t target = last.argmin().item<int64_t>();
+    absl::StatusOr<FactReport> report = LocateFact(**model, ids, target, LocateOptions{});
+    ASSERT_TRUE(report.ok()) << report.status();
+    const TargetOutcome expected = OutcomeOf(last, target);
+    EXPECT_EQ(report->outcome.log_prob, expected.log_prob);
+    EXPECT_EQ(report->outcome.rank, expected.rank);
+    ASSERT_FALSE(report->predictions.empty());
+    EXPECT_EQ(report->predictions[0].token_id, last.argmax().item<int64_t>());
+    EXPECT_EQ(report->predictions[0].score, at::softmax(last, -1).max().item<double>());
+  }
+}
+
 TEST_F(LocateTest, ProgressCallbackCanStopTheWork) {
   std::vector<std::string> stages;
   const absl::Status status =
