@@ -85,6 +85,7 @@
 #include "analysis/status_macros.h"
 #include "analysis/weights.h"
 #include "bench/loopback_server.h"
+#include "bench/timing.h"
 #include "nlohmann/json.hpp"
 #include "server/flag_usage.h"
 
@@ -114,7 +115,6 @@ namespace factlens {
 namespace {
 
 using json = nlohmann::json;
-using SteadyClock = std::chrono::steady_clock;
 
 // Scores of the float64 baseline and of the exhaustive ranking may differ by this much plus twice
 // the ranking's max_error: far above float64 rounding at these shapes, far below a method error.
@@ -223,10 +223,6 @@ void Synchronize(c10::Device device) {
   if (device.is_cuda()) c10::cuda::device_synchronize();
 }
 
-double SecondsSince(SteadyClock::time_point start) {
-  return std::chrono::duration<double>(SteadyClock::now() - start).count();
-}
-
 // One warm-up run of `run`, then the median time of `repetitions` runs.
 double MedianSeconds(c10::Device device, int repetitions, const std::function<void()>& run) {
   run();
@@ -238,8 +234,7 @@ double MedianSeconds(c10::Device device, int repetitions, const std::function<vo
     Synchronize(device);
     times.push_back(SecondsSince(start));
   }
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
+  return Median(std::move(times));
 }
 
 // Nearest-rank percentile of sorted values.

@@ -56,22 +56,12 @@
 #include "analysis/weights.h"
 #include "bench/flags.h"
 #include "bench/loopback_server.h"
+#include "bench/timing.h"
 #include "tests/file_util.h"
 #include "tests/support/random_gpt2.h"
 
 namespace factlens {
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double SecondsSince(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-double Median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  return values.empty() ? 0 : values[values.size() / 2];
-}
 
 struct Shape {
   std::string name;
@@ -365,11 +355,11 @@ absl::StatusOr<ExhaustiveTiming> ExhaustiveFfn(const Model& model, const Forward
   t.token_id = target;
   t.position = position;
   FACTLENS_ASSIGN_OR_RETURN(std::unique_ptr<Attribution> a, Attribution::Create(model, trace, t));
-  Clock::time_point start = Clock::now();
+  SteadyClock::time_point start = SteadyClock::now();
   FACTLENS_ASSIGN_OR_RETURN(NeuronRanking ours,
                             a->RankFfnNeurons(k, RankOrder::kTop, RankMode::kExhaustive));
   timing.ours_s = SecondsSince(start);
-  start = Clock::now();
+  start = SteadyClock::now();
   const NotebookHead head(model, trace.final_residual[position], at::kFloat);
   std::vector<at::Tensor> values;
   for (int64_t l = 0; l < c.n_layers; ++l) {
@@ -447,7 +437,7 @@ bool RunModel(const Shape& shape, const Options& o) {
     std::fprintf(stderr, "%s\n", std::string(s.message()).c_str());
     return false;
   }
-  Clock::time_point start = Clock::now();
+  SteadyClock::time_point start = SteadyClock::now();
   absl::StatusOr<std::shared_ptr<const Model>> loaded = Model::Load(dir);
   if (!loaded.ok()) {
     std::fprintf(stderr, "%s\n", std::string(loaded.status().message()).c_str());
@@ -471,7 +461,7 @@ bool RunModel(const Shape& shape, const Options& o) {
   int64_t target = -1;
   absl::StatusOr<FactReport> report;
   for (int r = 0; r <= o.repetitions; ++r) {  // run 0 is the warm-up
-    start = Clock::now();
+    start = SteadyClock::now();
     absl::StatusOr<std::vector<TokenScore>> next = PredictNext(model, ids, last, 1);
     if (!next.ok()) return false;
     if (r > 0) predict_times.push_back(SecondsSince(start));
@@ -482,7 +472,7 @@ bool RunModel(const Shape& shape, const Options& o) {
       began.emplace(stage, SecondsSince(start));
       return true;
     };
-    start = Clock::now();
+    start = SteadyClock::now();
     report = LocateFact(model, ids, target, LocateOptions{}, progress);
     const double total = SecondsSince(start);
     if (!report.ok()) {
@@ -523,13 +513,13 @@ bool RunModel(const Shape& shape, const Options& o) {
   std::map<std::string, std::pair<double, Check>> baselines;
   if (o.baselines) {
     const NotebookHead head(model, trace->final_residual[last]);
-    start = Clock::now();
+    start = SteadyClock::now();
     Check check = LayersAndHeads(model, *trace, *report, head);
     baselines["layers and heads"] = {SecondsSince(start), check};
-    start = Clock::now();
+    start = SteadyClock::now();
     check = QueryLayers(model, *trace, *report);
     baselines["query layers"] = {SecondsSince(start), check};
-    start = Clock::now();
+    start = SteadyClock::now();
     check = TopTokens(model, *report, head);
     baselines["top tokens"] = {SecondsSince(start), check};
   }

@@ -8,17 +8,9 @@
 #include "absl/strings/str_cat.h"
 #include "analysis/status_macros.h"
 #include "analysis/tokenizer/tokenizer.h"
+#include "bench/timing.h"
 
 namespace factlens {
-namespace {
-
-using SteadyClock = std::chrono::steady_clock;
-
-double SecondsSince(SteadyClock::time_point start) {
-  return std::chrono::duration<double>(SteadyClock::now() - start).count();
-}
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<LoopbackServer>> LoopbackServer::Start(
     std::shared_ptr<const Model> model, int max_concurrent) {
