@@ -35,6 +35,7 @@
 #include "factlens/v1/factlens.grpc.pb.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/message.h"
+#include "google/protobuf/text_format.h"
 #include "server/running_server.h"
 
 namespace factlens {
@@ -138,6 +139,42 @@ bool Parses(const MethodDescriptor& method, const std::string& bytes) {
   return request->ParseFromString(bytes);
 }
 
+// A valid request of each RPC on the demo server, in protobuf text format: the driver sends some of
+// them as they are and some a mutation or two away, so that every RPC's success path and the
+// validation just beside it are fuzzed too (fields filled at random rarely make a whole request
+// valid: Ablate never answered OK that way). An RPC without one is fuzzed from scratch only.
+const std::map<std::string, std::string>& ValidRequests() {
+  static const auto* requests = new std::map<std::string, std::string>{
+      {"ListModels", ""},
+      {"Tokenize", R"(model: "demo" text: "The capital of France is")"},
+      {"Detokenize", R"(model: "demo" ids: [464, 3139, 286, 4881, 318])"},
+      {"Predict", R"(model: "demo" prompt { text: "The capital of France is" } top_k: 5)"},
+      {"Decompose",
+       R"(model: "demo" prompt { text: "The capital of France is" } target { text: " Paris" }
+          include_heads: true logit_lens_top_k: 3 cumulative: true)"},
+      {"Rank",
+       R"(model: "demo" prompt { text: "The capital of France is" } target { text: " Paris" }
+          level: FFN_NEURON top_k: 5)"},
+      {"Trace",
+       R"(model: "demo" prompt { text: "The capital of France is" }
+          neuron { kind: FFN_NEURON layer: 1 neuron: 157 } top_k: 5)"},
+      {"ProjectToVocab",
+       R"(model: "demo" prompt { text: "The capital of France is" }
+          component { kind: FFN_NEURON_VALUE layer: 1 neuron: 157 } top_k: 5)"},
+      {"Ablate",
+       R"(model: "demo" prompt { text: "The capital of France is" } target { text: " Paris" }
+          ablations { component { kind: FFN_NEURON layer: 1 neuron: 157 } })"},
+      {"LocateFact",
+       R"(model: "demo" prompt { text: "The capital of France is" } target { text: " Paris" }
+          options { top_ffn_neurons: 5 top_attention_neurons: 5 top_tokens: 3 })"},
+      {"LocateFacts",
+       R"(model: "demo"
+          items { prompt { text: "The capital of France is" } target { text: " Paris" } }
+          items { prompt { text: "The capital of Italy is" } target { text: " Rome" } }
+          options { top_ffn_neurons: 5 top_attention_neurons: 5 top_tokens: 3 })"}};
+  return *requests;
+}
+
 // Statistics of the standalone driver: calls per RPC and code.
 std::map<std::string, std::map<std::string, int64_t>>& Counts() {
   static auto* counts = new std::map<std::string, std::map<std::string, int64_t>>;
@@ -184,6 +221,29 @@ class RequestBuilder {
       const FieldDescriptor& field = *type.field(i);
       const int n = !field.is_repeated() ? 1 : Chance(0.05) ? 300 : Uniform(0, 4);
       for (int k = 0; k < n; ++k) Store(message, field, depth);
+    }
+  }
+
+  // Changes one field of `message` or of a message inside it: a random value, or cleared. A valid
+  // request becomes one a step away from valid.
+  void Mutate(Message* message, int depth = 0) {
+    const Descriptor& type = *message->GetDescriptor();
+    if (type.field_count() == 0) return;
+    const FieldDescriptor& field = *type.field(Uniform(0, type.field_count() - 1));
+    const Reflection& r = *message->GetReflection();
+    if (field.cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE && depth < 4 && Chance(0.7)) {
+      if (field.is_repeated() && r.FieldSize(*message, &field) > 0) {
+        const int element = Uniform(0, r.FieldSize(*message, &field) - 1);
+        return Mutate(r.MutableRepeatedMessage(message, &field, element), depth + 1);
+      }
+      if (!field.is_repeated() && r.HasField(*message, &field)) {
+        return Mutate(r.MutableMessage(message, &field), depth + 1);
+      }
+    }
+    if (Chance(0.3)) {
+      r.ClearField(message, &field);
+    } else {
+      Store(message, field, depth);
     }
   }
 
@@ -334,10 +394,12 @@ class RequestBuilder {
 
 int Usage(const char* message) {
   std::fprintf(stderr,
-               "%s\nUsage: fuzz_requests [--seconds N] [--seed S] [FILE...]\n"
+               "%s\nUsage: fuzz_requests [--seconds N] [--seed S] [--require_ok] [FILE...]\n"
                "Replays each FILE (one input: a byte choosing the RPC, then the request bytes),\n"
                "then sends random requests of every RPC for N seconds (default 30) to the demo\n"
-               "model's in-process server. Aborts on INTERNAL, UNKNOWN, DATA_LOSS or a hang.\n",
+               "model's in-process server, some of them valid requests mutated once or twice.\n"
+               "Aborts on INTERNAL, UNKNOWN, DATA_LOSS or a hang. --require_ok: exit 1 if an RPC\n"
+               "never answered OK (its success path went unfuzzed).\n",
                message);
   return 2;
 }
@@ -349,10 +411,15 @@ int main(int argc, char** argv) {
   using namespace factlens;  // NOLINT
   double seconds = 30;
   uint64_t seed = 1;
+  bool require_ok = false;
   std::vector<std::string> files;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--help" || arg == "-h") return Usage("Fuzzes factlens_server's RPCs.") - 2;
+    if (arg == "--require_ok") {
+      require_ok = true;
+      continue;
+    }
     if ((arg == "--seconds" || arg == "--seed") && i + 1 < argc) {
       char* end = nullptr;
       const double value = std::strtod(argv[++i], &end);
@@ -376,6 +443,18 @@ int main(int argc, char** argv) {
     const std::string input = bytes.str();
     LLVMFuzzerTestOneInput(reinterpret_cast<const uint8_t*>(input.data()), input.size());
   }
+  for (const auto& [name, text] : ValidRequests()) {
+    std::unique_ptr<Message> request;
+    if (const MethodDescriptor* method = Service().FindMethodByName(name)) {
+      request.reset(google::protobuf::MessageFactory::generated_factory()
+                        ->GetPrototype(method->input_type())
+                        ->New());
+    }
+    if (!request || !google::protobuf::TextFormat::ParseFromString(text, request.get())) {
+      std::fprintf(stderr, "fuzz_requests: the valid request of %s does not parse\n", name.c_str());
+      return 2;
+    }
+  }
   RequestBuilder builder(seed);
   // Requests with invalid UTF-8 make protobuf log an error per message; the counts say how many.
   google::protobuf::SetLogHandler(nullptr);
@@ -386,7 +465,13 @@ int main(int argc, char** argv) {
     std::unique_ptr<Message> request(google::protobuf::MessageFactory::generated_factory()
                                          ->GetPrototype(Service().method(index)->input_type())
                                          ->New());
-    builder.Fill(request.get(), 0);
+    const auto valid = ValidRequests().find(Service().method(index)->name());
+    if (valid != ValidRequests().end() && builder.Chance(0.3)) {
+      google::protobuf::TextFormat::ParseFromString(valid->second, request.get());  // checked above
+      for (int m = builder.Uniform(0, 2); m > 0; --m) builder.Mutate(request.get());
+    } else {
+      builder.Fill(request.get(), 0);
+    }
     std::string input(1, static_cast<char>(index));
     request->AppendToString(&input);
     if (builder.Chance(0.05) && input.size() > 1) {  // a damaged message, now and then
@@ -403,6 +488,17 @@ int main(int argc, char** argv) {
       std::printf(" %s %lld", code.c_str(), static_cast<long long>(n));
     std::printf("\n");
   }
+  int status = 0;
+  for (int i = 0; require_ok && i < Service().method_count(); ++i) {
+    const std::string& name = Service().method(i)->name();
+    if (!Counts()[name].count("OK")) {
+      std::fprintf(stderr,
+                   "fuzz_requests: %s never answered OK: its success path went unfuzzed (give it "
+                   "a valid request in ValidRequests)\n",
+                   name.c_str());
+      status = 1;
+    }
+  }
   std::fflush(stdout);
-  std::_Exit(0);  // the fixture's server is never torn down
+  std::_Exit(status);  // the fixture's server is never torn down
 }
