@@ -22,8 +22,10 @@ Prompts are text (str / UTF-8 bytes) or token ids; targets text or a token id; c
 a name (``level="FFN_NEURON"``, ``mode="exhaustive"``).
 
 Retries: every factlens RPC is a side-effect-free computation, so a call that fails with
-UNAVAILABLE (model still loading, server restarting, connection refused) is retried with
-exponential backoff, up to ``retries`` attempts, each on the next replica where there are several. A
+UNAVAILABLE (model still loading, server restarting, connection refused), or with a CANCELLED this
+client did not cause (a server that gRPC shuts down cancels the calls that reach it in its last
+moment: docs/reliability.md, Known limits), is retried with exponential backoff, up to ``retries``
+attempts, each on the next replica where there are several. A
 stream is retried only before its first event, so a caller never sees an event twice. Nothing else
 is retried: RESOURCE_EXHAUSTED may be a limit that a retry would hit again, and DEADLINE_EXCEEDED
 has used the caller's time.
@@ -72,6 +74,18 @@ def default_server() -> str:
 def default_model() -> str:
     """$FACTLENS_MODEL, else "" (the server's only model)."""
     return os.environ.get("FACTLENS_MODEL", "")
+
+
+# What grpcio says of a call this process cancelled (grpc/_channel.py).
+_LOCALLY_CANCELLED = "Locally cancelled by application!"
+
+
+def retryable(error: grpc.RpcError) -> bool:
+    """Whether a failed call may be tried again, on this replica or another: UNAVAILABLE, or CANCELLED
+    that this process did not cause (a server shutting down)."""
+    code = error.code()
+    return code == grpc.StatusCode.UNAVAILABLE or (
+        code == grpc.StatusCode.CANCELLED and error.details() != _LOCALLY_CANCELLED)
 
 
 def _error(error: grpc.RpcError, address: str) -> FactlensError:
@@ -181,7 +195,8 @@ class Client:
     root_certificates: PEM CA bundle (bytes, or a file path) instead of the system's;
     client_certificate / client_key: for servers that require mTLS. model: the model name every
     request names (default ``$FACTLENS_MODEL``, else "" = the server's only model). timeout: seconds
-    per attempt. retries: attempts for a call that fails with UNAVAILABLE (1 = no retry).
+    per attempt. retries: attempts for a call that fails with UNAVAILABLE or a CANCELLED this client
+    did not cause (1 = no retry).
     Raises ValueError for an empty list of addresses. ``replicas``: a ``Replica`` per channel.
     """
 
@@ -224,7 +239,7 @@ class Client:
     # --- transport --------------------------------------------------------------------------------
     def _backoff(self, error, attempt) -> bool:
         """Sleeps and returns True when a failed attempt may be retried."""
-        if error.code() != grpc.StatusCode.UNAVAILABLE or attempt + 1 >= self.retries:
+        if not retryable(error) or attempt + 1 >= self.retries:
             return False
         time.sleep(min(0.25 * 2 ** attempt, 5.0))
         return True

@@ -7,7 +7,8 @@
 ``locate`` (what ``Client.locate_facts`` calls for a pandas DataFrame) splits the rows into chunks,
 one LocateFacts request each, and runs at most ``concurrency`` of them at a time, each on the
 least-loaded replica that is not cooling off. A chunk whose replica fails with UNAVAILABLE (killed,
-connection reset, draining) goes back to the queue with its unfinished rows only, for another
+connection reset, draining), or with a CANCELLED this client did not cause (a replica that gRPC shuts
+down while the chunk is under way), goes back to the queue with its unfinished rows only, for another
 replica; the failed replica is avoided for a back-off (0.25 s, doubling, at most 5 s) and then tried
 again. A chunk is tried at most ``client.retries`` × replicas times. Results are keyed by the frame's
 index label: a row is recorded once, whichever replica answered it, so nothing is lost or counted
@@ -43,7 +44,7 @@ import numpy as np
 from google.protobuf import json_format
 
 from factlens import results
-from factlens.client import _error, _prompt, _target
+from factlens.client import _error, _prompt, _target, retryable
 from factlens.components import component_name
 from factlens.errors import FactlensError, FactlensWarning, invalid_argument
 from factlens.v1 import factlens_pb2 as pb
@@ -317,7 +318,7 @@ class _Spreader:
                                                   f" ended a LocateFacts stream without {len(rest)} of its items")
             elif self._failure is None:  # else: cancelled by _fail
                 attempts = chunk.attempts + 1
-                if error.code() == grpc.StatusCode.UNAVAILABLE and attempts < self.max_attempts:
+                if retryable(error) and attempts < self.max_attempts:
                     self._strikes[replica] += 1
                     self._cool_until[replica] = time.monotonic() + min(0.25 * 2 ** (self._strikes[replica] - 1), 5.0)
                     if rest:

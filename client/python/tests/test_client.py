@@ -30,6 +30,7 @@ import grpc  # noqa: E402
 
 from factlens import (Client, FactlensConnectionError, FactlensError, FactlensWarning, ModelNotServed,  # noqa: E402
                       component_name, parse_component)
+from factlens.client import retryable  # noqa: E402
 from factlens.v1 import factlens_pb2 as pb  # noqa: E402
 from factlens.v1 import factlens_pb2_grpc as pb_grpc  # noqa: E402
 
@@ -512,7 +513,8 @@ class _Flaky(pb_grpc.FactLensServicer):
 
 
 class RetryTest(unittest.TestCase):
-    """Retries happen on UNAVAILABLE only, at most `retries` attempts, and never after a stream has started."""
+    """Retries happen on UNAVAILABLE and on a CANCELLED the client did not cause only, at most `retries`
+    attempts, and never after a stream has started."""
 
     def serve(self, servicer):
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
@@ -528,6 +530,23 @@ class RetryTest(unittest.TestCase):
         self.assertEqual(client.predict(PROMPT).ids[0], PARIS)
         self.assertEqual(client.locate_fact(PROMPT, PARIS).target.id, PARIS)
         self.assertEqual(flaky.calls, {"Predict": 3, "LocateFact": 3})
+
+    def test_a_cancelled_call_the_client_did_not_cause_is_retried(self):
+        # What a server that gRPC shuts down answers the calls reaching it in its last moment.
+        flaky = _Flaky(2, C.CANCELLED)
+        client = self.serve(flaky)
+        self.assertEqual(client.predict(PROMPT).ids[0], PARIS)
+        self.assertEqual(client.locate_fact(PROMPT, PARIS).target.id, PARIS)
+        self.assertEqual(flaky.calls, {"Predict": 3, "LocateFact": 3})
+
+    def test_a_call_this_client_cancelled_is_not_retryable(self):
+        class Local(grpc.RpcError):
+            def code(self):
+                return C.CANCELLED
+
+            def details(self):
+                return "Locally cancelled by application!"
+        self.assertFalse(retryable(Local()))
 
     def test_attempts_are_bounded(self):
         flaky = _Flaky(3, C.UNAVAILABLE)

@@ -285,6 +285,15 @@ class BookkeepingTest(unittest.TestCase):
         self.assertFalse(set(flaky.items) & set(good.items))
         self.assertEqual(len(flaky.items) + len(good.items), 20)
 
+    def test_a_replica_cancelling_mid_stream_hands_its_rows_to_another(self):
+        # A replica that gRPC shuts down cancels the streams still open on it: not the client's doing.
+        flaky, good = FakeReplica(fail_after=2, code=grpc.StatusCode.CANCELLED), FakeReplica()
+        with Fakes(flaky, good) as fakes, Client(fakes.addresses, model="fake") as c:
+            got = c.locate_facts(small_frame(), chunk_size=5, concurrency=2, progress=False)
+        self.assertEqual(list(got["target_id"]), [i + 1 for i in range(20)])
+        self.assertTrue(flaky.items, "the cancelling replica got no chunk")
+        self.assertEqual(len(flaky.items) + len(good.items), 20)
+
     def test_a_dead_replica_is_skipped_and_rows_keep_their_labels(self):
         good = FakeReplica()
         with Fakes(good) as fakes, Client([f"127.0.0.1:{closed_port()}"] + fakes.addresses, model="fake") as c:
