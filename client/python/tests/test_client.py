@@ -524,20 +524,15 @@ class RetryTest(unittest.TestCase):
         self.addCleanup(server.stop, None)
         return Client(f"127.0.0.1:{port}", retries=3)
 
-    def test_unavailable_is_retried(self):
-        flaky = _Flaky(2, C.UNAVAILABLE)
-        client = self.serve(flaky)
-        self.assertEqual(client.predict(PROMPT).ids[0], PARIS)
-        self.assertEqual(client.locate_fact(PROMPT, PARIS).target.id, PARIS)
-        self.assertEqual(flaky.calls, {"Predict": 3, "LocateFact": 3})
-
-    def test_a_cancelled_call_the_client_did_not_cause_is_retried(self):
-        # What a server that gRPC shuts down answers the calls reaching it in its last moment.
-        flaky = _Flaky(2, C.CANCELLED)
-        client = self.serve(flaky)
-        self.assertEqual(client.predict(PROMPT).ids[0], PARIS)
-        self.assertEqual(client.locate_fact(PROMPT, PARIS).target.id, PARIS)
-        self.assertEqual(flaky.calls, {"Predict": 3, "LocateFact": 3})
+    def test_unavailable_and_a_cancelled_call_the_client_did_not_cause_are_retried(self):
+        # CANCELLED from the server: what one that gRPC shuts down answers in its last moment.
+        for code in (C.UNAVAILABLE, C.CANCELLED):
+            with self.subTest(code=code):
+                flaky = _Flaky(2, code)
+                client = self.serve(flaky)
+                self.assertEqual(client.predict(PROMPT).ids[0], PARIS)
+                self.assertEqual(client.locate_fact(PROMPT, PARIS).target.id, PARIS)
+                self.assertEqual(flaky.calls, {"Predict": 3, "LocateFact": 3})
 
     def test_a_call_this_client_cancelled_is_not_retryable(self):
         class Local(grpc.RpcError):
