@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import unittest
 import warnings
 from concurrent import futures
@@ -512,6 +513,15 @@ class _Flaky(pb_grpc.FactLensServicer):
         yield pb.LocateFactEvent(report=pb.FactReport(target=pb.TokenScore(id=PARIS)))
 
 
+class _Stalling(pb_grpc.FactLensServicer):
+    """LocateFact sends one progress event, then waits until the client goes away."""
+
+    def LocateFact(self, request, context):
+        yield pb.LocateFactEvent(progress=pb.Progress(stage="forward", fraction=0.5))
+        while context.is_active():
+            time.sleep(0.01)
+
+
 class RetryTest(unittest.TestCase):
     """Retries happen on UNAVAILABLE and on a CANCELLED the client did not cause only, at most `retries`
     attempts, and never after a stream has started."""
@@ -535,13 +545,15 @@ class RetryTest(unittest.TestCase):
                 self.assertEqual(flaky.calls, {"Predict": 3, "LocateFact": 3})
 
     def test_a_call_this_client_cancelled_is_not_retryable(self):
-        class Local(grpc.RpcError):
-            def code(self):
-                return C.CANCELLED
-
-            def details(self):
-                return "Locally cancelled by application!"
-        self.assertFalse(retryable(Local()))
+        # A real local cancellation, so the test checks what grpcio says of one, not a copy of it.
+        client = self.serve(_Stalling())
+        call = client.replicas[0].stub.LocateFact(pb.LocateFactRequest())
+        next(call)
+        call.cancel()
+        with self.assertRaises(grpc.RpcError) as cm:
+            next(call)
+        self.assertEqual(cm.exception.code(), C.CANCELLED)
+        self.assertFalse(retryable(cm.exception))
 
     def test_attempts_are_bounded(self):
         flaky = _Flaky(3, C.UNAVAILABLE)
