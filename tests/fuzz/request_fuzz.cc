@@ -129,14 +129,18 @@ bool IsBug(grpc::StatusCode code) {
          code == grpc::StatusCode::DATA_LOSS;
 }
 
+// An empty request message of `method`.
+std::unique_ptr<Message> NewRequest(const MethodDescriptor& method) {
+  return std::unique_ptr<Message>(google::protobuf::MessageFactory::generated_factory()
+                                      ->GetPrototype(method.input_type())
+                                      ->New());
+}
+
 // Whether `bytes` parse as `method`'s request message. gRPC answers bytes that do not (e.g. invalid
 // UTF-8 in a string field) with INTERNAL itself, before any factlens code runs (README, status
 // codes); that INTERNAL is gRPC's, not a factlens bug.
 bool Parses(const MethodDescriptor& method, const std::string& bytes) {
-  std::unique_ptr<Message> request(google::protobuf::MessageFactory::generated_factory()
-                                       ->GetPrototype(method.input_type())
-                                       ->New());
-  return request->ParseFromString(bytes);
+  return NewRequest(method)->ParseFromString(bytes);
 }
 
 // A valid request of each RPC on the demo server, in protobuf text format: the driver sends some of
@@ -443,17 +447,15 @@ int main(int argc, char** argv) {
     const std::string input = bytes.str();
     LLVMFuzzerTestOneInput(reinterpret_cast<const uint8_t*>(input.data()), input.size());
   }
+  std::map<std::string, std::unique_ptr<Message>> valid_requests;  // by RPC name, parsed once
   for (const auto& [name, text] : ValidRequests()) {
-    std::unique_ptr<Message> request;
-    if (const MethodDescriptor* method = Service().FindMethodByName(name)) {
-      request.reset(google::protobuf::MessageFactory::generated_factory()
-                        ->GetPrototype(method->input_type())
-                        ->New());
-    }
+    const MethodDescriptor* method = Service().FindMethodByName(name);
+    std::unique_ptr<Message> request = method ? NewRequest(*method) : nullptr;
     if (!request || !google::protobuf::TextFormat::ParseFromString(text, request.get())) {
       std::fprintf(stderr, "fuzz_requests: the valid request of %s does not parse\n", name.c_str());
       return 2;
     }
+    valid_requests[name] = std::move(request);
   }
   RequestBuilder builder(seed);
   // Requests with invalid UTF-8 make protobuf log an error per message; the counts say how many.
@@ -462,12 +464,11 @@ int main(int argc, char** argv) {
   int64_t calls = 0;
   while (std::chrono::steady_clock::now() < stop) {
     const int index = builder.Uniform(0, Service().method_count() - 1);
-    std::unique_ptr<Message> request(google::protobuf::MessageFactory::generated_factory()
-                                         ->GetPrototype(Service().method(index)->input_type())
-                                         ->New());
-    const auto valid = ValidRequests().find(Service().method(index)->name());
-    if (valid != ValidRequests().end() && builder.Chance(0.3)) {
-      google::protobuf::TextFormat::ParseFromString(valid->second, request.get());  // checked above
+    const MethodDescriptor& method = *Service().method(index);
+    std::unique_ptr<Message> request = NewRequest(method);
+    const auto valid = valid_requests.find(method.name());
+    if (valid != valid_requests.end() && builder.Chance(0.3)) {
+      request->CopyFrom(*valid->second);
       for (int m = builder.Uniform(0, 2); m > 0; --m) builder.Mutate(request.get());
     } else {
       builder.Fill(request.get(), 0);
