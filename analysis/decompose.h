@@ -33,8 +33,8 @@ struct LensStep {
 std::vector<LensStep> CumulativeLens(const Model& model, const ForwardTrace& trace,
                                      int64_t position, std::optional<int64_t> target);
 
-// The lens's logits [1 + 2L, V] float64, one row per step. The last row is the model's logits at the
-// position (OutputHead::Logits: the same float32 normed residual times the same float64
+// The lens's logits [1 + 2L, V] float64, one row per step. The last row is the model's logits at
+// the position (OutputHead::Logits: the same float32 normed residual times the same float64
 // unembedding, so at most float64 summation order apart from a pass computing other rows beside
 // it), so a caller that needs both computes them once. Thread-safe.
 at::Tensor CumulativeLensLogits(const Model& model, const ForwardTrace& trace, int64_t position);
